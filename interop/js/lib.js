@@ -65,11 +65,55 @@ async function apiPublish(channel, data) {
   return body.result;
 }
 
-/** A centrifuge-js client for the server under test; ws is Node 20's WebSocket. */
+// Every WebSocket frame of the running test, both ways, so a failure can show exactly what
+// the SDK sent and what the server answered. Cleared by `traced` at the start of each test.
+const frames = [];
+let socketSeq = 0;
+
+/** Node 20 has no global WebSocket: the SDK gets `ws`, wrapped to record frames. */
+class TracingWebSocket extends WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.traceId = ++socketSeq;
+    const start = Date.now();
+    this.on('message', (data) => frames.push([Date.now(), this.traceId, '<', String(data)]));
+    this.on('close', (code, reason) => frames.push([Date.now(), this.traceId, 'close', `${code} ${reason}`]));
+    frames.push([start, this.traceId, 'open', String(args[0])]);
+  }
+
+  send(data, ...rest) {
+    frames.push([Date.now(), this.traceId, '>', String(data)]);
+    return super.send(data, ...rest);
+  }
+}
+
+function formatFrames() {
+  if (frames.length === 0) return '(no frames)';
+  const t0 = frames[0][0];
+  return frames.map(([t, id, dir, text]) => `  +${t - t0}ms socket#${id} ${dir} ${text}`).join('\n');
+}
+
+/**
+ * Wraps a test body: on failure the error message gets every frame the test's sockets sent
+ * and received, which is what a server discrepancy report needs.
+ */
+function traced(fn) {
+  return async (t) => {
+    frames.length = 0;
+    try {
+      await fn(t);
+    } catch (err) {
+      err.message = `${err.message}\n--- websocket frames of this test ---\n${formatFrames()}`;
+      throw err;
+    }
+  };
+}
+
+/** A centrifuge-js client for the server under test. */
 function newClient(token, extra = {}) {
   return new Centrifuge(WS_URL, {
     token,
-    websocket: WebSocket,
+    websocket: TracingWebSocket,
     name: 'roomcast-interop-js',
     minReconnectDelay: 100,
     maxReconnectDelay: 1000,
@@ -144,4 +188,5 @@ function sleep(ms) {
 module.exports = {
   BASE_URL, WS_URL, API_KEY, TOKEN_SECRET, WAIT_MS,
   mintToken, uniqueChannel, api, apiPublish, newClient, Recorder, SUB_EVENTS, CLIENT_EVENTS, sleep,
+  traced, frames,
 };

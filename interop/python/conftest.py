@@ -10,6 +10,7 @@ publication" with a deadline instead of sleeping.
 """
 
 import asyncio
+import logging
 import os
 import secrets
 import time
@@ -33,6 +34,9 @@ WS_URL = BASE_URL.replace("http", "ws", 1) + "/connection/websocket"
 API_URL = BASE_URL + "/api"
 API_KEY = _require_env("INTEROP_API_KEY")
 TOKEN_SECRET = _require_env("INTEROP_TOKEN_SECRET")
+
+# The SDK's own debug log carries the frames; the websockets library's frame dump repeats them.
+logging.getLogger("websockets").setLevel(logging.INFO)
 
 # Every wait is bounded by this, so a missing event fails the test instead of hanging it.
 WAIT_S = float(os.environ.get("INTEROP_WAIT_MS", "5000")) / 1000

@@ -6,7 +6,7 @@
 const { test, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const {
-  TOKEN_SECRET, mintToken, uniqueChannel, apiPublish, newClient, Recorder, SUB_EVENTS, CLIENT_EVENTS, sleep,
+  TOKEN_SECRET, mintToken, uniqueChannel, apiPublish, newClient, Recorder, SUB_EVENTS, CLIENT_EVENTS, sleep, traced,
 } = require('../lib');
 
 // Clients created by the running test; all are disconnected after it so the process exits.
@@ -43,14 +43,14 @@ function offsetsAndData(pubs) {
   return pubs.map((p) => [p.offset, p.data]);
 }
 
-test('connects with an HS256 JWT over the websocket transport', async () => {
+test('connects with an HS256 JWT over the websocket transport', traced(async () => {
   const { client, id } = await connectAs('alice-js');
   assert.equal(client.state, 'connected');
   assert.equal(typeof id, 'string');
   assert.ok(id.length > 0, 'server must assign a client id');
-});
+}));
 
-test('a token signed with another secret is refused for good', async () => {
+test('a token signed with another secret is refused for good', traced(async () => {
   const client = track(newClient(mintToken('mallory-js', 300, TOKEN_SECRET + '-wrong')));
   const rec = new Recorder(client, CLIENT_EVENTS);
   client.connect();
@@ -61,9 +61,9 @@ test('a token signed with another secret is refused for good', async () => {
     `expected code 3500 (invalid token) or 101 (unauthorized), got ${JSON.stringify(disconnected)}`);
   assert.equal(rec.of('connected').length, 0, 'must never be connected');
   assert.equal(client.state, 'disconnected', 'the SDK must not retry a refused token');
-});
+}));
 
-test('an expired token gets error 109 and the SDK reconnects with a fresh one from getToken', async () => {
+test('an expired token gets error 109 and the SDK reconnects with a fresh one from getToken', traced(async () => {
   let tokensAsked = 0;
   const client = track(newClient(mintToken('bob-js', -60), {
     getToken: async () => {
@@ -78,9 +78,9 @@ test('an expired token gets error 109 and the SDK reconnects with a fresh one fr
   assert.equal(errors.length, 1, `one connect error expected, got ${JSON.stringify(rec.of('error'))}`);
   assert.equal(errors[0].error.code, 109, 'token expired is error 109');
   assert.equal(tokensAsked, 1, 'getToken is called once after the 109');
-});
+}));
 
-test('subscribe, then client and server API publications arrive with offsets 1 and 2', async () => {
+test('subscribe, then client and server API publications arrive with offsets 1 and 2', traced(async () => {
   const channel = uniqueChannel('js-live');
   const { client, id } = await connectAs('alice-js');
   const { sub, rec, subscribed } = await subscribe(client, channel);
@@ -114,9 +114,9 @@ test('subscribe, then client and server API publications arrive with offsets 1 a
 
   await sleep(200);
   assert.equal(rec.of('publication').length, 2, 'each publication is delivered exactly once');
-});
+}));
 
-test('history through the SDK returns the stream in order, forwards, reversed and since a position', async () => {
+test('history through the SDK returns the stream in order, forwards, reversed and since a position', traced(async () => {
   const channel = uniqueChannel('js-history');
   const { client } = await connectAs('alice-js');
   const { sub, rec } = await subscribe(client, channel);
@@ -139,9 +139,9 @@ test('history through the SDK returns the stream in order, forwards, reversed an
   const positionOnly = await sub.history({});
   assert.equal(positionOnly.publications.length, 0, 'no limit: only the stream position');
   assert.equal(positionOnly.offset, 3);
-});
+}));
 
-test('reconnect recovers every publication missed while away, in order, with recovered=true', async () => {
+test('reconnect recovers every publication missed while away, in order, with recovered=true', traced(async () => {
   const channel = uniqueChannel('js-recover');
   const { client, rec: clientRec } = await connectAs('alice-js');
   const { rec, subscribed } = await subscribe(client, channel);
@@ -185,9 +185,9 @@ test('reconnect recovers every publication missed while away, in order, with rec
   assert.deepEqual(offsetsAndData(after.slice(6)), [[7, { n: 7 }]]);
   await sleep(200);
   assert.equal(rec.of('publication').length, 7, 'nothing is delivered twice');
-});
+}));
 
-test('a socket dropped mid-stream is recovered with nothing lost or doubled', async () => {
+test('a socket dropped mid-stream is recovered with nothing lost or doubled', traced(async () => {
   const channel = uniqueChannel('js-drop');
   const { client, rec: clientRec } = await connectAs('alice-js');
   const { rec } = await subscribe(client, channel);
@@ -212,9 +212,9 @@ test('a socket dropped mid-stream is recovered with nothing lost or doubled', as
   assert.equal(resubscribed[0].recovered, true);
   await sleep(200);
   assert.equal(rec.of('publication').length, total, 'nothing is delivered twice');
-});
+}));
 
-test('join, leave and presence of another user', async () => {
+test('join, leave and presence of another user', traced(async () => {
   const channel = uniqueChannel('js-presence');
   const { client: alice, id: aliceId } = await connectAs('alice-js');
   const { sub: aliceSub, rec } = await subscribe(alice, channel, { joinLeave: true });
@@ -241,9 +241,9 @@ test('join, leave and presence of another user', async () => {
   const afterLeave = await aliceSub.presence();
   assert.deepEqual(Object.keys(afterLeave.clients), [aliceId]);
   assert.deepEqual(await aliceSub.presenceStats(), { numClients: 1, numUsers: 1 });
-});
+}));
 
-test('the token channels claim subscribes server-side and delivers publications', async () => {
+test('the token channels claim subscribes server-side and delivers publications', traced(async () => {
   const channel = uniqueChannel('js-server-sub');
   const now = Math.floor(Date.now() / 1000);
   const token = require('jsonwebtoken').sign(
@@ -258,4 +258,4 @@ test('the token channels claim subscribes server-side and delivers publications'
   assert.equal(pub.channel, channel);
   assert.equal(pub.offset, 1);
   assert.deepEqual(pub.data, { n: 1 });
-});
+}));
