@@ -1,1 +1,16 @@
+//! Wire types of the Centrifugo client protocol v2 (JSON format), as roomcast speaks it.
+//!
+//! This crate owns the shape of every command a client sends, every reply and push the
+//! server sends, and the protocol's error and disconnect codes. It does no I/O and knows
+//! nothing of tokio, so the server, the tests and the load generator all share it.
+//!
+//! Field names follow `centrifugal/protocol`'s `client.proto` (the JSON format uses the same
+//! names); optional fields are omitted when empty, as the SDKs expect.
 
+pub mod codes;
+pub mod command;
+pub mod reply;
+
+pub use codes::{Disconnect, ErrorCode};
+pub use command::{decode_commands, Command, Method, StreamPosition};
+pub use reply::*;

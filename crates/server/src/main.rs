@@ -1,1 +1,146 @@
-fn main(){}
+//! The `roomcast` binary: `roomcast serve` runs a node; `roomcast token <user>` mints a
+//! connection token for trying it out.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use roomcast::auth::{now_secs, Auth, Claims};
+use roomcast::{Config, Server};
+
+#[derive(Parser)]
+#[command(name = "roomcast", version, about = "A Centrifugo-compatible chat server with durable history")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings shared by `serve` and `token`; each overrides the TOML file.
+#[derive(clap::Args)]
+struct Common {
+    /// TOML configuration file.
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (message store, generated secrets).
+    #[arg(long, env = "ROOMCAST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// HMAC secret for HS256 connection tokens.
+    #[arg(long, env = "ROOMCAST_TOKEN_HMAC_SECRET", hide_env_values = true)]
+    token_hmac_secret: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// Address to listen on.
+        #[arg(long, env = "ROOMCAST_LISTEN")]
+        listen: Option<std::net::SocketAddr>,
+        /// Server API key.
+        #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
+        api_key: Option<String>,
+        /// Development mode: clients may connect without a token.
+        #[arg(long, env = "ROOMCAST_INSECURE")]
+        insecure: bool,
+        /// Seconds between server pings.
+        #[arg(long, env = "ROOMCAST_PING_INTERVAL")]
+        ping_interval: Option<u64>,
+        /// Seconds a client has to answer a ping.
+        #[arg(long, env = "ROOMCAST_PONG_TIMEOUT")]
+        pong_timeout: Option<u64>,
+    },
+    /// Print a connection token (HS256 JWT) for a user.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        /// The user id (`sub` claim).
+        user: String,
+        /// Seconds until the token expires; 0 for a token that never does.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+        /// Channels the server subscribes the connection to (`channels` claim).
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+    },
+}
+
+fn load(common: &Common) -> anyhow::Result<Config> {
+    let mut config = match &common.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &common.data_dir {
+        config.data_dir = d.clone();
+    }
+    if let Some(s) = &common.token_hmac_secret {
+        config.token_hmac_secret = Some(s.clone());
+    }
+    Ok(config)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG").unwrap_or_else(|_| "roomcast=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve { common, listen, api_key, insecure, ping_interval, pong_timeout } => {
+            let mut config = load(&common)?;
+            if let Some(l) = listen {
+                config.listen = l;
+            }
+            if let Some(k) = api_key {
+                config.api_key = Some(k);
+            }
+            config.insecure |= insecure;
+            if let Some(p) = ping_interval {
+                config.ping_interval_secs = p;
+            }
+            if let Some(p) = pong_timeout {
+                config.pong_timeout_secs = p;
+            }
+            if config.insecure {
+                tracing::warn!("insecure mode: clients connect without a token");
+            }
+            let fds = roomcast::server::raise_fd_limit();
+            tracing::info!(open_files = fds, capacity = fds.saturating_sub(100), "connection capacity");
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(serve(config))
+        }
+        Command::Token { common, user, ttl, channels } => {
+            let mut config = load(&common)?;
+            if let Some(path) = config.ensure_secrets()? {
+                eprintln!("generated secrets in {}", path.display());
+            }
+            let auth = Auth::new(config.token_hmac_secret.as_deref().expect("secret ensured"), None, None);
+            let now = now_secs();
+            let claims = Claims {
+                sub: user,
+                exp: (ttl > 0).then_some(now + ttl),
+                iat: Some(now),
+                channels,
+                aud: config.token_audience.clone(),
+                iss: config.token_issuer.clone(),
+                ..Claims::default()
+            };
+            println!("{}", auth.mint(&claims));
+            Ok(())
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Commands a client sends. One WebSocket text frame carries one or more JSON objects
+//! separated by newlines; each object has an `id` and exactly one method field. An empty
+//! object `{}` (no id, no method) is the client's pong to a server ping.
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Arbitrary JSON the client attaches (publication data, connect data, rpc data). Kept as
+/// raw text: the server stores and forwards it without parsing it again.
+pub type Json = Box<RawValue>;
+
+#[derive(Debug, Default, Deserialize)]
+pub struct Command {
+    #[serde(default)]
+    pub id: u32,
+    pub connect: Option<ConnectRequest>,
+    pub subscribe: Option<SubscribeRequest>,
+    pub unsubscribe: Option<ChannelRequest>,
+    pub publish: Option<PublishRequest>,
+    pub presence: Option<ChannelRequest>,
+    pub presence_stats: Option<ChannelRequest>,
+    pub history: Option<HistoryRequest>,
+    pub ping: Option<serde_json::Value>,
+    pub send: Option<SendRequest>,
+    pub rpc: Option<RpcRequest>,
+    pub refresh: Option<RefreshRequest>,
+    pub sub_refresh: Option<SubRefreshRequest>,
+}
+
+/// The one method a command carries, taken out of its `Option` fields.
+#[derive(Debug)]
+pub enum Method {
+    Connect(ConnectRequest),
+    Subscribe(SubscribeRequest),
+    Unsubscribe(ChannelRequest),
+    Publish(PublishRequest),
+    Presence(ChannelRequest),
+    PresenceStats(ChannelRequest),
+    History(HistoryRequest),
+    Ping,
+    Send(SendRequest),
+    Rpc(RpcRequest),
+    Refresh(RefreshRequest),
+    SubRefresh(SubRefreshRequest),
+    /// `{}`: a pong, or an empty command.
+    Empty,
+}
+
+impl Command {
+    /// Splits the command into its id and method. More than one method field is a bad
+    /// request, reported as `Err(id)`.
+    pub fn into_method(self) -> Result<(u32, Method), u32> {
+        let id = self.id;
+        let mut found: Vec<Method> = Vec::with_capacity(1);
+        if let Some(r) = self.connect { found.push(Method::Connect(r)); }
+        if let Some(r) = self.subscribe { found.push(Method::Subscribe(r)); }
+        if let Some(r) = self.unsubscribe { found.push(Method::Unsubscribe(r)); }
+        if let Some(r) = self.publish { found.push(Method::Publish(r)); }
+        if let Some(r) = self.presence { found.push(Method::Presence(r)); }
+        if let Some(r) = self.presence_stats { found.push(Method::PresenceStats(r)); }
+        if let Some(r) = self.history { found.push(Method::History(r)); }
+        if self.ping.is_some() { found.push(Method::Ping); }
+        if let Some(r) = self.send { found.push(Method::Send(r)); }
+        if let Some(r) = self.rpc { found.push(Method::Rpc(r)); }
+        if let Some(r) = self.refresh { found.push(Method::Refresh(r)); }
+        if let Some(r) = self.sub_refresh { found.push(Method::SubRefresh(r)); }
+        match found.len() {
+            0 => Ok((id, Method::Empty)),
+            1 => Ok((id, found.pop().expect("one method"))),
+            _ => Err(id),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ConnectRequest {
+    #[serde(default)]
+    pub token: String,
+    pub data: Option<Json>,
+    /// Server-side subscriptions the client wants recovered, by channel.
+    #[serde(default)]
+    pub subs: std::collections::HashMap<String, SubscribeRequest>,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub version: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubscribeRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+    #[serde(default)]
+    pub recover: bool,
+    #[serde(default)]
+    pub epoch: String,
+    #[serde(default)]
+    pub offset: u64,
+    pub data: Option<Json>,
+    #[serde(default)]
+    pub positioned: bool,
+    #[serde(default)]
+    pub recoverable: bool,
+    #[serde(default)]
+    pub join_leave: bool,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ChannelRequest {
+    #[serde(default)]
+    pub channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PublishRequest {
+    #[serde(default)]
+    pub channel: String,
+    pub data: Json,
+}
+
+#[derive(Debug, Default, Deserialize, Clone)]
+pub struct StreamPosition {
+    #[serde(default)]
+    pub offset: u64,
+    #[serde(default)]
+    pub epoch: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct HistoryRequest {
+    #[serde(default)]
+    pub channel: String,
+    /// 0: no publications, only the position; negative: as many as allowed.
+    #[serde(default)]
+    pub limit: i64,
+    pub since: Option<StreamPosition>,
+    #[serde(default)]
+    pub reverse: bool,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SendRequest {
+    pub data: Json,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RpcRequest {
+    #[serde(default)]
+    pub method: String,
+    pub data: Option<Json>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct RefreshRequest {
+    #[serde(default)]
+    pub token: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct SubRefreshRequest {
+    #[serde(default)]
+    pub channel: String,
+    #[serde(default)]
+    pub token: String,
+}
+
+/// Decodes every command of one text frame. Stops at the first malformed object: the
+/// caller answers a malformed frame with a bad-request disconnect, so nothing after it
+/// matters.
+pub fn decode_commands(frame: &str) -> Result<Vec<Command>, serde_json::Error> {
+    let mut out = Vec::new();
+    for cmd in serde_json::Deserializer::from_str(frame).into_iter::<Command>() {
+        out.push(cmd?);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_several_commands_per_frame() {
+        let frame = "{\"id\":1,\"connect\":{\"token\":\"t\"}}\n{\"id\":2,\"subscribe\":{\"channel\":\"a\",\"recover\":true,\"offset\":5,\"epoch\":\"e\"}}\n{}";
+        let cmds = decode_commands(frame).unwrap();
+        assert_eq!(cmds.len(), 3);
+        let (id, m) = cmds.into_iter().nth(1).unwrap().into_method().unwrap();
+        assert_eq!(id, 2);
+        match m {
+            Method::Subscribe(s) => {
+                assert_eq!((s.channel.as_str(), s.recover, s.offset, s.epoch.as_str()), ("a", true, 5, "e"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn empty_object_is_pong_and_two_methods_are_rejected() {
+        let cmds = decode_commands("{}").unwrap();
+        assert!(matches!(cmds.into_iter().next().unwrap().into_method(), Ok((0, Method::Empty))));
+        let cmds = decode_commands("{\"id\":3,\"presence\":{\"channel\":\"a\"},\"history\":{\"channel\":\"a\"}}").unwrap();
+        assert_eq!(cmds.into_iter().next().unwrap().into_method().unwrap_err(), 3);
+    }
+
+    #[test]
+    fn malformed_json_is_an_error_not_a_panic() {
+        assert!(decode_commands("{\"id\":1,").is_err());
+        assert!(decode_commands("[1,2]").is_err());
+        assert!(decode_commands("{\"id\":\"x\"}").is_err());
+    }
+}

@@ -1,0 +1,224 @@
+//! Node configuration: built-in defaults, then a TOML file (`--config`), then `ROOMCAST_*`
+//! environment variables and command-line flags (clap reads both), each overriding the last.
+//!
+//! Channel namespaces come from the TOML file only. The default namespace (channels with
+//! no `ns:` prefix) has chat-friendly defaults: clients may subscribe, subscribers may
+//! publish and read history, presence and join/leave are on, and every subscription is
+//! recoverable from the durable history.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Options of a channel namespace, as Centrifugo names them.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceOptions {
+    /// Clients may subscribe on their own (without the channel in their token).
+    pub allow_subscribe_for_client: bool,
+    /// Subscribers may publish from the client.
+    pub allow_publish_for_subscriber: bool,
+    /// Any connected client may publish, subscribed or not.
+    pub allow_publish_for_client: bool,
+    /// Subscribers may read history.
+    pub allow_history_for_subscriber: bool,
+    /// Subscribers may read presence.
+    pub allow_presence_for_subscriber: bool,
+    /// Track who is subscribed.
+    pub presence: bool,
+    /// Emit join/leave events when subscribers come and go.
+    pub join_leave: bool,
+    /// Send join/leave to every subscriber, not only to those that asked (`join_leave`
+    /// in their subscribe request).
+    pub force_push_join_leave: bool,
+    /// Every subscription is recoverable, whether or not the client asked for it.
+    pub force_recovery: bool,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        NamespaceOptions {
+            allow_subscribe_for_client: true,
+            allow_publish_for_subscriber: true,
+            allow_publish_for_client: false,
+            allow_history_for_subscriber: true,
+            allow_presence_for_subscriber: true,
+            presence: true,
+            join_leave: true,
+            force_push_join_leave: true,
+            force_recovery: true,
+        }
+    }
+}
+
+/// Everything a node needs to run. Field names are the TOML keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// HMAC secret for HS256 connection tokens. Generated into the data dir when unset.
+    pub token_hmac_secret: Option<String>,
+    /// Server API key (`X-API-Key`). Generated into the data dir when unset.
+    pub api_key: Option<String>,
+    /// Required `aud` claim, when set.
+    pub token_audience: Option<String>,
+    /// Required `iss` claim, when set.
+    pub token_issuer: Option<String>,
+    /// Development mode: connect without a token (user id from the token if one is given,
+    /// anonymous otherwise). Off by default.
+    pub insecure: bool,
+    /// Seconds between server pings.
+    pub ping_interval_secs: u64,
+    /// Seconds a client has to answer a ping before it is disconnected ("no pong").
+    pub pong_timeout_secs: u64,
+    /// Largest gap (in publications) a resubscribing client recovers in one go; beyond
+    /// it the reply says `recovered: false` and the client pages history.
+    pub recovery_max_publications: u64,
+    /// Most publications one history call returns.
+    pub history_max_limit: u64,
+    /// Bytes queued for one connection before it is disconnected as slow.
+    pub outbox_max_bytes: usize,
+    /// Largest incoming WebSocket message.
+    pub max_message_size: usize,
+    /// Most channels one connection may subscribe to.
+    pub max_channels_per_connection: usize,
+    /// Seconds a retried publish with the same idempotency key returns the first result.
+    pub idempotency_ttl_secs: u64,
+    /// Seconds the node waits on shutdown for connections and commits to drain.
+    pub shutdown_grace_secs: u64,
+    /// Options for channels without a namespace prefix.
+    pub default_namespace: NamespaceOptions,
+    /// Named namespaces: channel `ns:room` uses `namespaces.ns`.
+    pub namespaces: HashMap<String, NamespaceOptions>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8000".parse().expect("valid default address"),
+            data_dir: PathBuf::from("roomcast-data"),
+            token_hmac_secret: None,
+            api_key: None,
+            token_audience: None,
+            token_issuer: None,
+            insecure: false,
+            ping_interval_secs: 25,
+            pong_timeout_secs: 8,
+            recovery_max_publications: 10_000,
+            history_max_limit: 10_000,
+            outbox_max_bytes: 1 << 20,
+            max_message_size: 64 << 10,
+            max_channels_per_connection: 128,
+            idempotency_ttl_secs: 300,
+            shutdown_grace_secs: 10,
+            default_namespace: NamespaceOptions::default(),
+            namespaces: HashMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config file {path}: {source}")]
+    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    #[error("secrets in {path}: {message}")]
+    Secrets { path: PathBuf, message: String },
+}
+
+impl Config {
+    /// Loads a TOML file over the defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+    }
+
+    /// The namespace options of a namespace name ("" for the default one); `None` for a
+    /// namespace that is not configured.
+    pub fn namespace(&self, name: &str) -> Option<&NamespaceOptions> {
+        if name.is_empty() {
+            Some(&self.default_namespace)
+        } else {
+            self.namespaces.get(name)
+        }
+    }
+
+    /// Fills in the token secret and API key from `<data_dir>/secrets.toml`, generating
+    /// that file on first start. Returns the file's path when it was created now.
+    pub fn ensure_secrets(&mut self) -> Result<Option<PathBuf>, ConfigError> {
+        if self.token_hmac_secret.is_some() && self.api_key.is_some() {
+            return Ok(None);
+        }
+        let path = self.data_dir.join("secrets.toml");
+        let err = |message: String| ConfigError::Secrets { path: path.clone(), message };
+        let (stored, created) = match std::fs::read_to_string(&path) {
+            Ok(text) => (toml::from_str::<Secrets>(&text).map_err(|e| err(e.to_string()))?, false),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let s = Secrets { token_hmac_secret: random_hex(32), api_key: random_hex(24) };
+                std::fs::create_dir_all(&self.data_dir).map_err(|e| err(e.to_string()))?;
+                write_private(&path, &toml::to_string(&s).expect("secrets serialize")).map_err(|e| err(e.to_string()))?;
+                (s, true)
+            }
+            Err(e) => return Err(err(e.to_string())),
+        };
+        self.token_hmac_secret.get_or_insert(stored.token_hmac_secret);
+        self.api_key.get_or_insert(stored.api_key);
+        Ok(created.then_some(path))
+    }
+}
+
+/// The generated secrets file.
+#[derive(Debug, Deserialize, Serialize)]
+struct Secrets {
+    token_hmac_secret: String,
+    api_key: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    use rand::RngExt;
+    let mut rng = rand::rng();
+    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+}
+
+/// Writes a file readable by its owner only: it holds secrets.
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_overrides_defaults_and_rejects_unknown_keys() {
+        let c: Config = toml::from_str(
+            "listen = \"127.0.0.1:9000\"\n[namespaces.news]\nallow_publish_for_subscriber = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert!(!c.namespace("news").unwrap().allow_publish_for_subscriber);
+        assert!(c.namespace("news").unwrap().allow_subscribe_for_client);
+        assert!(c.namespace("nope").is_none());
+        assert!(toml::from_str::<Config>("lisen = 1").is_err());
+    }
+
+    #[test]
+    fn secrets_are_generated_once_and_reused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = Config { data_dir: dir.path().into(), ..Config::default() };
+        assert!(a.ensure_secrets().unwrap().is_some());
+        let mut b = Config { data_dir: dir.path().into(), ..Config::default() };
+        assert!(b.ensure_secrets().unwrap().is_none());
+        assert_eq!(a.token_hmac_secret, b.token_hmac_secret);
+        assert_eq!(a.api_key, b.api_key);
+        assert_eq!(a.token_hmac_secret.unwrap().len(), 64);
+    }
+}

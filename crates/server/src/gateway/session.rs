@@ -1,0 +1,399 @@
+//! One client's protocol session: takes decoded commands, answers through the outbox, and
+//! keeps the connection's state (user, subscriptions, token expiry). It never touches the
+//! socket; the pump in `gateway/mod.rs` does.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use roomcast_proto::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
+use roomcast_proto::{
+    encode_empty_reply, encode_error, encode_error_message, encode_push, encode_reply, ClientInfo, ConnectResult,
+    Disconnect, ErrorCode, HistoryResult, Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult,
+    SubscribeResult,
+};
+
+use crate::auth::{now_secs, Claims, TokenError};
+use crate::channel::Channel;
+use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent};
+use crate::node::{internal, Node};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What the pump does after a command.
+#[derive(Debug, PartialEq)]
+pub enum Flow {
+    Continue,
+    Close(Disconnect),
+}
+
+/// A subscription of this connection.
+struct Subscription {
+    /// Track presence and emit join/leave for it (namespace options at subscribe time).
+    presence: bool,
+    join_leave: bool,
+}
+
+pub struct Session {
+    node: Arc<Node>,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    /// Set by a successful connect.
+    identity: Option<ClientInfo>,
+    /// Unix seconds the token expires at, if it does.
+    expires_at: Option<u64>,
+    subs: HashMap<Arc<str>, Subscription>,
+}
+
+impl Session {
+    pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> Session {
+        let conn = node.hub.next_conn_id();
+        Session { node, conn, outbox, identity: None, expires_at: None, subs: HashMap::new() }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// Whether the connection's token has expired (checked on the ping tick).
+    pub fn expired(&self) -> bool {
+        self.expires_at.is_some_and(|exp| now_secs() >= exp)
+    }
+
+    fn reply(&self, frame: bytes::Bytes) {
+        self.outbox.push(frame);
+    }
+
+    fn error(&self, id: u32, err: ErrorCode) {
+        self.reply(encode_error(id, err));
+    }
+
+    pub async fn handle(&mut self, id: u32, method: Method) -> Flow {
+        if self.identity.is_none() && !matches!(method, Method::Connect(_)) {
+            // Anything before connect is a protocol violation.
+            return Flow::Close(Disconnect::BAD_REQUEST);
+        }
+        if id == 0 && !matches!(method, Method::Send(_) | Method::Empty) {
+            // Commands that expect a reply need an id to carry it.
+            return Flow::Close(Disconnect::BAD_REQUEST);
+        }
+        match method {
+            Method::Connect(req) => return self.connect(id, req).await,
+            Method::Subscribe(req) => self.subscribe(id, req).await,
+            Method::Unsubscribe(req) => {
+                self.unsubscribe(&req.channel).await;
+                self.reply(encode_empty_reply(id, "unsubscribe"));
+            }
+            Method::Publish(req) => self.publish(id, &req.channel, req.data).await,
+            Method::Presence(req) => self.presence(id, &req.channel, false).await,
+            Method::PresenceStats(req) => self.presence(id, &req.channel, true).await,
+            Method::History(req) => self.history(id, req).await,
+            Method::Ping => self.reply(encode_empty_reply(id, "ping")),
+            Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
+            Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
+            Method::Refresh(req) => return self.refresh(id, &req.token),
+            Method::SubRefresh(_) => self.error(id, ErrorCode::NOT_AVAILABLE),
+            Method::Empty => {}
+        }
+        Flow::Continue
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, Flow> {
+        match self.node.auth.verify(token) {
+            Ok(c) => Ok(c),
+            Err(TokenError::Expired) => Err(Flow::Continue),
+            Err(TokenError::Invalid(why)) => {
+                tracing::debug!(%why, "invalid token");
+                Err(Flow::Close(Disconnect::INVALID_TOKEN))
+            }
+        }
+    }
+
+    async fn connect(&mut self, id: u32, req: ConnectRequest) -> Flow {
+        if self.identity.is_some() {
+            return Flow::Close(Disconnect::BAD_REQUEST);
+        }
+        let claims = if req.token.is_empty() {
+            if !self.node.config.insecure {
+                self.error(id, ErrorCode::UNAUTHORIZED);
+                return Flow::Close(Disconnect::INVALID_TOKEN);
+            }
+            Claims::default()
+        } else {
+            match self.verify(&req.token) {
+                Ok(c) => c,
+                Err(Flow::Continue) => {
+                    // Expired: the SDK fetches a fresh token and connects again.
+                    self.error(id, ErrorCode::TOKEN_EXPIRED);
+                    return Flow::Continue;
+                }
+                Err(close) => return close,
+            }
+        };
+        let client = uuid::Uuid::new_v4().to_string();
+        let mut info = ClientInfo::new(&claims.sub, &client);
+        info.conn_info = claims.info;
+        self.node.hub.register_conn(&info.user, self.conn, ConnEntry { client: client.as_str().into(), outbox: self.outbox.clone() });
+        self.identity = Some(info);
+        self.expires_at = claims.exp;
+
+        // Server-side subscriptions from the token, recovered from the positions the client
+        // sent for them.
+        let mut subs = HashMap::new();
+        let mut activate = Vec::new();
+        let mut positions = req.subs;
+        for channel in claims.channels {
+            if self.subs.contains_key(channel.as_str()) || Channel::resolve(&self.node.config, &channel).is_err() {
+                continue;
+            }
+            let mut sreq = positions.remove(&channel).unwrap_or_default();
+            sreq.channel = channel.clone();
+            match self.join(&sreq).await {
+                Ok((result, next)) => {
+                    subs.insert(channel.clone(), result);
+                    activate.push((channel, next));
+                }
+                Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscription failed"),
+            }
+        }
+        let (expires, ttl) = self.ttl();
+        let result = ConnectResult {
+            client,
+            version: VERSION.into(),
+            expires,
+            ttl,
+            subs,
+            ping: self.node.config.ping_interval_secs as u32,
+            pong: true,
+            node: self.node.id.clone(),
+        };
+        self.reply(encode_reply(id, "connect", &result));
+        for (channel, next) in activate {
+            self.node.hub.activate(&channel, self.conn, next);
+        }
+        Flow::Continue
+    }
+
+    fn ttl(&self) -> (bool, u32) {
+        match self.expires_at {
+            Some(exp) => (true, exp.saturating_sub(now_secs()).max(1) as u32),
+            None => (false, 0),
+        }
+    }
+
+    fn refresh(&mut self, id: u32, token: &str) -> Flow {
+        let claims = match self.verify(token) {
+            Ok(c) => c,
+            Err(Flow::Continue) => {
+                self.error(id, ErrorCode::TOKEN_EXPIRED);
+                return Flow::Continue;
+            }
+            Err(close) => return close,
+        };
+        let identity = self.identity.as_ref().expect("connected");
+        if claims.sub != identity.user {
+            return Flow::Close(Disconnect::INVALID_TOKEN);
+        }
+        self.expires_at = claims.exp;
+        let (expires, ttl) = self.ttl();
+        let result = RefreshResult { client: identity.client.clone(), version: VERSION.into(), expires, ttl };
+        self.reply(encode_reply(id, "refresh", &result));
+        Flow::Continue
+    }
+
+    async fn subscribe(&mut self, id: u32, req: SubscribeRequest) {
+        let user = self.identity.as_ref().expect("connected").user.clone();
+        let channel = match Channel::resolve(&self.node.config, &req.channel) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, e),
+        };
+        if !channel.options.allow_subscribe_for_client || !channel.admits(&user) {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        if self.subs.contains_key(req.channel.as_str()) {
+            return self.error(id, ErrorCode::ALREADY_SUBSCRIBED);
+        }
+        if self.subs.len() >= self.node.config.max_channels_per_connection {
+            return self.error(id, ErrorCode::LIMIT_EXCEEDED);
+        }
+        match self.join(&req).await {
+            Ok((result, next)) => {
+                self.reply(encode_reply(id, "subscribe", &result));
+                self.node.hub.activate(&req.channel, self.conn, next);
+            }
+            Err(e) => self.error(id, e),
+        }
+    }
+
+    /// Registers a subscription (pending in the hub), recovers its missed publications and
+    /// announces it. The caller queues the reply, then activates the subscriber.
+    async fn join(&mut self, req: &SubscribeRequest) -> Result<(SubscribeResult, Option<u64>), ErrorCode> {
+        let node = self.node.clone();
+        let options = Channel::resolve(&node.config, &req.channel)?.options.clone();
+        let room: Arc<str> = req.channel.as_str().into();
+        let join_leave = options.join_leave && (options.force_push_join_leave || req.join_leave);
+        if node.hub.subscribe(&room, self.conn, self.outbox.clone(), join_leave) {
+            if let Err(e) = node.bus.watch(&room).await {
+                tracing::warn!(error = %e, "bus watch failed");
+                self.leave_hub(&room).await;
+                return Err(ErrorCode::INTERNAL);
+            }
+        }
+        let recoverable = options.force_recovery || req.recoverable;
+        let positioned = recoverable || req.positioned;
+        let mut result = SubscribeResult::default();
+        let mut next = None;
+        if positioned {
+            let read = if req.recover {
+                let limit = node.config.recovery_max_publications as usize;
+                let range = crate::store::Range { since: Some(req.offset), limit: limit + 1, reverse: false };
+                node.store.range(&room, range).await
+            } else {
+                node.store.position(&room).await.map(|p| (Vec::new(), p))
+            };
+            let (msgs, pos) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    self.leave_hub(&room).await;
+                    return Err(internal(e));
+                }
+            };
+            if req.recover {
+                result.was_recovering = true;
+                let same_stream = req.epoch == pos.epoch && req.offset <= pos.offset;
+                let within = pos.offset - req.offset.min(pos.offset) <= node.config.recovery_max_publications;
+                if same_stream && within {
+                    result.recovered = true;
+                    result.publications = msgs.iter().map(|m| m.publication()).collect();
+                }
+            }
+            result.recoverable = recoverable;
+            result.positioned = positioned;
+            result.epoch = pos.epoch;
+            result.offset = pos.offset;
+            next = Some(pos.offset + 1);
+        }
+        let identity = self.identity.clone().expect("connected");
+        if options.presence {
+            node.presence.add(&room, identity.clone()).await;
+        }
+        if options.join_leave {
+            self.announce(RoomEvent::Join { room: room.clone(), info: identity }).await;
+        }
+        self.subs.insert(room, Subscription { presence: options.presence, join_leave: options.join_leave });
+        Ok((result, next))
+    }
+
+    async fn announce(&self, event: RoomEvent) {
+        if let Err(e) = self.node.bus.publish(vec![event]).await {
+            tracing::warn!(error = %e, "join/leave not published");
+        }
+    }
+
+    async fn leave_hub(&self, room: &str) {
+        if self.node.hub.unsubscribe(room, self.conn) {
+            self.node.bus.unwatch(room).await;
+        }
+    }
+
+    /// Ends a subscription: hub, presence, leave event. Does nothing if not subscribed.
+    pub async fn unsubscribe(&mut self, channel: &str) {
+        let Some((room, sub)) = self.subs.remove_entry(channel) else { return };
+        self.leave_hub(&room).await;
+        let identity = self.identity.clone().expect("connected");
+        if sub.presence {
+            self.node.presence.remove(&room, &identity.client).await;
+        }
+        if sub.join_leave {
+            self.announce(RoomEvent::Leave { room, info: identity }).await;
+        }
+    }
+
+    /// The server unsubscribes this connection (server API): the client is told with an
+    /// unsubscribe push.
+    pub async fn server_unsubscribe(&mut self, channel: &str) {
+        if self.subs.contains_key(channel) {
+            self.unsubscribe(channel).await;
+            self.reply(encode_push(
+                channel,
+                PushBody::Unsubscribe { code: roomcast_proto::codes::unsubscribe::SERVER, reason: "server unsubscribe" },
+            ));
+        }
+    }
+
+    async fn publish(&mut self, id: u32, channel_name: &str, data: Box<serde_json::value::RawValue>) {
+        let identity = self.identity.clone().expect("connected");
+        let channel = match Channel::resolve(&self.node.config, channel_name) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, e),
+        };
+        let allowed = if self.subs.contains_key(channel_name) {
+            channel.options.allow_publish_for_subscriber || channel.options.allow_publish_for_client
+        } else {
+            channel.options.allow_publish_for_client
+        };
+        if !allowed || !channel.admits(&identity.user) {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        match self.node.publish(channel_name, data, Some(&identity), None).await {
+            Ok(_) => self.reply(encode_empty_reply(id, "publish")),
+            Err(e) => self.error(id, internal(e)),
+        }
+    }
+
+    async fn presence(&mut self, id: u32, channel_name: &str, stats: bool) {
+        let channel = match Channel::resolve(&self.node.config, channel_name) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, e),
+        };
+        if !channel.options.presence {
+            return self.error(id, ErrorCode::NOT_AVAILABLE);
+        }
+        if !self.subs.contains_key(channel_name) || !channel.options.allow_presence_for_subscriber {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        if stats {
+            let (num_clients, num_users) = self.node.presence.stats(channel_name).await;
+            self.reply(encode_reply(id, "presence_stats", &PresenceStatsResult { num_clients, num_users }));
+        } else {
+            let presence = self.node.presence.get(channel_name).await;
+            self.reply(encode_reply(id, "presence", &PresenceResult { presence }));
+        }
+    }
+
+    async fn history(&mut self, id: u32, req: HistoryRequest) {
+        let channel = match Channel::resolve(&self.node.config, &req.channel) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, e),
+        };
+        if !self.subs.contains_key(req.channel.as_str()) || !channel.options.allow_history_for_subscriber {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        match self.node.history(&req.channel, req.limit, req.since.as_ref(), req.reverse).await {
+            Ok((msgs, pos)) => {
+                let result = HistoryResult {
+                    publications: msgs.iter().map(|m| m.publication()).collect(),
+                    epoch: pos.epoch,
+                    offset: pos.offset,
+                };
+                self.reply(encode_reply(id, "history", &result));
+            }
+            Err(ErrorCode::UNRECOVERABLE_POSITION) => self.reply(encode_error_message(
+                id,
+                ErrorCode::UNRECOVERABLE_POSITION,
+                "unrecoverable position: the stream's epoch changed",
+            )),
+            Err(e) => self.error(id, e),
+        }
+    }
+
+    /// The connection is gone: leave every room, drop presence, unregister.
+    pub async fn close(&mut self) {
+        let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
+        for c in channels {
+            self.unsubscribe(&c).await;
+        }
+        if let Some(identity) = &self.identity {
+            self.node.hub.unregister_conn(&identity.user, self.conn);
+        }
+    }
+}

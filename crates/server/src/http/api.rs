@@ -1,0 +1,258 @@
+//! The server HTTP API, as Centrifugo's: `POST /api/<method>` with a JSON body and the
+//! key in `X-API-Key` (or `Authorization: apikey <key>`); answers `{"result": {...}}`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use roomcast_proto::{Disconnect, ErrorCode, StreamPosition};
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use crate::channel::Channel;
+use crate::hub::Out;
+use crate::node::{internal, Node};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelBody {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryBody {
+    channel: String,
+    #[serde(default)]
+    limit: i64,
+    #[serde(default)]
+    since: Option<StreamPosition>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ChannelsBody {
+    #[serde(default)]
+    pattern: String,
+}
+
+#[derive(Deserialize)]
+struct DisconnectCode {
+    code: u16,
+    reason: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: String,
+    #[serde(default)]
+    client: Option<String>,
+    #[serde(default)]
+    disconnect: Option<DisconnectCode>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeBody {
+    user: String,
+    channel: String,
+    #[serde(default)]
+    client: Option<String>,
+}
+
+fn authorized(node: &Node, headers: &HeaderMap) -> bool {
+    let Some(key) = node.config.api_key.as_deref() else { return false };
+    let given = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("apikey ")));
+    // Constant-time comparison: the key is a secret.
+    given.is_some_and(|g| g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    let body: &[u8] = if body.is_empty() { b"{}" } else { body };
+    serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
+}
+
+fn ok(result: Value) -> Json<Value> {
+    Json(json!({ "result": result }))
+}
+
+pub async fn call(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    if !authorized(&node, &headers) {
+        return Err(ApiError::Unauthorized);
+    }
+    match method.as_str() {
+        "publish" => {
+            let b: PublishBody = parse(&body)?;
+            Channel::resolve(&node.config, &b.channel)?;
+            let r = node.publish(&b.channel, b.data, None, b.idempotency_key).await.map_err(internal)?;
+            Ok(ok(json!({ "offset": r.offset, "epoch": r.epoch })))
+        }
+        "broadcast" => {
+            let b: BroadcastBody = parse(&body)?;
+            let mut responses = Vec::with_capacity(b.channels.len());
+            for channel in &b.channels {
+                let r = match Channel::resolve(&node.config, channel) {
+                    Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
+                    Ok(_) => match node.publish(channel, b.data.clone(), None, b.idempotency_key.clone()).await {
+                        Ok(r) => json!({ "result": { "offset": r.offset, "epoch": r.epoch } }),
+                        Err(e) => {
+                            let e = internal(e);
+                            json!({ "error": { "code": e.code, "message": e.message } })
+                        }
+                    },
+                };
+                responses.push(r);
+            }
+            Ok(ok(json!({ "responses": responses })))
+        }
+        "history" => {
+            let b: HistoryBody = parse(&body)?;
+            Channel::resolve(&node.config, &b.channel)?;
+            let (msgs, pos) = node.history(&b.channel, b.limit, b.since.as_ref(), b.reverse).await?;
+            let pubs: Vec<_> = msgs.iter().map(|m| m.publication()).collect();
+            Ok(ok(json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch })))
+        }
+        "presence" | "presence_stats" => {
+            let b: ChannelBody = parse(&body)?;
+            let channel = Channel::resolve(&node.config, &b.channel)?;
+            if !channel.options.presence {
+                return Err(ErrorCode::NOT_AVAILABLE.into());
+            }
+            if method == "presence" {
+                Ok(ok(json!({ "presence": node.presence.get(&b.channel).await })))
+            } else {
+                let (clients, users) = node.presence.stats(&b.channel).await;
+                Ok(ok(json!({ "num_clients": clients, "num_users": users })))
+            }
+        }
+        "channels" => {
+            let b: ChannelsBody = parse(&body)?;
+            let mut channels = HashMap::new();
+            for (name, n) in node.hub.channels() {
+                if b.pattern.is_empty() || glob(&b.pattern, &name) {
+                    channels.insert(name, json!({ "num_clients": n }));
+                }
+            }
+            Ok(ok(json!({ "channels": channels })))
+        }
+        "info" => {
+            parse::<Value>(&body)?;
+            let (clients, users) = node.hub.counts();
+            Ok(ok(json!({ "nodes": [{
+                "uid": node.id,
+                "name": node.id,
+                "version": crate::gateway::session::VERSION,
+                "num_clients": clients,
+                "num_users": users,
+                "num_channels": node.hub.channels().len(),
+                "uptime": node.started.elapsed().as_secs(),
+            }] })))
+        }
+        "disconnect" => {
+            let b: DisconnectBody = parse(&body)?;
+            let why = match &b.disconnect {
+                None => Disconnect::FORCE_NO_RECONNECT,
+                Some(d) => custom_disconnect(d)?,
+            };
+            for conn in node.hub.user_conns(&b.user) {
+                if b.client.as_deref().is_none_or(|c| c == &*conn.client) {
+                    conn.outbox.close(why.clone());
+                }
+            }
+            Ok(ok(json!({})))
+        }
+        "unsubscribe" => {
+            let b: UnsubscribeBody = parse(&body)?;
+            Channel::resolve(&node.config, &b.channel)?;
+            for conn in node.hub.user_conns(&b.user) {
+                if b.client.as_deref().is_none_or(|c| c == &*conn.client) {
+                    conn.outbox.control(Out::Unsubscribe { channel: b.channel.as_str().into() });
+                }
+            }
+            Ok(ok(json!({})))
+        }
+        other => Err(ApiError::UnknownMethod(other.to_owned())),
+    }
+}
+
+/// A disconnect code given through the API: one of the protocol's known codes (so the
+/// reason is the protocol's), or a 4000-4999 application code whose reason is leaked as
+/// a static string only for the known set; unknown codes are refused.
+fn custom_disconnect(d: &DisconnectCode) -> Result<Disconnect, ApiError> {
+    const KNOWN: &[Disconnect] = &[
+        Disconnect::FORCE_RECONNECT,
+        Disconnect::FORCE_NO_RECONNECT,
+        Disconnect::SHUTDOWN,
+        Disconnect::INVALID_TOKEN,
+        Disconnect::PERMISSION_DENIED,
+        Disconnect::CONNECTION_LIMIT,
+        Disconnect::EXPIRED,
+        Disconnect::INSUFFICIENT_STATE,
+    ];
+    KNOWN.iter().find(|k| k.code == d.code).cloned().ok_or_else(|| {
+        ApiError::RefusedWith(
+            ErrorCode::BAD_REQUEST,
+            format!("disconnect code {} ({}) is not one roomcast sends; use 3001, 3005, 3010, 3011, 3500, 3503, 3504 or 3507", d.code, d.reason),
+        )
+    })
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn glob(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((head, rest)) => {
+            name.starts_with(head) && (0..=name.len() - head.len()).any(|i| name.is_char_boundary(head.len() + i) && glob(rest, &name[head.len() + i..]))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob;
+
+    #[test]
+    fn glob_patterns() {
+        assert!(glob("chat:*", "chat:1"));
+        assert!(glob("*", "x"));
+        assert!(glob("a*c", "abbc"));
+        assert!(!glob("a*c", "abb"));
+        assert!(glob("exact", "exact"));
+        assert!(!glob("exact", "exac"));
+    }
+}

@@ -1,0 +1,335 @@
+//! The rooms of this node: which local connections are subscribed to what, and fan-out.
+//!
+//! The hub receives room events from the bus (publications already committed to the
+//! store, joins, leaves) and puts them into the outboxes of the local subscribers. A
+//! publication is encoded once; every recipient gets the same `Bytes`.
+//!
+//! Ordering and recovery: a subscriber is first added *pending* (events for it are held,
+//! in order, in its pending buffer), then the caller reads the store, queues the subscribe
+//! reply, and *activates* it: the held events go out after the reply, skipping any the
+//! reply already carried. Because the store is read after the subscriber is registered, and
+//! publications reach the hub only after they are committed, every publication is either in
+//! that read or in the pending buffer (or both: duplicates are dropped by offset).
+//!
+//! Each positioned subscription knows the next offset it must see. An offset beyond it is
+//! a gap: the connection is closed with "insufficient state" and its SDK recovers.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use roomcast_proto::{encode_push, ClientInfo, Disconnect, PushBody};
+
+use crate::store::Message;
+
+pub mod outbox;
+
+pub use outbox::{Out, Outbox};
+
+/// A connection's id, unique on this node.
+pub type ConnId = u64;
+
+/// Something that happened in a room, as carried by the bus.
+#[derive(Debug, Clone)]
+pub enum RoomEvent {
+    /// A committed publication.
+    Publication(Arc<Message>),
+    Join { room: Arc<str>, info: ClientInfo },
+    Leave { room: Arc<str>, info: ClientInfo },
+}
+
+impl RoomEvent {
+    pub fn room(&self) -> &str {
+        match self {
+            RoomEvent::Publication(m) => &m.room,
+            RoomEvent::Join { room, .. } | RoomEvent::Leave { room, .. } => room,
+        }
+    }
+}
+
+const SHARDS: usize = 64;
+
+/// Events held for one pending subscriber at most; beyond, it is told to recover again.
+const MAX_PENDING: usize = 10_000;
+
+struct Sub {
+    outbox: Arc<Outbox>,
+    /// The next offset this subscription must receive; `None` for a subscription that is
+    /// not positioned (it takes whatever comes).
+    next: Option<u64>,
+    /// Events held while the subscribe is in progress.
+    pending: Option<Vec<(u64, Bytes)>>,
+    /// Wants join/leave pushes.
+    join_leave: bool,
+}
+
+#[derive(Default)]
+struct Room {
+    subs: HashMap<ConnId, Sub>,
+}
+
+/// A local connection, as the server API finds it by user.
+#[derive(Clone)]
+pub struct ConnEntry {
+    pub client: Arc<str>,
+    pub outbox: Arc<Outbox>,
+}
+
+pub struct Hub {
+    /// Rooms by name, sharded so that fan-out in one room does not block others.
+    shards: Box<[Mutex<HashMap<Arc<str>, Room>>]>,
+    /// Local connections by user, for user-targeted operations.
+    users: Mutex<HashMap<Arc<str>, HashMap<ConnId, ConnEntry>>>,
+    next_conn: AtomicU64,
+    /// Frames put into outboxes (a delivery is one frame to one connection).
+    pub deliveries: AtomicU64,
+    /// Subscriptions closed for a gap in their offsets.
+    pub gaps: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new()
+    }
+}
+
+impl Hub {
+    pub fn new() -> Hub {
+        Hub {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            users: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            deliveries: AtomicU64::new(0),
+            gaps: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, room: &str) -> &Mutex<HashMap<Arc<str>, Room>> {
+        let mut h = DefaultHasher::new();
+        room.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn register_conn(&self, user: &str, id: ConnId, entry: ConnEntry) {
+        self.users.lock().expect("users lock").entry(user.into()).or_default().insert(id, entry);
+    }
+
+    pub fn unregister_conn(&self, user: &str, id: ConnId) {
+        let mut users = self.users.lock().expect("users lock");
+        if let Some(conns) = users.get_mut(user) {
+            conns.remove(&id);
+            if conns.is_empty() {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// The local connections of a user.
+    pub fn user_conns(&self, user: &str) -> Vec<ConnEntry> {
+        self.users.lock().expect("users lock").get(user).map(|c| c.values().cloned().collect()).unwrap_or_default()
+    }
+
+    /// Every local connection (for shutdown).
+    pub fn all_conns(&self) -> Vec<ConnEntry> {
+        self.users.lock().expect("users lock").values().flat_map(|c| c.values().cloned()).collect()
+    }
+
+    /// Number of local connections and of distinct users.
+    pub fn counts(&self) -> (usize, usize) {
+        let users = self.users.lock().expect("users lock");
+        (users.values().map(HashMap::len).sum(), users.len())
+    }
+
+    /// Adds a pending subscriber. Returns true when the room had no local subscriber
+    /// before (the bus must start carrying it to this node).
+    pub fn subscribe(&self, room: &str, conn: ConnId, outbox: Arc<Outbox>, join_leave: bool) -> bool {
+        let mut shard = self.shard(room).lock().expect("hub shard lock");
+        let new_room = !shard.contains_key(room);
+        let r = shard.entry(room.into()).or_default();
+        r.subs.insert(conn, Sub { outbox, next: None, pending: Some(Vec::new()), join_leave });
+        new_room
+    }
+
+    /// Ends the pending state of a subscriber whose subscribe reply is queued: held events
+    /// from `next` on go out now, in order. `next` is `None` for unpositioned subscriptions.
+    pub fn activate(&self, room: &str, conn: ConnId, next: Option<u64>) {
+        let mut shard = self.shard(room).lock().expect("hub shard lock");
+        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(&conn)) else { return };
+        sub.next = next;
+        let held = sub.pending.take().unwrap_or_default();
+        for (offset, frame) in held {
+            if offset == 0 {
+                // Join/leave held while pending: not positioned, just passed on.
+                self.put(sub, frame);
+            } else {
+                self.deliver(sub, offset, frame);
+            }
+        }
+    }
+
+    /// Removes a subscriber. Returns true when the room has no local subscriber left.
+    pub fn unsubscribe(&self, room: &str, conn: ConnId) -> bool {
+        let mut shard = self.shard(room).lock().expect("hub shard lock");
+        let Some(r) = shard.get_mut(room) else { return false };
+        r.subs.remove(&conn);
+        if r.subs.is_empty() {
+            shard.remove(room);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Fans one event out to the room's local subscribers.
+    pub fn dispatch(&self, event: &RoomEvent) {
+        let room = event.room();
+        let (offset, frame, join_leave) = match event {
+            RoomEvent::Publication(m) => (m.offset, encode_push(room, PushBody::Pub(&m.publication())), false),
+            RoomEvent::Join { info, .. } => (0, encode_push(room, PushBody::Join { info }), true),
+            RoomEvent::Leave { info, .. } => (0, encode_push(room, PushBody::Leave { info }), true),
+        };
+        let mut shard = self.shard(room).lock().expect("hub shard lock");
+        let Some(r) = shard.get_mut(room) else { return };
+        for sub in r.subs.values_mut() {
+            if join_leave && !sub.join_leave {
+                continue;
+            }
+            if let Some(held) = &mut sub.pending {
+                if held.len() >= MAX_PENDING {
+                    sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
+                } else {
+                    held.push((offset, frame.clone()));
+                }
+                continue;
+            }
+            if join_leave {
+                self.put(sub, frame.clone());
+            } else {
+                self.deliver(sub, offset, frame.clone());
+            }
+        }
+    }
+
+    /// Puts a publication into a live subscriber's outbox if it is the next one it needs.
+    fn deliver(&self, sub: &mut Sub, offset: u64, frame: Bytes) {
+        match sub.next {
+            None => self.put(sub, frame),
+            Some(next) if offset < next => {} // already delivered (by recovery): not twice
+            Some(next) if offset == next => {
+                sub.next = Some(next + 1);
+                self.put(sub, frame);
+            }
+            Some(next) => {
+                tracing::warn!(offset, expected = next, "gap in a subscription's offsets; client will recover");
+                self.gaps.fetch_add(1, Ordering::Relaxed);
+                sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
+            }
+        }
+    }
+
+    fn put(&self, sub: &Sub, frame: Bytes) {
+        if sub.outbox.push(frame) {
+            self.deliveries.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Rooms with local subscribers and how many.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for (name, room) in shard.lock().expect("hub shard lock").iter() {
+                out.push((name.to_string(), room.subs.len()));
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::value::RawValue;
+
+    fn publication(room: &str, offset: u64) -> RoomEvent {
+        RoomEvent::Publication(Arc::new(Message {
+            room: room.into(),
+            offset,
+            uid: String::new(),
+            user: String::new(),
+            client: String::new(),
+            data: RawValue::from_string(offset.to_string()).unwrap(),
+            info: None,
+            ts_ms: 0,
+        }))
+    }
+
+    fn offsets(outbox: &Outbox) -> (Vec<u64>, Option<Disconnect>) {
+        let mut out = Vec::new();
+        let close = outbox.take(&mut out);
+        let offs = out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Frame(b) => serde_json::from_slice::<serde_json::Value>(b).ok()?["push"]["pub"]["offset"].as_u64(),
+                _ => None,
+            })
+            .collect();
+        (offs, close)
+    }
+
+    #[test]
+    fn pending_events_follow_the_reply_without_duplicates() {
+        let hub = Hub::new();
+        let ob = Arc::new(Outbox::new(1 << 20));
+        assert!(hub.subscribe("r", 1, ob.clone(), false));
+        hub.dispatch(&publication("r", 4));
+        hub.dispatch(&publication("r", 5));
+        assert!(offsets(&ob).0.is_empty(), "nothing goes out while pending");
+        // The store read returned up to 4; 5 is next.
+        hub.activate("r", 1, Some(5));
+        hub.dispatch(&publication("r", 6));
+        assert_eq!(offsets(&ob), (vec![5, 6], None));
+    }
+
+    #[test]
+    fn a_gap_closes_with_insufficient_state() {
+        let hub = Hub::new();
+        let ob = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe("r", 1, ob.clone(), false);
+        hub.activate("r", 1, Some(1));
+        hub.dispatch(&publication("r", 1));
+        hub.dispatch(&publication("r", 3));
+        assert_eq!(offsets(&ob), (vec![1], Some(Disconnect::INSUFFICIENT_STATE)));
+        assert_eq!(hub.gaps.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn fan_out_shares_one_encoding_and_join_leave_is_opt_in() {
+        let hub = Hub::new();
+        let a = Arc::new(Outbox::new(1 << 20));
+        let b = Arc::new(Outbox::new(1 << 20));
+        hub.subscribe("r", 1, a.clone(), true);
+        hub.subscribe("r", 2, b.clone(), false);
+        hub.activate("r", 1, None);
+        hub.activate("r", 2, None);
+        hub.dispatch(&publication("r", 1));
+        hub.dispatch(&RoomEvent::Join { room: "r".into(), info: ClientInfo::new("u", "c") });
+        let (mut fa, mut fb) = (Vec::new(), Vec::new());
+        a.take(&mut fa);
+        b.take(&mut fb);
+        assert_eq!((fa.len(), fb.len()), (2, 1));
+        match (&fa[0], &fb[0]) {
+            (Out::Frame(x), Out::Frame(y)) => assert_eq!(x.as_ptr(), y.as_ptr(), "same bytes, not a copy"),
+            _ => panic!("frames expected"),
+        }
+        assert!(!hub.unsubscribe("r", 1));
+        assert!(hub.unsubscribe("r", 2));
+        assert!(hub.channels().is_empty());
+    }
+}

@@ -1,0 +1,175 @@
+//! A connection's outbox: what the node has to send it, bounded in bytes.
+//!
+//! Hand-written rather than a tokio `mpsc` because the bound is in bytes, not messages,
+//! and overflow must not wait: a connection that falls a full outbox behind is closed as
+//! "slow" (its SDK reconnects and recovers from its last offset), its queued frames are
+//! freed at once, and nobody else is delayed by it.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use roomcast_proto::Disconnect;
+use tokio::sync::Notify;
+
+/// Something for the connection task to do.
+#[derive(Debug)]
+pub enum Out {
+    /// An encoded reply or push.
+    Frame(Bytes),
+    /// The server unsubscribes the connection from a channel.
+    Unsubscribe { channel: Arc<str> },
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Out>,
+    /// Bytes of the frames in `queue`.
+    bytes: usize,
+    /// Set once: the connection must be closed with this code.
+    close: Option<Disconnect>,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    /// Wakes the connection task when there is something to send.
+    notify: Notify,
+    max_bytes: usize,
+}
+
+/// Control items (unsubscribes) a connection may have queued before it is closed.
+const MAX_CONTROL: usize = 256;
+
+impl Outbox {
+    pub fn new(max_bytes: usize) -> Outbox {
+        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), max_bytes }
+    }
+
+    /// Queues a frame. Returns false, and closes the outbox as slow, when the frame would
+    /// take it over its byte limit; a closed outbox takes nothing.
+    pub fn push(&self, frame: Bytes) -> bool {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_some() {
+            return false;
+        }
+        if s.bytes + frame.len() > self.max_bytes {
+            s.close = Some(Disconnect::SLOW);
+            s.queue = VecDeque::new();
+            s.bytes = 0;
+            drop(s);
+            self.notify.notify_one();
+            return false;
+        }
+        s.bytes += frame.len();
+        let was_empty = s.queue.is_empty();
+        s.queue.push_back(Out::Frame(frame));
+        drop(s);
+        if was_empty {
+            self.notify.notify_one();
+        }
+        true
+    }
+
+    /// Queues a control item.
+    pub fn control(&self, item: Out) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_some() {
+            return;
+        }
+        if s.queue.len() >= MAX_CONTROL && !matches!(item, Out::Frame(_)) {
+            s.close = Some(Disconnect::SLOW);
+            s.queue = VecDeque::new();
+            s.bytes = 0;
+        } else {
+            s.queue.push_back(item);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    /// Asks the connection to close with `why` after what is already queued. The first
+    /// reason given wins.
+    pub fn close(&self, why: Disconnect) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_none() {
+            s.close = Some(why);
+        }
+        drop(s);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().expect("outbox lock").close.is_some()
+    }
+
+    /// Waits until something is queued or the outbox is closed.
+    pub async fn ready(&self) {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let s = self.state.lock().expect("outbox lock");
+                if !s.queue.is_empty() || s.close.is_some() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes everything queued, and the close reason if one is set. After a slow close the
+    /// queue is already empty: nothing of a slow connection's backlog is written.
+    pub fn take(&self, into: &mut Vec<Out>) -> Option<Disconnect> {
+        let mut s = self.state.lock().expect("outbox lock");
+        into.extend(s.queue.drain(..));
+        s.bytes = 0;
+        if s.queue.capacity() > 64 {
+            s.queue.shrink_to(16);
+        }
+        s.close.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overflow_closes_as_slow_and_frees_the_backlog() {
+        let o = Outbox::new(10);
+        assert!(o.push(Bytes::from_static(b"12345")));
+        assert!(o.push(Bytes::from_static(b"12345")));
+        assert!(!o.push(Bytes::from_static(b"1")));
+        let mut out = Vec::new();
+        assert_eq!(o.take(&mut out), Some(Disconnect::SLOW));
+        assert!(out.is_empty());
+        assert!(!o.push(Bytes::from_static(b"1")));
+    }
+
+    #[test]
+    fn take_returns_frames_in_order() {
+        let o = Outbox::new(100);
+        o.push(Bytes::from_static(b"a"));
+        o.control(Out::Unsubscribe { channel: "c".into() });
+        o.push(Bytes::from_static(b"b"));
+        let mut out = Vec::new();
+        assert_eq!(o.take(&mut out), None);
+        assert!(matches!(&out[0], Out::Frame(b) if &b[..] == b"a"));
+        assert!(matches!(&out[1], Out::Unsubscribe { .. }));
+        assert!(matches!(&out[2], Out::Frame(b) if &b[..] == b"b"));
+    }
+
+    #[tokio::test]
+    async fn ready_wakes_on_push_and_close() {
+        let o = Arc::new(Outbox::new(100));
+        let o2 = o.clone();
+        let t = tokio::spawn(async move { o2.ready().await });
+        tokio::task::yield_now().await;
+        o.push(Bytes::from_static(b"x"));
+        t.await.unwrap();
+        let o = Arc::new(Outbox::new(100));
+        let o2 = o.clone();
+        let t = tokio::spawn(async move { o2.ready().await });
+        o.close(Disconnect::SHUTDOWN);
+        t.await.unwrap();
+    }
+}

@@ -1,0 +1,21 @@
+//! roomcast: a real-time chat server that speaks the Centrifugo client protocol v2 and
+//! server HTTP API, with durable, store-first history.
+//!
+//! How a message travels: socket -> `gateway` (session) -> `node::Node::publish` ->
+//! `store` (commit, offset) -> dispatcher -> `bus` -> `hub` (fan-out, on every node with
+//! subscribers) -> outbox -> socket.
+
+pub mod auth;
+pub mod bus;
+pub mod channel;
+pub mod config;
+pub mod gateway;
+pub mod http;
+pub mod hub;
+pub mod node;
+pub mod presence;
+pub mod server;
+pub mod store;
+
+pub use config::Config;
+pub use server::Server;

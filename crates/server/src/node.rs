@@ -1,0 +1,110 @@
+//! A running node: its configuration and the components every connection and API call
+//! share, plus the operations both the client protocol and the server API perform
+//! (publish, history, presence).
+//!
+//! Data flows one way: gateway or API -> `Node::publish` -> store (commit) -> dispatcher
+//! -> bus -> hub (on every node with subscribers) -> outboxes -> sockets.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use roomcast_proto::{ClientInfo, ErrorCode, StreamPosition};
+use serde_json::value::RawValue;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Auth;
+use crate::bus::Bus;
+use crate::config::Config;
+use crate::hub::{Hub, RoomEvent};
+use crate::presence::Presence;
+use crate::store::{Appended, Committed, Message, NewMessage, Position, Range, Store, StoreError};
+
+pub struct Node {
+    pub config: Config,
+    pub auth: Auth,
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub presence: Arc<dyn Presence>,
+    /// This node's id (in connect replies and the `info` API).
+    pub id: String,
+    pub started: Instant,
+    /// Cancelled when the node starts draining.
+    pub shutdown: CancellationToken,
+    /// Every connection task and background task, so the drain can wait for them.
+    pub tasks: TaskTracker,
+    /// Publications accepted (committed) by this node.
+    pub published: AtomicU64,
+}
+
+impl Node {
+    /// Store first, then publish: resolves once the message is committed (and handed to
+    /// the dispatcher, which fans it out in commit order).
+    pub async fn publish(
+        &self,
+        room: &str,
+        data: Box<RawValue>,
+        sender: Option<&ClientInfo>,
+        idempotency_key: Option<String>,
+    ) -> Result<Appended, StoreError> {
+        let msg = NewMessage {
+            room: room.to_owned(),
+            data,
+            user: sender.map(|s| s.user.clone()).unwrap_or_default(),
+            client: sender.map(|s| s.client.clone()).unwrap_or_default(),
+            info: sender.cloned(),
+            idempotency_key,
+        };
+        let r = self.store.append(msg).await?;
+        if !r.duplicate {
+            self.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(r)
+    }
+
+    /// History with the protocol's semantics: `limit` 0 returns only the position, a
+    /// negative limit as many as allowed; `since` with another epoch is an unrecoverable
+    /// position.
+    pub async fn history(
+        &self,
+        room: &str,
+        limit: i64,
+        since: Option<&StreamPosition>,
+        reverse: bool,
+    ) -> Result<(Vec<Message>, Position), ErrorCode> {
+        let max = self.config.history_max_limit as i64;
+        let limit = if limit < 0 || limit > max { max } else { limit };
+        if limit == 0 && since.is_none() {
+            let pos = self.store.position(room).await.map_err(internal)?;
+            return Ok((Vec::new(), pos));
+        }
+        let range = Range { since: since.map(|s| s.offset), limit: limit as usize, reverse };
+        let (msgs, pos) = self.store.range(room, range).await.map_err(internal)?;
+        if let Some(s) = since {
+            if !s.epoch.is_empty() && s.epoch != pos.epoch {
+                return Err(ErrorCode::UNRECOVERABLE_POSITION);
+            }
+        }
+        Ok((msgs, pos))
+    }
+
+    /// Runs until the store's committed stream ends: publishes every committed message on
+    /// the bus, in commit order.
+    pub async fn dispatch(self: Arc<Self>, mut committed: Committed) {
+        while let Some(batch) = committed.recv().await {
+            let events = batch.into_iter().map(RoomEvent::Publication).collect();
+            if let Err(e) = self.bus.publish(events).await {
+                // The messages are durable; subscribers that miss them recover from the
+                // store (gap detection or reconnect).
+                tracing::warn!(error = %e, "bus publish failed");
+            }
+        }
+    }
+}
+
+pub fn internal(e: StoreError) -> ErrorCode {
+    tracing::error!(error = %e, "store error");
+    ErrorCode::INTERNAL
+}

@@ -1,0 +1,68 @@
+//! Who is in a room: one entry per subscribed connection, with its client info.
+//!
+//! Behind a trait so that a cluster can keep presence in Redis (cluster-wide, with TTLs);
+//! a single node keeps it in memory.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use roomcast_proto::ClientInfo;
+
+#[async_trait]
+pub trait Presence: Send + Sync + 'static {
+    async fn add(&self, room: &str, info: ClientInfo);
+    async fn remove(&self, room: &str, client: &str);
+    /// Entries by client id.
+    async fn get(&self, room: &str) -> HashMap<String, ClientInfo>;
+    /// Number of clients and of distinct users.
+    async fn stats(&self, room: &str) -> (u32, u32) {
+        let entries = self.get(room).await;
+        let users: std::collections::HashSet<&str> = entries.values().map(|i| i.user.as_str()).collect();
+        (entries.len() as u32, users.len() as u32)
+    }
+}
+
+/// In-memory presence of a single node.
+#[derive(Default)]
+pub struct LocalPresence {
+    rooms: Mutex<HashMap<String, HashMap<String, ClientInfo>>>,
+}
+
+#[async_trait]
+impl Presence for LocalPresence {
+    async fn add(&self, room: &str, info: ClientInfo) {
+        self.rooms.lock().expect("presence lock").entry(room.to_owned()).or_default().insert(info.client.clone(), info);
+    }
+
+    async fn remove(&self, room: &str, client: &str) {
+        let mut rooms = self.rooms.lock().expect("presence lock");
+        if let Some(r) = rooms.get_mut(room) {
+            r.remove(client);
+            if r.is_empty() {
+                rooms.remove(room);
+            }
+        }
+    }
+
+    async fn get(&self, room: &str) -> HashMap<String, ClientInfo> {
+        self.rooms.lock().expect("presence lock").get(room).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn add_remove_and_stats() {
+        let p = LocalPresence::default();
+        p.add("r", ClientInfo::new("alice", "c1")).await;
+        p.add("r", ClientInfo::new("alice", "c2")).await;
+        p.add("r", ClientInfo::new("bob", "c3")).await;
+        assert_eq!(p.stats("r").await, (3, 2));
+        p.remove("r", "c1").await;
+        assert_eq!(p.stats("r").await, (2, 2));
+        assert!(p.get("other").await.is_empty());
+    }
+}

@@ -1,0 +1,110 @@
+//! The durable message store: every publication is appended here, and committed, before
+//! anyone sees it.
+//!
+//! Invariants every implementation keeps:
+//! - offsets of a room start at 1, are gap-free and never reused;
+//! - `append` resolves only after the message is durable, and committed messages are handed
+//!   to the node's dispatcher (the `Committed` channel) in offset order per room, before
+//!   `append` resolves;
+//! - a room's epoch is stable; it changes only if the room's stream is really reset;
+//! - an append with an idempotency key already seen (within the TTL) returns the first
+//!   result and stores nothing.
+//!
+//! The trait is domain-level (append, range, position) so that SQLite and PostgreSQL can
+//! share one conformance suite (`conformance.rs`).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use roomcast_proto::{ClientInfo, Publication};
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+
+pub mod sqlite;
+
+#[cfg(test)]
+mod conformance;
+
+/// A stored publication.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub room: Arc<str>,
+    pub offset: u64,
+    /// Unique id of the message, assigned by the store.
+    pub uid: String,
+    /// Sender's user and client id; empty for publications made through the server API.
+    pub user: String,
+    pub client: String,
+    pub data: Box<RawValue>,
+    /// The sender's info as attached to the publication (client publications only).
+    pub info: Option<ClientInfo>,
+    /// Server time of the append, milliseconds since the Unix epoch.
+    pub ts_ms: i64,
+}
+
+impl Message {
+    /// The publication as clients see it.
+    pub fn publication(&self) -> Publication {
+        Publication { data: self.data.clone(), offset: self.offset, info: self.info.clone() }
+    }
+}
+
+/// A room's stream position: its last offset (0 when empty) and its epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// A publication to append.
+#[derive(Debug)]
+pub struct NewMessage {
+    pub room: String,
+    pub data: Box<RawValue>,
+    pub user: String,
+    pub client: String,
+    pub info: Option<ClientInfo>,
+    pub idempotency_key: Option<String>,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub offset: u64,
+    pub epoch: String,
+    /// True when the idempotency key was seen before and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Which part of a room's stream to read.
+#[derive(Debug, Clone, Copy)]
+pub struct Range {
+    /// Forward: publications after this offset. Reverse: before it. `None`: from the
+    /// start (forward) or from the top (reverse).
+    pub since: Option<u64>,
+    pub limit: usize,
+    pub reverse: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store backend: {0}")]
+    Backend(String),
+    #[error("store is closed")]
+    Closed,
+}
+
+/// Committed messages, in commit order, for the node's dispatcher to publish.
+pub type Committed = mpsc::Receiver<Vec<Arc<Message>>>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Assigns the room's next offset and commits the message durably.
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+    /// Reads part of a room's stream and its position, in one consistent read.
+    async fn range(&self, room: &str, range: Range) -> Result<(Vec<Message>, Position), StoreError>;
+    /// A room's current position.
+    async fn position(&self, room: &str) -> Result<Position, StoreError>;
+    /// Finishes every pending commit and stops accepting appends.
+    async fn close(&self);
+}
