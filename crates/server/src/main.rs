@@ -86,6 +86,7 @@ fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG").unwrap_or_else(|_| "roomcast=info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Serve { common, listen, api_key, insecure, ping_interval, pong_timeout } => {
@@ -113,8 +114,10 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Token { common, user, ttl, channels } => {
             let mut config = load(&common)?;
-            if let Some(path) = config.ensure_secrets()? {
-                eprintln!("generated secrets in {}", path.display());
+            if config.token_hmac_secret.is_none() {
+                if let Some(path) = config.ensure_secrets()? {
+                    eprintln!("generated secrets in {}", path.display());
+                }
             }
             let auth = Auth::new(config.token_hmac_secret.as_deref().expect("secret ensured"), None, None);
             let now = now_secs();
