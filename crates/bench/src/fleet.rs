@@ -1,0 +1,122 @@
+//! All members of one scenario run, split into groups: in this process while they fit, otherwise in
+//! worker processes. The scenarios see one fleet: summed progress, one drop, one merged result.
+
+use crate::group::{self, Expect, GroupCmd, GroupEvent, GroupJob, Handle};
+use crate::stats::{GroupResult, Snapshot};
+use crate::target::Target;
+use anyhow::{bail, Result};
+use std::time::{Duration, Instant};
+
+pub struct FleetPlan {
+    pub members: u32,
+    pub rooms: u32,
+    /// Members per process before the fleet spreads over worker processes.
+    pub per_process: u32,
+    pub join_concurrency: usize,
+}
+
+pub struct Fleet {
+    groups: Vec<Handle>,
+    /// Latest progress per group; progress events are cumulative, so the latest one is enough.
+    latest: Vec<Snapshot>,
+    pub members: u32,
+}
+
+impl Fleet {
+    pub fn start(target: &Target, plan: &FleetPlan) -> Result<Fleet> {
+        let per = plan.per_process.max(1);
+        let n_groups = plan.members.div_ceil(per).max(1);
+        // ~28k ephemeral ports per source address towards one server port: one address per 20k.
+        let src_ips = plan.members.div_ceil(20_000).max(1);
+        let mut groups = Vec::new();
+        let chunk = plan.members.div_ceil(n_groups);
+        for g in 0..n_groups {
+            let first = g * chunk;
+            let count = chunk.min(plan.members - first);
+            let job = GroupJob {
+                target: target.clone(),
+                first,
+                count,
+                rooms: plan.rooms,
+                src_ips,
+                join_concurrency: (plan.join_concurrency / n_groups as usize).max(8),
+            };
+            groups.push(if n_groups == 1 { group::spawn_local(job) } else { group::spawn_worker(job)? });
+        }
+        let latest = vec![Snapshot::default(); groups.len()];
+        Ok(Fleet { groups, latest, members: plan.members })
+    }
+
+    pub fn processes(&self) -> usize {
+        self.groups.iter().filter(|g| g.child.is_some()).count()
+    }
+
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.groups.iter().filter_map(|g| g.child.as_ref().and_then(|c| c.id())).collect()
+    }
+
+    /// Takes in whatever progress has arrived and returns the sum over groups.
+    pub fn progress(&mut self) -> Snapshot {
+        for (i, g) in self.groups.iter_mut().enumerate() {
+            while let Ok(ev) = g.events.try_recv() {
+                if let GroupEvent::Progress(s) = ev {
+                    self.latest[i] = s;
+                }
+            }
+        }
+        let mut sum = Snapshot::default();
+        for s in &self.latest {
+            sum.add(s);
+        }
+        sum
+    }
+
+    /// Waits until every member has joined or given up, calling `tick` with progress; bounded by `limit`.
+    pub async fn wait_joined(&mut self, limit: Duration, mut tick: impl FnMut(&Snapshot)) -> Result<Snapshot> {
+        let t0 = Instant::now();
+        loop {
+            let s = self.progress();
+            tick(&s);
+            if s.joined + s.join_failed >= u64::from(self.members) {
+                return Ok(s);
+            }
+            if t0.elapsed() > limit {
+                bail!("only {} of {} members joined within {limit:?}", s.joined, self.members);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn drop_all(&self) {
+        for g in &self.groups {
+            let _ = g.cmds.send(GroupCmd::Drop).await;
+        }
+    }
+
+    /// Stops every member and merges the groups' results; a group silent for 60 s is an error.
+    pub async fn stop(mut self, expected: Vec<Expect>) -> Result<GroupResult> {
+        for g in &self.groups {
+            let _ = g.cmds.send(GroupCmd::Stop(expected.clone())).await;
+        }
+        let mut total = GroupResult::default();
+        for g in &mut self.groups {
+            let done = tokio::time::timeout(Duration::from_secs(60), async {
+                while let Some(ev) = g.events.recv().await {
+                    if let GroupEvent::Done(r) = ev {
+                        return Some(r);
+                    }
+                }
+                None
+            })
+            .await;
+            match done {
+                Ok(Some(r)) => total.add(&r),
+                _ => bail!("a member group did not report its result"),
+            }
+            if let Some(c) = g.child.as_mut() {
+                let _ = tokio::time::timeout(Duration::from_secs(10), c.wait()).await;
+            }
+        }
+        Ok(total)
+    }
+}

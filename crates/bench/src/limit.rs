@@ -1,0 +1,235 @@
+//! The limit baseline: the least a WebSocket fan-out server can do on this machine. No protocol, no
+//! store, no auth: each publication is framed once into a shared `Bytes` and the same bytes are written
+//! to every member's socket, batching whatever is queued into one write. The bench starts it as a child
+//! process (`roomcast-bench limit-server`) so its RSS and CPU are measured like any other server's.
+//!
+//! URL: `/ws?room=N` joins room N; `/ws?room=N&pub=1` publishes each text frame it sends to room N and
+//! is answered with a one-byte text frame "a" per publish (so the generator can time acks everywhere).
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use bytes::{Buf, Bytes, BytesMut};
+use sha1::{Digest, Sha1};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::broadcast;
+
+/// Per-room queue depth; a member that falls this far behind is disconnected (and shows as missing
+/// in the bench), never silently skipped.
+const ROOM_QUEUE: usize = 8192;
+/// Most frames coalesced into one write.
+const BATCH: usize = 256;
+/// The pre-encoded ack frame: FIN + text opcode, length 1, "a".
+const ACK: &[u8] = &[0x81, 0x01, b'a'];
+
+/// Rooms by number; a mutex because joins are rare next to sends, which clone the Sender out first.
+type Rooms = Arc<Mutex<HashMap<u32, broadcast::Sender<Bytes>>>>;
+
+pub async fn serve(listen: &str) -> Result<()> {
+    // A deep accept queue: std's default backlog (128) overflows under a join burst, and SYN retries
+    // then add whole seconds to connect times that have nothing to do with the server's work.
+    let addr: std::net::SocketAddr = listen.parse().context("listen address")?;
+    let sock = TcpSocket::new_v4()?;
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    let listener = sock.listen(4096)?;
+    // The parent reads the chosen port from this line.
+    println!("LISTEN {}", listener.local_addr()?);
+    let rooms: Rooms = Arc::default();
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let rooms = rooms.clone();
+        tokio::spawn(async move {
+            let _ = connection(stream, rooms).await;
+        });
+    }
+}
+
+async fn connection(mut stream: TcpStream, rooms: Rooms) -> Result<()> {
+    stream.set_nodelay(true)?;
+    let (room, publisher) = handshake(&mut stream).await?;
+    let tx = rooms
+        .lock()
+        .unwrap()
+        .entry(room)
+        .or_insert_with(|| broadcast::channel(ROOM_QUEUE).0)
+        .clone();
+    if publisher {
+        publish_loop(stream, tx).await
+    } else {
+        member_loop(stream, tx.subscribe()).await
+    }
+}
+
+/// Reads the HTTP upgrade request and answers 101; returns (room, is_publisher).
+async fn handshake(stream: &mut TcpStream) -> Result<(u32, bool)> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            bail!("closed during handshake");
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut hs = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut hs);
+        if let httparse::Status::Complete(_) = req.parse(&buf)? {
+            let path = req.path.unwrap_or("/");
+            let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let mut room = 0;
+            let mut publisher = false;
+            for kv in query.split('&') {
+                match kv.split_once('=') {
+                    Some(("room", v)) => room = v.parse().context("room")?,
+                    Some(("pub", "1")) => publisher = true,
+                    _ => {}
+                }
+            }
+            let key = req
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("sec-websocket-key"))
+                .context("no Sec-WebSocket-Key")?
+                .value;
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                accept_key(key)
+            );
+            stream.write_all(resp.as_bytes()).await?;
+            return Ok((room, publisher));
+        }
+        if buf.len() > 8192 {
+            bail!("handshake too large");
+        }
+    }
+}
+
+/// RFC 6455: base64(SHA-1(key + GUID)).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Server-to-client text frame (unmasked).
+pub fn frame(payload: &[u8]) -> Bytes {
+    let mut f = BytesMut::with_capacity(payload.len() + 10);
+    f.extend_from_slice(&[0x81]);
+    match payload.len() {
+        n if n < 126 => f.extend_from_slice(&[n as u8]),
+        n if n <= 0xFFFF => {
+            f.extend_from_slice(&[126]);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.extend_from_slice(&[127]);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(payload);
+    f.freeze()
+}
+
+/// Parses one masked client frame from `buf`: Some((opcode, unmasked payload)) once complete.
+pub fn parse_client_frame(buf: &mut BytesMut) -> Option<(u8, Bytes)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let opcode = buf[0] & 0x0F;
+    let masked = buf[1] & 0x80 != 0;
+    let (len, mut at) = match buf[1] & 0x7F {
+        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize, 10),
+        126 | 127 => return None,
+        n => (n as usize, 2),
+    };
+    let mask_len = if masked { 4 } else { 0 };
+    if buf.len() < at + mask_len + len {
+        return None;
+    }
+    let mask: [u8; 4] = if masked { buf[at..at + 4].try_into().ok()? } else { [0; 4] };
+    at += mask_len;
+    buf.advance(at);
+    let mut payload = buf.split_to(len);
+    for (i, b) in payload.iter_mut().enumerate() {
+        *b ^= mask[i % 4];
+    }
+    Some((opcode, payload.freeze()))
+}
+
+async fn publish_loop(stream: TcpStream, tx: broadcast::Sender<Bytes>) -> Result<()> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        if rd.read_buf(&mut buf).await? == 0 {
+            return Ok(());
+        }
+        let mut acks = 0;
+        while let Some((op, payload)) = parse_client_frame(&mut buf) {
+            match op {
+                0x1 | 0x2 => {
+                    // Zero receivers is fine: the room may be empty.
+                    let _ = tx.send(frame(&payload));
+                    acks += 1;
+                }
+                0x8 => return Ok(()),
+                _ => {}
+            }
+        }
+        if acks > 0 {
+            wr.write_all(&ACK.repeat(acks)).await?;
+        }
+    }
+}
+
+async fn member_loop(stream: TcpStream, mut rx: broadcast::Receiver<Bytes>) -> Result<()> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut scratch = [0u8; 256];
+    let mut out = BytesMut::new();
+    loop {
+        tokio::select! {
+            r = rx.recv() => {
+                let first = match r {
+                    Ok(f) => f,
+                    Err(broadcast::error::RecvError::Lagged(n)) => bail!("member lagged by {n}; disconnecting"),
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                };
+                out.clear();
+                out.extend_from_slice(&first);
+                // Coalesce what is already queued into this write.
+                for _ in 1..BATCH {
+                    match rx.try_recv() {
+                        Ok(f) => out.extend_from_slice(&f),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => bail!("member lagged by {n}"),
+                        Err(_) => break,
+                    }
+                }
+                wr.write_all(&out).await?;
+            }
+            // Members send nothing but a close; EOF or a close frame ends the connection.
+            n = rd.read(&mut scratch) => if n? == 0 { return Ok(()) },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn parses_masked_frame() {
+        let mut b = BytesMut::from(&[0x81u8, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2, 0x81][..]);
+        let (op, p) = parse_client_frame(&mut b).unwrap();
+        assert_eq!((op, &p[..]), (1, &b"hi"[..]));
+        assert_eq!(b.len(), 1);
+        assert_eq!(&frame(b"hi")[..], &[0x81, 2, b'h', b'i']);
+    }
+}

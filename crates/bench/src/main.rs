@@ -1,0 +1,163 @@
+//! `roomcast-bench`: the load generator every performance claim of roomcast rests on.
+//!
+//! `roomcast-bench run --target SPEC ...` runs the scenarios (idle, fanout, storm, accept) against each
+//! target, always including the `limit` baseline (a raw fan-out server this binary starts as a child)
+//! so that every figure has a ratio to what the machine can do at all. `limit-server` and `worker` are
+//! the roles the binary re-executes itself in. See BENCHMARKS.md for the commands and results.
+
+mod fleet;
+mod group;
+mod http;
+mod limit;
+mod member;
+mod plan;
+mod plot;
+mod procfs;
+mod publisher;
+mod report;
+mod scenario;
+mod stats;
+mod target;
+mod tracker;
+mod wire;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use target::{Kind, Target};
+use tokio::io::AsyncBufReadExt;
+
+#[derive(Parser)]
+#[command(name = "roomcast-bench", version, about = "Load generator for roomcast and its peers")]
+struct Cli {
+    /// Tokio worker threads (default: one per core).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run scenarios against targets and report.
+    Run(Box<plan::RunArgs>),
+    /// The raw fan-out limit server (started by `run`; usable alone).
+    LimitServer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
+    /// A member-group worker process (started by `run`; reads its job on stdin).
+    Worker,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = cli.threads {
+        rt.worker_threads(n.max(1));
+    }
+    let rt = rt.enable_all().build().expect("tokio runtime");
+    let outcome = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Run(args) => run(*args).await,
+            Cmd::LimitServer { listen } => limit::serve(&listen).await.map(|_| true),
+            Cmd::Worker => group::worker_main().await.map(|_| true),
+        }
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("roomcast-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Starts this binary as the limit server on a free loopback port; returns the child (killed on drop).
+async fn start_limit(t: &mut Target) -> Result<tokio::process::Child> {
+    let mut child = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["limit-server", "--listen", "127.0.0.1:0"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("start limit server")?;
+    let out = child.stdout.take().context("limit stdout")?;
+    let mut lines = tokio::io::BufReader::new(out).lines();
+    let line = lines.next_line().await?.context("limit server printed nothing")?;
+    let addr = line.strip_prefix("LISTEN ").context("unexpected limit server output")?;
+    t.addr = Some(addr.parse()?);
+    t.pids = vec![child.id().context("limit pid")?];
+    Ok(child)
+}
+
+/// Returns Ok(true) when every run passed its correctness checks.
+async fn run(args: plan::RunArgs) -> Result<bool> {
+    let mut targets = args.targets()?;
+    let mut own = Vec::new();
+    for t in targets.iter_mut().filter(|t| t.kind == Kind::Limit && t.addr.is_none()) {
+        own.push(start_limit(t).await?);
+    }
+    let cases = args.cases(&targets);
+    let mut runs = Vec::new();
+    for (target, case) in &cases {
+        eprintln!(
+            "== {} on {}: {} members in {} rooms{}",
+            case.scenario,
+            target.name,
+            case.members,
+            case.rooms,
+            case.publish.as_ref().map(|p| format!(", rate/room {:?}, window {}{}", p.rate_per_room, p.window,
+                if p.via_http { ", via HTTP API" } else { "" })).unwrap_or_default()
+        );
+        let r = match scenario::run(target, case).await {
+            Ok(r) => r,
+            Err(e) => report::RunResult {
+                scenario: case.scenario.into(),
+                target: target.name.clone(),
+                problems: vec![format!("run error: {e:#}")],
+                ..Default::default()
+            },
+        };
+        if !r.problems.is_empty() {
+            eprintln!("   PROBLEMS: {}", r.problems.join("; "));
+        }
+        runs.push(r);
+        // Let the server close the previous fleet's sockets before the next case.
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    for mut c in own {
+        let _ = c.kill().await;
+    }
+    println!("{}", report::summary(&runs));
+    let doc = report::Report {
+        date: procfs::utc_now(),
+        machine: procfs::machine(),
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        runs,
+    };
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
+        eprintln!("results: {}", path.display());
+    }
+    let dir = args.plots.clone().unwrap_or_else(|| PathBuf::from("bench-results"));
+    if !args.no_plots {
+        for p in plot::write_all(&doc.runs, &dir)? {
+            eprintln!("plot: {}", p.display());
+        }
+    }
+    let bad: Vec<String> = doc
+        .runs
+        .iter()
+        .filter(|r| !r.problems.is_empty())
+        .map(|r| format!("{} on {}: {}", r.scenario, r.target, r.problems.join("; ")))
+        .collect();
+    if bad.is_empty() {
+        eprintln!("all correctness counters are zero");
+        Ok(true)
+    } else {
+        eprintln!("FAILED correctness checks:\n  {}", bad.join("\n  "));
+        Ok(false)
+    }
+}

@@ -1,0 +1,171 @@
+//! Turns the command line into the list of (target, case) runs: scenario parameters, the
+//! `--preset seed500` worked example, and the small `--quick` plan that CI runs.
+
+use crate::scenario::{Case, Publish};
+use crate::target::{Kind, Target};
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// A server to measure (repeatable), e.g. `kind=roomcast,addr=127.0.0.1:8000,pid=123,secret=S,api_key=K`.
+    /// The limit baseline (`kind=limit`) is added unless --no-limit.
+    #[arg(long = "target")]
+    pub target: Vec<String>,
+    #[arg(long)]
+    pub no_limit: bool,
+    /// Comma-separated subset of idle,fanout,storm,accept.
+    #[arg(long, default_value = "idle,fanout,storm,accept", value_delimiter = ',')]
+    pub scenarios: Vec<String>,
+    /// Every scenario, small and fast (CI smoke run: correctness only, no timing asserted).
+    #[arg(long)]
+    pub quick: bool,
+    /// `seed500`: the seed's worked example, one 500-member room at 1,000 msg/s.
+    #[arg(long)]
+    pub preset: Option<String>,
+
+    /// idle: connected, subscribed members.
+    #[arg(long, default_value_t = 10_000)]
+    pub idle_members: u32,
+    /// idle: members per room.
+    #[arg(long, default_value_t = 100)]
+    pub idle_room_size: u32,
+
+    /// fanout: room sizes to sweep (members per room).
+    #[arg(long, default_value = "10,100,500", value_delimiter = ',')]
+    pub sizes: Vec<u32>,
+    /// fanout: rooms (each with one publisher).
+    #[arg(long, default_value_t = 1)]
+    pub rooms: u32,
+    /// fanout: publications per second per room.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Payload size in bytes (the JSON data object).
+    #[arg(long, default_value_t = 128)]
+    pub payload: usize,
+    /// Seconds of publishing per fanout/storm/accept case.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+
+    /// storm: members (dropped and reconnected all at once a third into the run).
+    #[arg(long, default_value_t = 5_000)]
+    pub storm_members: u32,
+    #[arg(long, default_value_t = 50)]
+    pub storm_rooms: u32,
+    /// storm: publications per second per room during the storm.
+    #[arg(long, default_value_t = 20.0)]
+    pub storm_rate: f64,
+
+    /// accept: rooms, each with one unpaced publisher.
+    #[arg(long, default_value_t = 4)]
+    pub accept_rooms: u32,
+    #[arg(long, default_value_t = 2)]
+    pub accept_room_size: u32,
+    /// Unacknowledged publishes a WebSocket publisher may have in flight.
+    #[arg(long, default_value_t = 32)]
+    pub window: usize,
+
+    /// Members per process before spreading over worker processes (one process holds <= 20,000 files).
+    #[arg(long, default_value_t = 15_000)]
+    pub per_process: u32,
+    /// Concurrent handshakes in flight (kept below the 128-deep default accept queue of many servers).
+    #[arg(long, default_value_t = 100)]
+    pub join_concurrency: usize,
+
+    /// Write all results as JSON here.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Directory for SVG plots (default bench-results/).
+    #[arg(long)]
+    pub plots: Option<PathBuf>,
+    #[arg(long)]
+    pub no_plots: bool,
+}
+
+impl RunArgs {
+    pub fn targets(&self) -> Result<Vec<Target>> {
+        let mut ts: Vec<Target> = self.target.iter().map(|s| Target::parse(s)).collect::<Result<_>>()?;
+        if !self.no_limit && !ts.iter().any(|t| t.kind == Kind::Limit) {
+            ts.push(Target::parse("kind=limit")?);
+        }
+        // The limit runs first in every scenario, so later tables can show ratios to it.
+        ts.sort_by_key(|t| t.kind != Kind::Limit);
+        Ok(ts)
+    }
+
+    fn wants(&self, s: &str) -> bool {
+        self.scenarios.iter().any(|x| x == s)
+    }
+
+    pub fn cases(&self, targets: &[Target]) -> Vec<(Target, Case)> {
+        let mut a = self.clone();
+        if self.quick {
+            a.idle_members = 300;
+            a.idle_room_size = 50;
+            // Two worker processes, so CI exercises the multi-process path too.
+            a.per_process = 150;
+            a.sizes = vec![10, 50];
+            a.rooms = 2;
+            a.rate = 100.0;
+            a.duration = 3;
+            a.storm_members = 200;
+            a.storm_rooms = 4;
+            a.storm_rate = 20.0;
+            a.accept_rooms = 2;
+            a.window = 8;
+        }
+        if self.preset.as_deref() == Some("seed500") {
+            a.sizes = vec![500];
+            a.rooms = 1;
+            a.rate = 1000.0;
+        }
+        let dur = Duration::from_secs(a.duration.max(1));
+        let base = |scenario, members, rooms, publish, storm, per_process| Case {
+            scenario,
+            members,
+            rooms,
+            publish,
+            duration: dur,
+            storm,
+            per_process,
+            join_concurrency: a.join_concurrency,
+        };
+        let paced = |rate| Some(Publish { rate_per_room: Some(rate), window: a.window.max(64), payload: a.payload, via_http: false });
+        let mut out = Vec::new();
+        if self.wants("idle") {
+            let rooms = a.idle_members.div_ceil(a.idle_room_size.max(1));
+            for t in targets {
+                out.push((t.clone(), base("idle", a.idle_members, rooms, None, false, a.per_process)));
+            }
+        }
+        if self.wants("fanout") {
+            for &size in &a.sizes {
+                for t in targets {
+                    let c = base("fanout", size * a.rooms, a.rooms, paced(a.rate), false, 15_000);
+                    out.push((t.clone(), c));
+                }
+            }
+        }
+        if self.wants("storm") {
+            for t in targets.iter().filter(|t| t.recovers()) {
+                let c = base("storm", a.storm_members, a.storm_rooms, paced(a.storm_rate), true, 15_000);
+                out.push((t.clone(), c));
+            }
+        }
+        if self.wants("accept") {
+            let members = a.accept_rooms * a.accept_room_size;
+            let unpaced = |via_http| Some(Publish { rate_per_room: None, window: a.window, payload: a.payload, via_http });
+            for t in targets {
+                out.push((t.clone(), base("accept", members, a.accept_rooms, unpaced(false), false, 15_000)));
+                if t.kind == Kind::Roomcast {
+                    let mut named = t.clone();
+                    named.name = format!("{}-http", t.name);
+                    out.push((named, base("accept", members, a.accept_rooms, unpaced(true), false, 15_000)));
+                }
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,201 @@
+//! One publisher per room: sends the bench payload with sequence numbers 1, 2, 3, ... at a paced rate
+//! (or as fast as its window of unacknowledged publishes allows), and times each acknowledgement.
+//!
+//! Over a WebSocket (roomcast client `publish`, Socket.IO event with ack, limit server) publishes are
+//! pipelined up to `window`; over HTTP (roomcast server API, Sockudo REST) they are one at a time on a
+//! keep-alive connection, because parallel HTTP requests would reorder the stream.
+
+use crate::http::{self, HttpConn};
+use crate::stats::{self, Buckets};
+use crate::target::{Kind, Target};
+use crate::wire::{self, Incoming};
+use anyhow::Result;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long a stopping publisher waits for its last acks before declaring them unknown.
+const DRAIN: Duration = Duration::from_secs(10);
+
+#[derive(Clone, Debug)]
+pub struct PubJob {
+    pub target: Target,
+    pub room: u32,
+    /// Messages per second; None = as fast as the window allows.
+    pub rate: Option<f64>,
+    pub window: usize,
+    pub payload_size: usize,
+    /// roomcast only: publish through `POST /api/publish` instead of the client protocol.
+    pub via_http: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PubResult {
+    pub room: u32,
+    /// Highest sequence number sent.
+    pub sent: u64,
+    pub acked: u64,
+    /// Refused publishes, or sent ones whose ack never came (connection lost, drain timeout).
+    pub failed: Vec<u64>,
+    /// Send-to-ack latency, µs.
+    pub ack_us: Buckets,
+    /// Why the publisher stopped early, if it did.
+    pub error: Option<String>,
+}
+
+/// Runs until `stop` turns true, then drains acks and returns what happened.
+pub async fn run(job: PubJob, stop: watch::Receiver<bool>) -> PubResult {
+    let mut res = PubResult { room: job.room, ..Default::default() };
+    let mut hist = stats::histogram();
+    let outcome = if job.via_http || job.target.kind == Kind::Pusher {
+        run_http(&job, stop, &mut res, &mut hist).await
+    } else {
+        run_ws(&job, stop, &mut res, &mut hist).await
+    };
+    if let Err(e) = outcome {
+        res.error = Some(format!("{e:#}"));
+    }
+    res.ack_us = stats::to_buckets(&hist);
+    res
+}
+
+/// How many publishes are due `elapsed` into the run.
+fn due(rate: Option<f64>, elapsed: Duration) -> u64 {
+    rate.map(|r| (elapsed.as_secs_f64() * r) as u64).unwrap_or(u64::MAX)
+}
+
+async fn run_ws(
+    job: &PubJob,
+    mut stop: watch::Receiver<bool>,
+    res: &mut PubResult,
+    hist: &mut hdrhistogram::Histogram<u64>,
+) -> Result<()> {
+    let t = &job.target;
+    let mut ws = wire::open(Ipv4Addr::LOCALHOST, t.addr(), &wire::path(t, job.room, true)).await?;
+    wire::hello(&mut ws, t, &format!("p{}", job.room)).await?;
+    // (sequence, send instant) of unacknowledged publishes, oldest first.
+    let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let t0 = Instant::now();
+    let mut stopping: Option<Instant> = None;
+    let mut out = Vec::new();
+    loop {
+        if stopping.is_some() && inflight.is_empty() {
+            return Ok(());
+        }
+        tokio::select! {
+            _ = tick.tick(), if stopping.is_none() => {
+                let due = due(job.rate, t0.elapsed());
+                let mut n = 0;
+                while res.sent < due && inflight.len() < job.window {
+                    res.sent += 1;
+                    let body = wire::payload(job.room, res.sent, job.payload_size);
+                    ws.feed(Message::text(wire::publish_frame(t.kind, job.room, res.sent, &body))).await?;
+                    inflight.push_back((res.sent, Instant::now()));
+                    n += 1;
+                }
+                if n > 0 {
+                    ws.flush().await?;
+                }
+            }
+            m = ws.next() => {
+                let text = match m {
+                    Some(Ok(Message::Text(x))) => x,
+                    Some(Ok(_)) => continue,
+                    other => {
+                        res.failed.extend(inflight.iter().map(|(s, _)| *s));
+                        anyhow::bail!("publisher connection ended: {other:?}");
+                    }
+                };
+                out.clear();
+                wire::decode(t.kind, text.as_str(), &mut out);
+                for m in out.drain(..) {
+                    match m {
+                        Incoming::Ack { id, ok } => {
+                            let at = match id {
+                                None => Some(0),
+                                Some(id) => inflight.iter().position(|(s, _)| *s == id),
+                            };
+                            if let Some((seq, sent_at)) = at.and_then(|i| inflight.remove(i)) {
+                                hist.saturating_record((sent_at.elapsed().as_micros() as u64).max(1));
+                                if ok { res.acked += 1 } else { res.failed.push(seq) }
+                            }
+                        }
+                        Incoming::Ping(p) => ws.send(Message::text(p)).await?,
+                        _ => {}
+                    }
+                }
+            }
+            _ = stop.changed(), if stopping.is_none() => stopping = Some(Instant::now()),
+            _ = tokio::time::sleep_until(tokio::time::Instant::from_std(stopping.unwrap_or(t0) + DRAIN)), if stopping.is_some() => {
+                res.failed.extend(inflight.iter().map(|(s, _)| *s));
+                anyhow::bail!("{} publishes unacknowledged {DRAIN:?} after stop", inflight.len());
+            }
+        }
+    }
+}
+
+async fn run_http(
+    job: &PubJob,
+    stop: watch::Receiver<bool>,
+    res: &mut PubResult,
+    hist: &mut hdrhistogram::Histogram<u64>,
+) -> Result<()> {
+    let t = &job.target;
+    let mut conn = HttpConn::connect(t.addr()).await?;
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let t0 = Instant::now();
+    while !*stop.borrow() {
+        tick.tick().await;
+        while res.sent < due(job.rate, t0.elapsed()) && !*stop.borrow() {
+            res.sent += 1;
+            let body = wire::payload(job.room, res.sent, job.payload_size);
+            let sent_at = Instant::now();
+            let outcome = match t.kind {
+                Kind::Pusher => {
+                    let req = serde_json::json!({"name":"m","channels":[wire::channel(job.room)],"data":body})
+                        .to_string();
+                    let secs = wire::now_ns() / 1_000_000_000;
+                    let (id, key, secret) = (
+                        t.app_id.as_deref().unwrap_or_default(),
+                        t.app_key.as_deref().unwrap_or_default(),
+                        t.secret.as_deref().unwrap_or_default(),
+                    );
+                    let path = http::pusher_events_path(id, key, secret, &req, secs);
+                    conn.post(&path, &[], &req).await
+                }
+                _ => {
+                    let req = format!("{{\"channel\":\"{}\",\"data\":{body}}}", wire::channel(job.room));
+                    let key = t.api_key.as_deref().unwrap_or_default();
+                    conn.post("/api/publish", &[("X-API-Key", key)], &req).await
+                }
+            };
+            let (status, reply) = match outcome {
+                Ok(r) => r,
+                Err(e) => {
+                    res.failed.push(res.sent);
+                    return Err(e);
+                }
+            };
+            hist.saturating_record((sent_at.elapsed().as_micros() as u64).max(1));
+            // The Centrifugo-style API answers 200 with {"error":...} for refused publishes.
+            let refused = status != 200 || reply.windows(8).any(|w| w == b"\"error\":");
+            if refused {
+                res.failed.push(res.sent);
+                if res.failed.len() == 1 {
+                    eprintln!("publish refused ({status}): {}", String::from_utf8_lossy(&reply));
+                }
+            } else {
+                res.acked += 1;
+            }
+        }
+    }
+    Ok(())
+}

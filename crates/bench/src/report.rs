@@ -1,0 +1,209 @@
+//! What a run produced: one `RunResult` per (scenario, target), the JSON document written by `--json`,
+//! the correctness verdict, and the human summary with ratios to the limit baseline.
+
+use crate::stats::{self, Buckets};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+    pub count: u64,
+}
+
+impl Percentiles {
+    pub fn of(b: &Buckets) -> Option<Percentiles> {
+        let mut h = stats::histogram();
+        stats::merge_into(&mut h, b);
+        (!h.is_empty()).then(|| Percentiles {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+            count: h.len(),
+        })
+    }
+}
+
+/// Points (quantile, value) for a CDF plot, log-spaced towards the tail.
+pub fn cdf(b: &Buckets) -> Vec<(f64, u64)> {
+    let mut h = stats::histogram();
+    stats::merge_into(&mut h, b);
+    if h.is_empty() {
+        return vec![];
+    }
+    let mut out = Vec::new();
+    let mut q: f64 = 0.0;
+    while q < 0.99999 {
+        out.push((q, h.value_at_quantile(q)));
+        // Step by a tenth of the remaining tail: dense near 99%, 99.9%, 99.99%.
+        q += ((1.0 - q) / 10.0).max(0.00001);
+    }
+    out.push((1.0, h.max()));
+    out
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Params {
+    pub members: u32,
+    pub rooms: u32,
+    pub room_size: u32,
+    /// Publications per second per room; None = unpaced (as fast as the ack window allows).
+    pub rate_per_room: Option<f64>,
+    pub payload_bytes: usize,
+    pub duration_s: f64,
+    pub window: usize,
+    pub via_http: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunResult {
+    pub scenario: String,
+    pub target: String,
+    pub params: Params,
+    pub bench_processes: usize,
+    pub joined: u64,
+    pub join_failed: u64,
+    pub joins_per_s: f64,
+    /// Connect + authenticate + subscribe time per member, µs.
+    pub join_us: Option<Percentiles>,
+    pub server_rss_kib_before: Option<u64>,
+    pub server_rss_kib_after: Option<u64>,
+    pub server_kib_per_conn: Option<f64>,
+    /// Machine-wide kernel TCP memory growth per connection (both loopback ends), KiB.
+    pub tcp_kib_per_conn: Option<f64>,
+    pub server_cpu_s: Option<f64>,
+    pub bench_cpu_s: Option<f64>,
+    pub published: u64,
+    pub acked: u64,
+    pub acks_per_s: f64,
+    pub publish_failed: u64,
+    pub publish_errors: Vec<String>,
+    /// Send-to-ack latency, µs.
+    pub ack_us: Option<Percentiles>,
+    pub deliveries: u64,
+    pub deliveries_per_s: f64,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    /// Publish-to-receipt latency of live deliveries, µs.
+    pub latency_us: Option<Percentiles>,
+    pub latency_cdf: Vec<(f64, u64)>,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub misrouted: u64,
+    pub lost_connections: u64,
+    pub reconnects: u64,
+    pub recovered: u64,
+    pub recover_failed: u64,
+    /// Storm: ms from the drop until every member had recovered (max over members).
+    pub recover_all_ms: Option<u64>,
+    pub recover_ms: Option<Percentiles>,
+    /// Correctness problems; any entry fails the run.
+    pub problems: Vec<String>,
+}
+
+impl RunResult {
+    /// Fills `problems` from the correctness counters (never from timings).
+    pub fn judge(&mut self) {
+        let mut p = Vec::new();
+        for (name, v) in [
+            ("missing deliveries", self.missing),
+            ("duplicate deliveries", self.duplicates),
+            ("out-of-order deliveries", self.out_of_order),
+            ("misrouted deliveries", self.misrouted),
+            ("failed joins", self.join_failed),
+            ("failed publishes", self.publish_failed),
+            ("recoveries that did not recover", self.recover_failed),
+            ("connections lost for good", self.lost_connections),
+        ] {
+            if v > 0 {
+                p.push(format!("{v} {name}"));
+            }
+        }
+        p.extend(self.publish_errors.iter().map(|e| format!("publisher: {e}")));
+        self.problems = p;
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub date: String,
+    pub machine: String,
+    pub command: String,
+    pub runs: Vec<RunResult>,
+}
+
+fn ratio(v: f64, base: Option<f64>) -> String {
+    match base {
+        Some(b) if b > 0.0 => format!("{:.2}x", v / b),
+        _ => "-".into(),
+    }
+}
+
+fn us(p: &Option<Percentiles>) -> String {
+    p.as_ref()
+        .map(|p| format!("{}/{}/{}/{}", fmt_us(p.p50), fmt_us(p.p90), fmt_us(p.p99), fmt_us(p.p999)))
+        .unwrap_or_else(|| "-".into())
+}
+
+fn fmt_us(v: u64) -> String {
+    if v >= 10_000 {
+        format!("{:.0}ms", v as f64 / 1000.0)
+    } else if v >= 1000 {
+        format!("{:.1}ms", v as f64 / 1000.0)
+    } else {
+        format!("{v}µs")
+    }
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
+}
+
+/// A plain-text (and Markdown-compatible) table per run; ratios are to the `limit` run of the same
+/// scenario and parameters.
+pub fn summary(runs: &[RunResult]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | target | members | rooms x size | rate/room | joins/s | KiB/conn (server) | deliveries/s | vs limit | CPU µs/delivery | latency p50/p90/p99/p99.9 | acks/s | ack p50/p90/p99/p99.9 | recover all | problems |"
+    );
+    let _ = writeln!(s, "|{}", "---|".repeat(15));
+    for r in runs {
+        let base = runs.iter().find(|b| {
+            b.target == "limit" && b.scenario == r.scenario && b.params.room_size == r.params.room_size
+        });
+        let key = if r.scenario == "accept" { r.acks_per_s } else { r.deliveries_per_s };
+        let base_key = base.map(|b| if r.scenario == "accept" { b.acks_per_s } else { b.deliveries_per_s });
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} x {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} |",
+            r.scenario,
+            r.target,
+            r.joined,
+            r.params.rooms,
+            r.params.room_size,
+            match (r.scenario.as_str(), r.params.rate_per_room) {
+                ("idle", _) => "-".into(),
+                (_, Some(v)) => format!("{v:.0}"),
+                (_, None) => "max".into(),
+            },
+            r.joins_per_s,
+            opt(r.server_kib_per_conn, 1),
+            r.deliveries_per_s,
+            if r.scenario == "idle" { "-".into() } else { ratio(key, base_key) },
+            opt(r.server_cpu_us_per_delivery, 2),
+            us(&r.latency_us),
+            r.acks_per_s,
+            us(&r.ack_us),
+            r.recover_all_ms.map(|v| format!("{v}ms")).unwrap_or_else(|| "-".into()),
+            if r.problems.is_empty() { "none".into() } else { r.problems.join("; ") },
+        );
+    }
+    s
+}

@@ -1,0 +1,219 @@
+//! One measured case: a fleet of members joins, publishers publish (or not), optionally every member
+//! is dropped mid-run (storm), then everything is drained, stopped, counted and judged.
+//!
+//! The four scenarios of the issue are this one engine with different knobs:
+//! idle = no publishers; fanout = paced publishers; storm = fanout + a mid-run drop of every member;
+//! accept = unpaced publishers limited by their ack window, into small rooms.
+
+use crate::fleet::{Fleet, FleetPlan};
+use crate::group::Expect;
+use crate::procfs;
+use crate::publisher::{self, PubJob, PubResult};
+use crate::report::{self, Params, Percentiles, RunResult};
+use crate::stats;
+use crate::target::Target;
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+#[derive(Clone, Debug)]
+pub struct Case {
+    pub scenario: &'static str,
+    pub members: u32,
+    pub rooms: u32,
+    /// None: no publishers (idle).
+    pub publish: Option<Publish>,
+    pub duration: Duration,
+    pub storm: bool,
+    pub per_process: u32,
+    pub join_concurrency: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Publish {
+    pub rate_per_room: Option<f64>,
+    pub window: usize,
+    pub payload: usize,
+    pub via_http: bool,
+}
+
+fn bar(len: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_prefix(what.to_string());
+    pb
+}
+
+pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
+    let label = format!("{} {}", case.scenario, target.name);
+    let server_pid = target.pids.first().copied();
+    let rss0 = server_pid.and_then(procfs::rss_kib);
+    let tcp0 = procfs::tcp_mem_kib();
+    let me = std::process::id();
+    let bench_cpu0 = procfs::cpu_seconds(me);
+
+    // 1. Join.
+    let plan = FleetPlan {
+        members: case.members,
+        rooms: case.rooms,
+        per_process: case.per_process,
+        join_concurrency: case.join_concurrency,
+    };
+    let mut fleet = Fleet::start(target, &plan)?;
+    let pb = bar(case.members.into(), &label);
+    let t_join_ns = crate::wire::now_ns();
+    let join_limit = Duration::from_secs(60 + u64::from(case.members) / 200);
+    let joined = fleet.wait_joined(join_limit, |s| pb.set_position(s.joined + s.join_failed)).await?;
+    // Up to the last successful join, not to when the 100 ms progress poll noticed it.
+    let join_secs = joined.last_join_ns.saturating_sub(t_join_ns) as f64 / 1e9;
+    pb.finish_and_clear();
+
+    let mut r = RunResult {
+        scenario: case.scenario.into(),
+        target: target.name.clone(),
+        bench_processes: fleet.processes().max(1),
+        joins_per_s: joined.joined as f64 / join_secs.max(1e-9),
+        server_rss_kib_before: rss0,
+        params: Params {
+            members: case.members,
+            rooms: case.rooms,
+            room_size: case.members / case.rooms.max(1),
+            rate_per_room: case.publish.as_ref().and_then(|p| p.rate_per_room),
+            payload_bytes: case.publish.as_ref().map(|p| p.payload).unwrap_or(0),
+            duration_s: case.duration.as_secs_f64(),
+            window: case.publish.as_ref().map(|p| p.window).unwrap_or(0),
+            via_http: case.publish.as_ref().is_some_and(|p| p.via_http),
+        },
+        ..Default::default()
+    };
+
+    // 2. Idle: let the server settle, then read its memory with everyone connected.
+    if case.publish.is_none() {
+        tokio::time::sleep(case.duration.min(Duration::from_secs(3))).await;
+        fill_memory(&mut r, server_pid, rss0, tcp0, joined.joined);
+    }
+
+    // 3. Publish (and storm) for the duration, then drain.
+    let mut pubs: Vec<PubResult> = Vec::new();
+    let cpu0 = procfs::cpu_seconds_all(&target.pids);
+    let t_pub_ns = crate::wire::now_ns();
+    if let Some(p) = &case.publish {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let handles: Vec<_> = (0..case.rooms)
+            .map(|room| {
+                let job = PubJob {
+                    target: target.clone(),
+                    room,
+                    rate: p.rate_per_room,
+                    window: p.window,
+                    payload_size: p.payload,
+                    via_http: p.via_http,
+                };
+                tokio::spawn(publisher::run(job, stop_rx.clone()))
+            })
+            .collect();
+        let pb = bar(case.duration.as_secs().max(1), &label);
+        let t0 = Instant::now();
+        let mut stormed = false;
+        while t0.elapsed() < case.duration {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let s = fleet.progress();
+            let secs = t0.elapsed().as_secs_f64();
+            pb.set_position(secs as u64);
+            pb.set_message(format!("{:.0} deliveries/s, {} recovered", s.delivered as f64 / secs, s.recovered));
+            if case.storm && !stormed && t0.elapsed() >= case.duration / 3 {
+                stormed = true;
+                fleet.drop_all().await;
+            }
+        }
+        let _ = stop_tx.send(true);
+        for h in handles {
+            pubs.push(h.await?);
+        }
+        pb.finish_and_clear();
+        // Drain: wait for deliveries to stop growing (bounded), so late ones are not called missing.
+        let expect_total: u64 = pubs.iter().map(|p| p.acked).sum::<u64>() * u64::from(r.params.room_size);
+        let t_drain = Instant::now();
+        let mut last = (fleet.progress().delivered, Instant::now());
+        while t_drain.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let s = fleet.progress();
+            let all_back = !case.storm || s.recovered + s.recover_failed + s.lost >= s.joined;
+            if s.delivered >= expect_total && all_back {
+                break;
+            }
+            if s.delivered != last.0 {
+                last = (s.delivered, Instant::now());
+            } else if last.1.elapsed() > Duration::from_secs(3) && all_back {
+                break;
+            }
+        }
+    }
+    let cpu1 = procfs::cpu_seconds_all(&target.pids);
+
+    // 4. Stop and count.
+    let expected: Vec<Expect> = pubs
+        .iter()
+        .map(|p| Expect { room: p.room, sent: p.sent, excluded: p.failed.clone() })
+        .collect();
+    let mut worker_cpu = 0.0;
+    for pid in fleet.worker_pids() {
+        worker_cpu += procfs::cpu_seconds(pid).unwrap_or(0.0);
+    }
+    let g = fleet.stop(expected).await?;
+    r.joined = g.snap.joined;
+    r.join_failed = g.snap.join_failed;
+    r.join_us = Percentiles::of(&g.join_us);
+    r.deliveries = g.snap.delivered;
+    r.missing = g.missing;
+    r.duplicates = g.duplicates;
+    r.out_of_order = g.out_of_order;
+    r.misrouted = g.snap.misrouted;
+    r.lost_connections = g.snap.lost;
+    r.reconnects = g.snap.reconnects;
+    r.recovered = g.snap.recovered;
+    r.recover_failed = g.snap.recover_failed;
+    r.latency_us = Percentiles::of(&g.latency_us);
+    r.latency_cdf = report::cdf(&g.latency_us);
+    r.recover_ms = Percentiles::of(&g.recover_ms);
+    r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
+    if case.publish.is_some() {
+        let mut ack = stats::histogram();
+        for p in &pubs {
+            stats::merge_into(&mut ack, &p.ack_us);
+            r.published += p.sent;
+            r.acked += p.acked;
+            r.publish_failed += p.failed.len() as u64;
+            r.publish_errors.extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
+        }
+        r.ack_us = Percentiles::of(&stats::to_buckets(&ack));
+        r.acks_per_s = r.acked as f64 / case.duration.as_secs_f64();
+        let span = g.snap.last_delivery_ns.saturating_sub(t_pub_ns) as f64 / 1e9;
+        r.deliveries_per_s = if span > 0.0 { r.deliveries as f64 / span } else { 0.0 };
+        if !target.pids.is_empty() {
+            r.server_cpu_s = Some(cpu1 - cpu0);
+            if r.deliveries > 0 {
+                r.server_cpu_us_per_delivery = Some((cpu1 - cpu0) * 1e6 / r.deliveries as f64);
+            }
+        }
+    }
+    r.bench_cpu_s = bench_cpu0.and_then(|c0| procfs::cpu_seconds(me).map(|c1| c1 - c0 + worker_cpu));
+    r.judge();
+    Ok(r)
+}
+
+fn fill_memory(r: &mut RunResult, pid: Option<u32>, rss0: Option<u64>, tcp0: Option<u64>, n: u64) {
+    let n = n.max(1) as f64;
+    r.server_rss_kib_after = pid.and_then(procfs::rss_kib);
+    if let (Some(a), Some(b)) = (r.server_rss_kib_after, rss0) {
+        r.server_kib_per_conn = Some(a.saturating_sub(b) as f64 / n);
+    }
+    if let (Some(a), Some(b)) = (procfs::tcp_mem_kib(), tcp0) {
+        r.tcp_kib_per_conn = Some(a.saturating_sub(b) as f64 / n);
+    }
+}

@@ -1,0 +1,144 @@
+//! Counters and histograms shared by the member tasks of one group, and their serialisable form that
+//! worker processes send to the parent, which merges them.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// A histogram of microseconds (or milliseconds), 3 significant digits, up to one hour.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
+}
+
+/// Histogram as (value, count) pairs: small, serde-friendly, and lossless at 3 digits.
+pub type Buckets = Vec<(u64, u64)>;
+
+pub fn to_buckets(h: &Histogram<u64>) -> Buckets {
+    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+}
+
+pub fn merge_into(h: &mut Histogram<u64>, b: &Buckets) {
+    for (v, n) in b {
+        h.saturating_record_n(*v, *n);
+    }
+}
+
+/// Live counters of a group; atomics because every member task bumps them concurrently.
+#[derive(Default)]
+pub struct Live {
+    pub joined: AtomicU64,
+    /// Wall-clock ns of the latest first join: the connect rate is measured up to it.
+    pub last_join_ns: AtomicU64,
+    pub join_failed: AtomicU64,
+    /// Unique deliveries (duplicates excluded).
+    pub delivered: AtomicU64,
+    /// Wall-clock ns of the latest delivery: deliveries/s is measured up to it, not to an arbitrary stop.
+    pub last_delivery_ns: AtomicU64,
+    pub recovered: AtomicU64,
+    pub recover_failed: AtomicU64,
+    pub reconnects: AtomicU64,
+    /// Connections lost for good (a protocol without recovery, or reconnects that kept failing).
+    pub lost: AtomicU64,
+    /// Deliveries of another room's publication: a routing bug.
+    pub misrouted: AtomicU64,
+}
+
+impl Live {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            joined: self.joined.load(Relaxed),
+            last_join_ns: self.last_join_ns.load(Relaxed),
+            join_failed: self.join_failed.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            last_delivery_ns: self.last_delivery_ns.load(Relaxed),
+            recovered: self.recovered.load(Relaxed),
+            recover_failed: self.recover_failed.load(Relaxed),
+            reconnects: self.reconnects.load(Relaxed),
+            lost: self.lost.load(Relaxed),
+            misrouted: self.misrouted.load(Relaxed),
+        }
+    }
+}
+
+/// Point-in-time copy of `Live`, summed over groups by the parent.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub joined: u64,
+    pub last_join_ns: u64,
+    pub join_failed: u64,
+    pub delivered: u64,
+    pub last_delivery_ns: u64,
+    pub recovered: u64,
+    pub recover_failed: u64,
+    pub reconnects: u64,
+    pub lost: u64,
+    pub misrouted: u64,
+}
+
+impl Snapshot {
+    pub fn add(&mut self, o: &Snapshot) {
+        self.joined += o.joined;
+        self.last_join_ns = self.last_join_ns.max(o.last_join_ns);
+        self.join_failed += o.join_failed;
+        self.delivered += o.delivered;
+        self.last_delivery_ns = self.last_delivery_ns.max(o.last_delivery_ns);
+        self.recovered += o.recovered;
+        self.recover_failed += o.recover_failed;
+        self.reconnects += o.reconnects;
+        self.lost += o.lost;
+        self.misrouted += o.misrouted;
+    }
+}
+
+/// Histograms of a group; behind mutexes because member tasks record concurrently (uncontended
+/// locks cost tens of ns, far below a delivery's cost).
+pub struct Hists {
+    /// Publish-to-receipt latency of live deliveries, µs.
+    pub latency: Mutex<Histogram<u64>>,
+    /// Time to connect and join, µs.
+    pub join: Mutex<Histogram<u64>>,
+    /// Storm: time from the drop to this member's recovered re-subscription, ms.
+    pub recover: Mutex<Histogram<u64>>,
+}
+
+impl Default for Hists {
+    fn default() -> Self {
+        Hists {
+            latency: Mutex::new(histogram()),
+            join: Mutex::new(histogram()),
+            recover: Mutex::new(histogram()),
+        }
+    }
+}
+
+/// Final report of one group (a process's share of the members).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct GroupResult {
+    pub snap: Snapshot,
+    pub missing: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+    pub latency_us: Buckets,
+    pub join_us: Buckets,
+    pub recover_ms: Buckets,
+}
+
+impl GroupResult {
+    pub fn add(&mut self, o: &GroupResult) {
+        self.snap.add(&o.snap);
+        self.missing += o.missing;
+        self.duplicates += o.duplicates;
+        self.out_of_order += o.out_of_order;
+        for (mine, theirs) in [
+            (&mut self.latency_us, &o.latency_us),
+            (&mut self.join_us, &o.join_us),
+            (&mut self.recover_ms, &o.recover_ms),
+        ] {
+            let mut h = histogram();
+            merge_into(&mut h, mine);
+            merge_into(&mut h, theirs);
+            *mine = to_buckets(&h);
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! The lean client side of every protocol the bench speaks: opening a WebSocket from a chosen loopback
+//! source address, joining a room, encoding publishes and decoding what arrives.
+//!
+//! Everything protocol-specific lives here so the member and publisher loops stay protocol-agnostic.
+//! The payload is the same JSON object for every target, `{"r":room,"s":seq,"t":unix_ns,"p":"xxx"}`,
+//! so a delivery can be checked (room, sequence) and timed (publish instant) the same way everywhere.
+
+use crate::target::{Kind, Target};
+use anyhow::{anyhow, bail, Context, Result};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use hmac::{Hmac, Mac};
+use serde::de::IgnoredAny;
+use serde::Deserialize;
+use serde_json::Value;
+use sha2::Sha256;
+use std::borrow::Cow;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// How long one join handshake may take before the member counts it as failed and retries.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Wall-clock nanoseconds; publisher and members may be different processes on one machine, so the
+/// shared clock is the system clock, not a per-process `Instant`.
+pub fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+pub fn channel(room: u32) -> String {
+    format!("room{room}")
+}
+
+/// The bench payload, `size` bytes long at least (padding in `p`).
+pub fn payload(room: u32, seq: u64, size: usize) -> String {
+    let mut s = format!("{{\"r\":{room},\"s\":{seq},\"t\":{},\"p\":\"", now_ns());
+    let pad = size.saturating_sub(s.len() + 2);
+    s.extend(std::iter::repeat_n('x', pad));
+    s.push_str("\"}");
+    s
+}
+
+#[derive(Deserialize, Debug, Clone, Copy)]
+pub struct Payload {
+    pub r: u32,
+    pub s: u64,
+    pub t: u64,
+}
+
+/// Mints an HS256 connection JWT `{"sub":user,"exp":now+1d}` (roomcast `--token-hmac-secret`).
+pub fn jwt(secret: &str, user: &str) -> String {
+    let exp = now_ns() / 1_000_000_000 + 86_400;
+    let head = B64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = B64URL.encode(serde_json::json!({"sub": user, "exp": exp}).to_string());
+    let signing = format!("{head}.{claims}");
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(signing.as_bytes());
+    format!("{signing}.{}", B64URL.encode(mac.finalize().into_bytes()))
+}
+
+/// Opens a WebSocket to `addr` from source address `src` with small buffers: the bench holds tens of
+/// thousands of these, and tungstenite's 128 KiB defaults would dominate its own memory.
+pub async fn open(src: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<Ws> {
+    let sock = TcpSocket::new_v4()?;
+    sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
+    let stream = sock.connect(addr).await.with_context(|| format!("connect {addr} from {src}"))?;
+    stream.set_nodelay(true)?;
+    let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
+    let (ws, _) =
+        tokio_tungstenite::client_async_with_config(format!("ws://{addr}{path}"), stream, Some(cfg))
+            .await?;
+    Ok(ws)
+}
+
+/// The URL path a connection of `target` uses; `publisher` matters only to the limit server.
+pub fn path(target: &Target, room: u32, publisher: bool) -> String {
+    match target.kind {
+        Kind::Roomcast => "/connection/websocket".into(),
+        Kind::Limit => format!("/ws?room={room}{}", if publisher { "&pub=1" } else { "" }),
+        Kind::SocketIo => "/socket.io/?EIO=4&transport=websocket".into(),
+        Kind::Pusher => format!(
+            "/app/{}?protocol=7&client=js&version=8.4.0&flash=false",
+            target.app_key.as_deref().unwrap_or_default()
+        ),
+    }
+}
+
+/// Where a roomcast subscription stands, so a reconnect can ask to recover from there.
+#[derive(Clone, Debug, Default)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// Result of joining a room.
+#[derive(Debug, Default)]
+pub struct Joined {
+    pub position: Option<Position>,
+    /// roomcast only: Some(recovered flag) when recovery was asked for.
+    pub recovered: Option<bool>,
+    /// Publications that came with the join (recovery) or arrived while joining.
+    pub backlog: Vec<Delivery>,
+}
+
+/// What one incoming message means to the bench.
+#[derive(Debug)]
+pub enum Incoming {
+    Delivery(Delivery),
+    /// The server pinged; send this text back.
+    Ping(&'static str),
+    /// A publish was acknowledged (id is None for FIFO acks of the limit server).
+    Ack { id: Option<u64>, ok: bool },
+    Other,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Delivery {
+    pub payload: Payload,
+    /// roomcast stream offset, for recovery.
+    pub offset: Option<u64>,
+}
+
+/// Connects (and authenticates where needed) and subscribes to `room`; `recover` asks roomcast to
+/// resume from a position. Pings that arrive meanwhile are answered.
+pub async fn join(
+    ws: &mut Ws,
+    target: &Target,
+    room: u32,
+    user: &str,
+    recover: Option<&Position>,
+) -> Result<Joined> {
+    tokio::time::timeout(JOIN_TIMEOUT, join_inner(ws, target, room, user, recover))
+        .await
+        .map_err(|_| anyhow!("join timed out"))?
+}
+
+async fn join_inner(
+    ws: &mut Ws,
+    target: &Target,
+    room: u32,
+    user: &str,
+    recover: Option<&Position>,
+) -> Result<Joined> {
+    let ch = channel(room);
+    let mut joined = Joined::default();
+    match target.kind {
+        Kind::Limit => {}
+        Kind::Roomcast => {
+            hello(ws, target, user).await?;
+            let mut sub = serde_json::json!({"channel": ch});
+            if let Some(p) = recover {
+                sub["recover"] = true.into();
+                sub["offset"] = p.offset.into();
+                sub["epoch"] = p.epoch.clone().into();
+            }
+            ws.send(Message::text(serde_json::json!({"id":2,"subscribe":sub}).to_string())).await?;
+            let reply = expect(ws, target, &mut joined, |v| v.get("id") == Some(&Value::from(2))).await?;
+            check_error(&reply, "subscribe")?;
+            let r = &reply["subscribe"];
+            joined.position = Some(Position {
+                offset: r["offset"].as_u64().unwrap_or(0),
+                epoch: r["epoch"].as_str().unwrap_or_default().to_string(),
+            });
+            if recover.is_some() {
+                joined.recovered = Some(r["recovered"].as_bool().unwrap_or(false));
+            }
+            for p in r["publications"].as_array().into_iter().flatten() {
+                let payload: Payload = serde_json::from_value(p["data"].clone())
+                    .context("recovered publication without bench payload")?;
+                let offset = p["offset"].as_u64();
+                if let (Some(o), Some(pos)) = (offset, joined.position.as_mut()) {
+                    pos.offset = pos.offset.max(o);
+                }
+                joined.backlog.push(Delivery { payload, offset });
+            }
+        }
+        Kind::SocketIo => {
+            hello(ws, target, user).await?;
+            ws.send(Message::text(format!("420[\"join\",\"{ch}\"]"))).await?;
+            // `expect` returns at the join ack "430[]" (the Node adapter acks after socket.join).
+            expect(ws, target, &mut joined, |_| false).await?;
+        }
+        Kind::Pusher => {
+            hello(ws, target, user).await?;
+            let sub = serde_json::json!({"event":"pusher:subscribe","data":{"channel":ch}});
+            ws.send(Message::text(sub.to_string())).await?;
+            expect_raw(ws, |t| t.contains("pusher_internal:subscription_succeeded")).await?;
+        }
+    }
+    Ok(joined)
+}
+
+/// The connection-level handshake without joining a room (publishers use this alone).
+pub async fn hello(ws: &mut Ws, target: &Target, user: &str) -> Result<()> {
+    match target.kind {
+        Kind::Roomcast => {
+            let token = target.secret.as_deref().map(|s| jwt(s, user)).unwrap_or_default();
+            ws.send(Message::text(serde_json::json!({"id":1,"connect":{"token":token}}).to_string()))
+                .await?;
+            let mut ignored = Joined::default();
+            let reply = expect(ws, target, &mut ignored, |v| v.get("id") == Some(&Value::from(1))).await?;
+            check_error(&reply, "connect")
+        }
+        Kind::SocketIo => {
+            expect_raw(ws, |t| t.starts_with('0')).await?;
+            ws.send(Message::text("40")).await?;
+            expect_raw(ws, |t| t.starts_with("40")).await
+        }
+        Kind::Pusher => expect_raw(ws, |t| t.contains("pusher:connection_established")).await,
+        Kind::Limit => Ok(()),
+    }
+}
+
+fn check_error(reply: &Value, what: &str) -> Result<()> {
+    match reply.get("error") {
+        Some(e) => bail!("{what} refused: {e}"),
+        None => Ok(()),
+    }
+}
+
+/// Reads until a message satisfies `done` (roomcast: a JSON reply; Socket.IO: the join ack),
+/// answering pings and keeping deliveries that arrive meanwhile.
+async fn expect(
+    ws: &mut Ws,
+    target: &Target,
+    joined: &mut Joined,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
+    loop {
+        let text = next_text(ws).await?;
+        if target.kind == Kind::SocketIo && text.starts_with("430") {
+            return Ok(Value::Null);
+        }
+        for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
+            if target.kind == Kind::Roomcast {
+                if let Ok(v) = serde_json::from_str::<Value>(line) {
+                    if done(&v) {
+                        return Ok(v);
+                    }
+                }
+            }
+            let mut out = Vec::new();
+            decode(target.kind, line, &mut out);
+            for m in out {
+                match m {
+                    Incoming::Delivery(d) => joined.backlog.push(d),
+                    Incoming::Ping(p) => ws.send(Message::text(p)).await?,
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+async fn expect_raw(ws: &mut Ws, done: impl Fn(&str) -> bool) -> Result<()> {
+    loop {
+        if done(&next_text(ws).await?) {
+            return Ok(());
+        }
+    }
+}
+
+/// Next text message; binary and control frames are skipped, a close is an error.
+pub async fn next_text(ws: &mut Ws) -> Result<String> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_string()),
+            Some(Ok(Message::Close(c))) => bail!("closed by server: {c:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e.into()),
+            None => bail!("connection ended"),
+        }
+    }
+}
+
+/// The publish message for WebSocket publishers (roomcast, limit, Socket.IO); `id` is the request id.
+pub fn publish_frame(kind: Kind, room: u32, id: u64, payload: &str) -> String {
+    let ch = channel(room);
+    match kind {
+        Kind::Roomcast => format!("{{\"id\":{id},\"publish\":{{\"channel\":\"{ch}\",\"data\":{payload}}}}}"),
+        Kind::Limit => payload.to_string(),
+        Kind::SocketIo => format!("42{id}[\"pub\",\"{ch}\",{payload}]"),
+        Kind::Pusher => unreachable!("pusher publishes over HTTP"),
+    }
+}
+
+#[derive(Deserialize)]
+struct RcFrame<'a> {
+    id: Option<u64>,
+    #[serde(borrow)]
+    push: Option<RcPush<'a>>,
+    error: Option<IgnoredAny>,
+    publish: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct RcPush<'a> {
+    #[serde(borrow, rename = "channel")]
+    _channel: Option<Cow<'a, str>>,
+    #[serde(rename = "pub")]
+    publication: Option<RcPub>,
+}
+
+#[derive(Deserialize)]
+struct RcPub {
+    data: Payload,
+    offset: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct PusherEvent<'a> {
+    #[serde(borrow)]
+    event: Cow<'a, str>,
+    #[serde(borrow)]
+    data: Option<Cow<'a, str>>,
+}
+
+/// Decodes one WebSocket text message into zero or more `Incoming` (roomcast batches several
+/// newline-separated replies and pushes in one message).
+pub fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
+    match kind {
+        Kind::Roomcast => {
+            for line in text.split('\n').map(str::trim).filter(|l| !l.is_empty()) {
+                if line == "{}" {
+                    out.push(Incoming::Ping("{}"));
+                    continue;
+                }
+                let Ok(f) = serde_json::from_str::<RcFrame>(line) else {
+                    out.push(Incoming::Other);
+                    continue;
+                };
+                if let Some(p) = f.push.and_then(|p| p.publication) {
+                    out.push(Incoming::Delivery(Delivery { payload: p.data, offset: p.offset }));
+                } else if f.id.is_some() && (f.publish.is_some() || f.error.is_some()) {
+                    out.push(Incoming::Ack { id: f.id, ok: f.error.is_none() });
+                } else {
+                    out.push(Incoming::Other);
+                }
+            }
+        }
+        Kind::Limit => out.push(if text == "a" {
+            Incoming::Ack { id: None, ok: true }
+        } else {
+            match serde_json::from_str::<Payload>(text) {
+                Ok(payload) => Incoming::Delivery(Delivery { payload, offset: None }),
+                Err(_) => Incoming::Other,
+            }
+        }),
+        Kind::SocketIo => out.push(decode_socketio(text)),
+        Kind::Pusher => out.push(match serde_json::from_str::<PusherEvent>(text) {
+            Ok(e) if e.event == "pusher:ping" => Incoming::Ping(r#"{"event":"pusher:pong","data":{}}"#),
+            Ok(e) if e.event == "m" => e
+                .data
+                .and_then(|d| serde_json::from_str::<Payload>(&d).ok())
+                .map(|payload| Incoming::Delivery(Delivery { payload, offset: None }))
+                .unwrap_or(Incoming::Other),
+            _ => Incoming::Other,
+        }),
+    }
+}
+
+fn decode_socketio(text: &str) -> Incoming {
+    if text == "2" {
+        return Incoming::Ping("3");
+    }
+    if let Some(rest) = text.strip_prefix("42[") {
+        // 42["m",{payload}]
+        return match serde_json::from_str::<(IgnoredAny, Payload)>(&text[2..]) {
+            Ok((_, payload)) if !rest.is_empty() => Incoming::Delivery(Delivery { payload, offset: None }),
+            _ => Incoming::Other,
+        };
+    }
+    if let Some(rest) = text.strip_prefix("43") {
+        let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        if let Ok(id) = digits.parse() {
+            return Incoming::Ack { id: Some(id), ok: true };
+        }
+    }
+    Incoming::Other
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_roomcast_batch() {
+        let text = "{\"push\":{\"channel\":\"room1\",\"pub\":{\"data\":{\"r\":1,\"s\":7,\"t\":5,\"p\":\"xx\"},\"offset\":9}}}\n{}\n{\"id\":4,\"publish\":{}}\n{\"id\":5,\"error\":{\"code\":103}}";
+        let mut out = vec![];
+        decode(Kind::Roomcast, text, &mut out);
+        assert!(matches!(out[0], Incoming::Delivery(Delivery { payload: Payload { s: 7, .. }, offset: Some(9) })));
+        assert!(matches!(out[1], Incoming::Ping("{}")));
+        assert!(matches!(out[2], Incoming::Ack { id: Some(4), ok: true }));
+        assert!(matches!(out[3], Incoming::Ack { id: Some(5), ok: false }));
+    }
+
+    #[test]
+    fn decodes_peers() {
+        let p = payload(3, 8, 64);
+        assert!(p.len() >= 64);
+        let mut out = vec![];
+        decode(Kind::SocketIo, &format!("42[\"m\",{p}]"), &mut out);
+        decode(Kind::SocketIo, "4317[]", &mut out);
+        let pusher = serde_json::json!({"event":"m","channel":"room3","data":p}).to_string();
+        decode(Kind::Pusher, &pusher, &mut out);
+        decode(Kind::Limit, &p, &mut out);
+        assert!(matches!(out[0], Incoming::Delivery(Delivery { payload: Payload { r: 3, s: 8, .. }, .. })));
+        assert!(matches!(out[1], Incoming::Ack { id: Some(17), .. }));
+        assert!(matches!(out[2], Incoming::Delivery(_)));
+        assert!(matches!(out[3], Incoming::Delivery(_)));
+    }
+
+    #[test]
+    fn jwt_has_three_parts() {
+        assert_eq!(jwt("s", "u").split('.').count(), 3);
+    }
+}
