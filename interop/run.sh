@@ -85,8 +85,9 @@ start_server() {
   for attempt in 1 2 3; do
     PORT=$(free_port)
     mkdir -p "$WORK/data"
-    # The server reads ROOMCAST_* from the environment: none of ours leak into it.
-    env -u ROOMCAST_CONFIG "$BIN" serve \
+    # The server reads ROOMCAST_* from the environment (config file, insecure mode, ...):
+    # it runs without any, so only the flags below configure it. NO_COLOR: a plain log.
+    env $(compgen -e | grep '^ROOMCAST_' | sed 's/^/-u /') NO_COLOR=1 "$BIN" serve \
       --listen "127.0.0.1:$PORT" \
       --data-dir "$WORK/data" \
       --token-hmac-secret "$TOKEN_SECRET" \

@@ -102,6 +102,9 @@ function traced(fn) {
     frames.length = 0;
     try {
       await fn(t);
+      if (process.env.INTEROP_TRACE === '1') {
+        process.stderr.write(`--- websocket frames of "${t.name}" ---\n${formatFrames()}\n`);
+      }
     } catch (err) {
       err.message = `${err.message}\n--- websocket frames of this test ---\n${formatFrames()}`;
       throw err;

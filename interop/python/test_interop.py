@@ -7,15 +7,21 @@ import asyncio
 import pytest
 from cent import (
     AsyncClient as ApiClient,
+    BroadcastRequest,
     CentApiResponseError,
     CentUnauthorizedError,
+    ChannelsRequest,
+    Disconnect,
+    DisconnectRequest,
     HistoryRequest,
+    InfoRequest,
     PresenceRequest,
     PresenceStatsRequest,
     PublishRequest,
     StreamPosition as ApiStreamPosition,
+    UnsubscribeRequest,
 )
-from centrifuge import ClientState, StreamPosition
+from centrifuge import ClientState, StreamPosition, SubscriptionState
 
 from conftest import (
     API_URL,
@@ -277,3 +283,72 @@ async def test_token_channels_claim_subscribes_server_side(clients, api):
     [pub] = await rec.wait_count("publication", 1)
     assert pub.channel == channel
     assert (pub.pub.offset, pub.pub.data) == (1, {"n": 1})
+
+
+async def test_cent_unsubscribe_reaches_the_subscription(clients, api):
+    channel = unique_channel("py-api-unsub")
+    client, _rec, _id = await clients("erin-py")
+    sub, rec, _ = await subscribe(client, channel)
+    await api.unsubscribe(UnsubscribeRequest(user="erin-py", channel=channel))
+    [unsubscribed] = await rec.wait_count("unsubscribed", 1)
+    assert unsubscribed.code == 2000, f"server unsubscribe is code 2000: {unsubscribed!r}"
+    assert sub.state == SubscriptionState.UNSUBSCRIBED
+    assert client.state == ClientState.CONNECTED, "only the subscription ends"
+    stats = await api.presence_stats(PresenceStatsRequest(channel=channel))
+    assert (stats.num_clients, stats.num_users) == (0, 0)
+
+
+async def test_cent_disconnect_is_final_by_default(clients, api):
+    client, rec, _id = await clients("frank-py")
+    await api.disconnect(DisconnectRequest(user="frank-py"))
+    [disconnected] = await rec.wait_count("disconnected", 1)
+    assert disconnected.code == 3503, f"force disconnect (no reconnect) is 3503: {disconnected!r}"
+    await asyncio.sleep(0.5)
+    assert client.state == ClientState.DISCONNECTED, "the SDK does not reconnect"
+    assert len(rec.of("connected")) == 1
+
+
+async def test_cent_force_reconnect_then_sdk_recovers(clients, api):
+    channel = unique_channel("py-api-reconnect")
+    client, client_rec, first_id = await clients("grace-py")
+    _sub, rec, _ = await subscribe(client, channel)
+    assert (await api.publish(PublishRequest(channel=channel, data={"n": 1}))).offset == 1
+    await rec.wait_count("publication", 1)
+    await api.disconnect(
+        DisconnectRequest(user="grace-py", disconnect=Disconnect(code=3011, reason="force reconnect"))
+    )
+    # Published while the SDK is reconnecting (or already back: recovery covers both).
+    for n in (2, 3):
+        assert (await api.publish(PublishRequest(channel=channel, data={"n": n}))).offset == n
+    connected = await client_rec.wait_count("connected", 2)
+    assert connected[1].client != first_id, "a new connection"
+    pubs = await rec.wait_count("publication", 3)
+    assert offsets_and_data(pubs) == [(1, {"n": 1}), (2, {"n": 2}), (3, {"n": 3})]
+    resubscribed = rec.of("subscribed")[1:]
+    assert len(resubscribed) == 1 and resubscribed[0].was_recovering is True
+    assert resubscribed[0].recovered is True
+    assert client_rec.of("disconnected") == [], "a reconnect code never reports disconnected"
+
+
+async def test_cent_broadcast_info_and_channels(clients, api):
+    one, two = unique_channel("py-bc-one"), unique_channel("py-bc-two")
+    client, _rec, _id = await clients("heidi-py")
+    _s1, rec1, _ = await subscribe(client, one)
+    _s2, rec2, _ = await subscribe(client, two)
+    assert (await api.publish(PublishRequest(channel=two, data={"first": True}))).offset == 1
+    result = await api.broadcast(BroadcastRequest(channels=[one, two], data={"to": "both"}))
+    assert [r.error for r in result.responses] == [None, None], result
+    assert [r.result.offset for r in result.responses] == [1, 2], "each channel numbers on its own"
+    assert offsets_and_data(await rec1.wait_count("publication", 1)) == [(1, {"to": "both"})]
+    assert offsets_and_data(await rec2.wait_count("publication", 2)) == [
+        (1, {"first": True}),
+        (2, {"to": "both"}),
+    ]
+
+    info = await api.info(InfoRequest())
+    assert len(info.nodes) == 1
+    assert info.nodes[0].uid and info.nodes[0].num_clients >= 1 and info.nodes[0].num_users >= 1
+
+    channels = await api.channels(ChannelsRequest(pattern="py-bc-*"))
+    assert channels.channels[one].num_clients == 1
+    assert channels.channels[two].num_clients == 1

@@ -6,7 +6,7 @@
 const { test, afterEach } = require('node:test');
 const assert = require('node:assert/strict');
 const {
-  TOKEN_SECRET, mintToken, uniqueChannel, apiPublish, newClient, Recorder, SUB_EVENTS, CLIENT_EVENTS, sleep, traced,
+  TOKEN_SECRET, mintToken, uniqueChannel, apiPublish, newClient, Recorder, SUB_EVENTS, CLIENT_EVENTS, sleep, traced, frames,
 } = require('../lib');
 
 // Clients created by the running test; all are disconnected after it so the process exits.
@@ -258,4 +258,102 @@ test('the token channels claim subscribes server-side and delivers publications'
   assert.equal(pub.channel, channel);
   assert.equal(pub.offset, 1);
   assert.deepEqual(pub.data, { n: 1 });
+}));
+
+test('payloads round-trip byte-for-byte in meaning: unicode, escapes, big numbers, nesting, 32 KiB', traced(async () => {
+  const channel = uniqueChannel('js-payload');
+  const { client } = await connectAs('alice-js');
+  const { sub, rec } = await subscribe(client, channel);
+  const payload = {
+    s: 'héllo 🌍 "quoted" \\ back\nnew line\ttab \u0000 nul',
+    n: 9007199254740991,
+    neg: -42,
+    f: 1.5,
+    e: 1e-7,
+    a: [1, null, true, false, { x: [] }, ''],
+    big: 'x'.repeat(32 * 1024),
+  };
+  await sub.publish(payload);
+  assert.equal((await apiPublish(channel, payload)).offset, 2);
+  await sub.publish('a bare string');
+  assert.equal((await apiPublish(channel, [1, 2, 3])).offset, 4);
+  const pubs = await rec.waitCount('publication', 4);
+  assert.deepEqual(offsetsAndData(pubs), [[1, payload], [2, payload], [3, 'a bare string'], [4, [1, 2, 3]]]);
+  const history = await sub.history({ limit: 10 });
+  assert.deepEqual(offsetsAndData(history.publications), offsetsAndData(pubs), 'history stores what was delivered');
+}));
+
+test('refusals reach the SDK with the protocol codes: 103 publish unsubscribed, 102 unknown namespace', traced(async () => {
+  const { client } = await connectAs('alice-js');
+  // Publishing needs a subscription in the default namespace (allow_publish_for_subscriber).
+  await assert.rejects(client.publish(uniqueChannel('js-nosub'), { n: 1 }),
+    (err) => err.code === 103 || assert.fail(`expected 103 permission denied, got ${JSON.stringify(err)}`));
+  const sub = client.newSubscription(`no-such-namespace:${uniqueChannel('room')}`);
+  const rec = new Recorder(sub, SUB_EVENTS);
+  sub.subscribe();
+  const [unsubscribed] = await rec.waitCount('unsubscribed', 1);
+  assert.equal(unsubscribed.code, 102, `unknown channel: ${JSON.stringify(unsubscribed)}`);
+  assert.equal(sub.state, 'unsubscribed', 'a permanent error stops the subscription');
+  assert.equal(client.state, 'connected', 'and leaves the connection alone');
+}));
+
+test('a user-limited channel admits the users it names and refuses others with 103', traced(async () => {
+  const channel = `${uniqueChannel('js-dm')}#alice-js,bob-js`;
+  const { client: alice } = await connectAs('alice-js');
+  const { sub: aliceSub, rec: aliceRec } = await subscribe(alice, channel);
+  const { client: mallory } = await connectAs('mallory-js');
+  const sub = mallory.newSubscription(channel);
+  const rec = new Recorder(sub, SUB_EVENTS);
+  sub.subscribe();
+  const [unsubscribed] = await rec.waitCount('unsubscribed', 1);
+  assert.equal(unsubscribed.code, 103, `permission denied: ${JSON.stringify(unsubscribed)}`);
+  await aliceSub.publish({ text: 'only for bob' });
+  const [pub] = await aliceRec.waitCount('publication', 1);
+  assert.equal(pub.offset, 1);
+}));
+
+test('an expiring connection token is refreshed in place through getToken', traced(async () => {
+  let tokensAsked = 0;
+  const client = track(newClient(mintToken('dave-js', 3), {
+    getToken: async () => {
+      tokensAsked += 1;
+      return mintToken('dave-js', 300);
+    },
+  }));
+  const rec = new Recorder(client, CLIENT_EVENTS);
+  client.connect();
+  await rec.waitCount('connected', 1);
+  await sleep(5000); // past the first token's exp: the SDK must have refreshed before it
+  assert.ok(tokensAsked >= 1, 'getToken was asked for a new token');
+  const sent = frames.filter(([, , dir]) => dir === '>').map(([, , , text]) => text);
+  assert.ok(sent.some((text) => text.includes('"refresh":')), 'the SDK sent a refresh command');
+  assert.equal(client.state, 'connected');
+  assert.deepEqual(rec.of('disconnected'), []);
+  assert.equal(rec.of('connecting').length, 1, 'no reconnect: the token was refreshed on the open connection');
+  assert.deepEqual(rec.of('error'), []);
+}));
+
+test('a server-side subscription (token channels) recovers across a reconnect', traced(async () => {
+  const channel = uniqueChannel('js-server-recover');
+  const now = Math.floor(Date.now() / 1000);
+  const token = require('jsonwebtoken').sign(
+    { sub: 'carol-js', exp: now + 300, channels: [channel] }, TOKEN_SECRET, { algorithm: 'HS256', noTimestamp: true });
+  const client = track(newClient(token));
+  const rec = new Recorder(client, CLIENT_EVENTS);
+  client.connect();
+  await rec.waitCount('subscribed', 1);
+  assert.equal((await apiPublish(channel, { n: 1 })).offset, 1);
+  await rec.waitCount('publication', 1);
+
+  client.disconnect();
+  await rec.waitCount('disconnected', 1);
+  assert.equal((await apiPublish(channel, { n: 2 })).offset, 2);
+  assert.equal((await apiPublish(channel, { n: 3 })).offset, 3);
+  client.connect();
+  const subscribed = await rec.waitCount('subscribed', 2);
+  assert.equal(subscribed[1].channel, channel);
+  assert.equal(subscribed[1].wasRecovering, true, `connect carried the position: ${JSON.stringify(subscribed[1])}`);
+  assert.equal(subscribed[1].recovered, true);
+  const pubs = await rec.waitCount('publication', 3);
+  assert.deepEqual(offsetsAndData(pubs), [[1, { n: 1 }], [2, { n: 2 }], [3, { n: 3 }]]);
 }));
