@@ -52,18 +52,42 @@ impl Command {
     pub fn into_method(self) -> Result<(u32, Method), u32> {
         let id = self.id;
         let mut found: Vec<Method> = Vec::with_capacity(1);
-        if let Some(r) = self.connect { found.push(Method::Connect(r)); }
-        if let Some(r) = self.subscribe { found.push(Method::Subscribe(r)); }
-        if let Some(r) = self.unsubscribe { found.push(Method::Unsubscribe(r)); }
-        if let Some(r) = self.publish { found.push(Method::Publish(r)); }
-        if let Some(r) = self.presence { found.push(Method::Presence(r)); }
-        if let Some(r) = self.presence_stats { found.push(Method::PresenceStats(r)); }
-        if let Some(r) = self.history { found.push(Method::History(r)); }
-        if self.ping.is_some() { found.push(Method::Ping); }
-        if let Some(r) = self.send { found.push(Method::Send(r)); }
-        if let Some(r) = self.rpc { found.push(Method::Rpc(r)); }
-        if let Some(r) = self.refresh { found.push(Method::Refresh(r)); }
-        if let Some(r) = self.sub_refresh { found.push(Method::SubRefresh(r)); }
+        if let Some(r) = self.connect {
+            found.push(Method::Connect(r));
+        }
+        if let Some(r) = self.subscribe {
+            found.push(Method::Subscribe(r));
+        }
+        if let Some(r) = self.unsubscribe {
+            found.push(Method::Unsubscribe(r));
+        }
+        if let Some(r) = self.publish {
+            found.push(Method::Publish(r));
+        }
+        if let Some(r) = self.presence {
+            found.push(Method::Presence(r));
+        }
+        if let Some(r) = self.presence_stats {
+            found.push(Method::PresenceStats(r));
+        }
+        if let Some(r) = self.history {
+            found.push(Method::History(r));
+        }
+        if self.ping.is_some() {
+            found.push(Method::Ping);
+        }
+        if let Some(r) = self.send {
+            found.push(Method::Send(r));
+        }
+        if let Some(r) = self.rpc {
+            found.push(Method::Rpc(r));
+        }
+        if let Some(r) = self.refresh {
+            found.push(Method::Refresh(r));
+        }
+        if let Some(r) = self.sub_refresh {
+            found.push(Method::SubRefresh(r));
+        }
         match found.len() {
             0 => Ok((id, Method::Empty)),
             1 => Ok((id, found.pop().expect("one method"))),
@@ -190,7 +214,10 @@ mod tests {
         assert_eq!(id, 2);
         match m {
             Method::Subscribe(s) => {
-                assert_eq!((s.channel.as_str(), s.recover, s.offset, s.epoch.as_str()), ("a", true, 5, "e"));
+                assert_eq!(
+                    (s.channel.as_str(), s.recover, s.offset, s.epoch.as_str()),
+                    ("a", true, 5, "e")
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
@@ -199,9 +226,18 @@ mod tests {
     #[test]
     fn empty_object_is_pong_and_two_methods_are_rejected() {
         let cmds = decode_commands("{}").unwrap();
-        assert!(matches!(cmds.into_iter().next().unwrap().into_method(), Ok((0, Method::Empty))));
-        let cmds = decode_commands("{\"id\":3,\"presence\":{\"channel\":\"a\"},\"history\":{\"channel\":\"a\"}}").unwrap();
-        assert_eq!(cmds.into_iter().next().unwrap().into_method().unwrap_err(), 3);
+        assert!(matches!(
+            cmds.into_iter().next().unwrap().into_method(),
+            Ok((0, Method::Empty))
+        ));
+        let cmds = decode_commands(
+            "{\"id\":3,\"presence\":{\"channel\":\"a\"},\"history\":{\"channel\":\"a\"}}",
+        )
+        .unwrap();
+        assert_eq!(
+            cmds.into_iter().next().unwrap().into_method().unwrap_err(),
+            3
+        );
     }
 
     #[test]

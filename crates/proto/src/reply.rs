@@ -24,7 +24,12 @@ pub struct ClientInfo {
 
 impl ClientInfo {
     pub fn new(user: &str, client: &str) -> Self {
-        ClientInfo { user: user.to_owned(), client: client.to_owned(), conn_info: None, chan_info: None }
+        ClientInfo {
+            user: user.to_owned(),
+            client: client.to_owned(),
+            conn_info: None,
+            chan_info: None,
+        }
     }
 }
 
@@ -161,7 +166,14 @@ pub fn encode_error_message(id: u32, err: ErrorCode, message: &str) -> Bytes {
         id: u32,
         error: ErrorBody<'a>,
     }
-    let reply = Reply { id, error: ErrorBody { code: err.code, message, temporary: err.temporary } };
+    let reply = Reply {
+        id,
+        error: ErrorBody {
+            code: err.code,
+            message,
+            temporary: err.temporary,
+        },
+    };
     Bytes::from(serde_json::to_vec(&reply).expect("error reply serializes"))
 }
 
@@ -190,7 +202,12 @@ pub fn encode_push(channel: &str, body: PushBody<'_>) -> Bytes {
     struct Outer<'a> {
         push: Inner<'a>,
     }
-    Bytes::from(serde_json::to_vec(&Outer { push: Inner { channel, body } }).expect("push serializes"))
+    Bytes::from(
+        serde_json::to_vec(&Outer {
+            push: Inner { channel, body },
+        })
+        .expect("push serializes"),
+    )
 }
 
 /// The server's ping: an empty object.
@@ -206,7 +223,11 @@ mod tests {
 
     #[test]
     fn publication_push_has_the_sdk_shape() {
-        let p = Publication { data: raw("{\"text\":\"hi\"}"), offset: 7, info: Some(ClientInfo::new("alice", "c1")) };
+        let p = Publication {
+            data: raw("{\"text\":\"hi\"}"),
+            offset: 7,
+            info: Some(ClientInfo::new("alice", "c1")),
+        };
         let b = encode_push("chat:1", PushBody::Pub(&p));
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
         assert_eq!(v["push"]["channel"], "chat:1");
@@ -218,22 +239,37 @@ mod tests {
     #[test]
     fn join_and_unsubscribe_pushes() {
         let info = ClientInfo::new("bob", "c2");
-        let v: serde_json::Value = serde_json::from_slice(&encode_push("r", PushBody::Join { info: &info })).unwrap();
-        assert_eq!(v["push"]["join"]["info"]["client"], "c2");
         let v: serde_json::Value =
-            serde_json::from_slice(&encode_push("r", PushBody::Unsubscribe { code: 2000, reason: "server unsubscribe" })).unwrap();
+            serde_json::from_slice(&encode_push("r", PushBody::Join { info: &info })).unwrap();
+        assert_eq!(v["push"]["join"]["info"]["client"], "c2");
+        let v: serde_json::Value = serde_json::from_slice(&encode_push(
+            "r",
+            PushBody::Unsubscribe {
+                code: 2000,
+                reason: "server unsubscribe",
+            },
+        ))
+        .unwrap();
         assert_eq!(v["push"]["unsubscribe"]["code"], 2000);
     }
 
     #[test]
     fn replies_and_errors() {
-        let v: serde_json::Value = serde_json::from_slice(&encode_error(4, ErrorCode::PERMISSION_DENIED)).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_error(4, ErrorCode::PERMISSION_DENIED)).unwrap();
         assert_eq!(v["id"], 4);
         assert_eq!(v["error"]["code"], 103);
-        let v: serde_json::Value = serde_json::from_slice(&encode_empty_reply(5, "publish")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_empty_reply(5, "publish")).unwrap();
         assert_eq!(v["publish"], serde_json::json!({}));
-        let r = SubscribeResult { recoverable: true, epoch: "e".into(), offset: 3, ..Default::default() };
-        let v: serde_json::Value = serde_json::from_slice(&encode_reply(6, "subscribe", &r)).unwrap();
+        let r = SubscribeResult {
+            recoverable: true,
+            epoch: "e".into(),
+            offset: 3,
+            ..Default::default()
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_reply(6, "subscribe", &r)).unwrap();
         assert_eq!(v["subscribe"]["offset"], 3);
         assert!(v["subscribe"].get("recovered").is_none());
     }

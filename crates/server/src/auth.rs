@@ -2,7 +2,9 @@
 //! `channels`, optional `aud`/`iss`). The algorithm is pinned: a token whose header names
 //! any other algorithm (`none` included) is rejected before its signature is looked at.
 
-use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{
+    decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -72,13 +74,17 @@ impl Auth {
     }
 
     pub fn mint(&self, claims: &Claims) -> String {
-        encode(&Header::new(Algorithm::HS256), claims, &self.encoding).expect("HS256 encoding cannot fail")
+        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+            .expect("HS256 encoding cannot fail")
     }
 }
 
 /// Seconds since the Unix epoch.
 pub fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -86,7 +92,11 @@ mod tests {
     use super::*;
 
     fn claims(sub: &str, exp: Option<u64>) -> Claims {
-        Claims { sub: sub.into(), exp, ..Claims::default() }
+        Claims {
+            sub: sub.into(),
+            exp,
+            ..Claims::default()
+        }
     }
 
     #[test]
@@ -103,17 +113,32 @@ mod tests {
         // alg none: header {"alg":"none","typ":"JWT"}, payload {"sub":"alice"}, no signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSJ9.";
         assert!(matches!(auth.verify(none), Err(TokenError::Invalid(_))));
-        assert!(matches!(auth.verify("garbage"), Err(TokenError::Invalid(_))));
+        assert!(matches!(
+            auth.verify("garbage"),
+            Err(TokenError::Invalid(_))
+        ));
     }
 
     #[test]
     fn audience_and_issuer_are_checked_when_configured() {
         let auth = Auth::new("k", Some("chat"), Some("me"));
-        let good = Claims { sub: "a".into(), aud: Some("chat".into()), iss: Some("me".into()), ..Claims::default() };
+        let good = Claims {
+            sub: "a".into(),
+            aud: Some("chat".into()),
+            iss: Some("me".into()),
+            ..Claims::default()
+        };
         assert!(auth.verify(&auth.mint(&good)).is_ok());
-        let bad_aud = Claims { aud: Some("other".into()), ..good };
+        let bad_aud = Claims {
+            aud: Some("other".into()),
+            ..good
+        };
         assert!(auth.verify(&auth.mint(&bad_aud)).is_err());
-        let no_iss = Claims { sub: "a".into(), aud: Some("chat".into()), ..Claims::default() };
+        let no_iss = Claims {
+            sub: "a".into(),
+            aud: Some("chat".into()),
+            ..Claims::default()
+        };
         assert!(auth.verify(&auth.mint(&no_iss)).is_err());
     }
 }

@@ -26,7 +26,10 @@ impl<'a> Channel<'a> {
         let ns = name.split_once(':').map(|(ns, _)| ns).unwrap_or("");
         let options = config.namespace(ns).ok_or(ErrorCode::UNKNOWN_CHANNEL)?;
         let allowed_users = name.split_once('#').map(|(_, users)| users);
-        Ok(Channel { options, allowed_users })
+        Ok(Channel {
+            options,
+            allowed_users,
+        })
     }
 
     /// Whether `user` may be in this channel at all.
@@ -45,13 +48,24 @@ mod tests {
     #[test]
     fn namespaces_and_user_limited_channels() {
         let mut config = Config::default();
-        config.namespaces.insert("dm".into(), NamespaceOptions::default());
+        config
+            .namespaces
+            .insert("dm".into(), NamespaceOptions::default());
         assert!(Channel::resolve(&config, "lobby").unwrap().admits("anyone"));
         let c = Channel::resolve(&config, "dm:chat#alice,bob").unwrap();
         assert!(c.admits("alice") && c.admits("bob"));
         assert!(!c.admits("carol") && !c.admits("") && !c.admits("ali"));
-        assert_eq!(Channel::resolve(&config, "nope:x").err(), Some(ErrorCode::UNKNOWN_CHANNEL));
-        assert_eq!(Channel::resolve(&config, "").err(), Some(ErrorCode::BAD_REQUEST));
-        assert_eq!(Channel::resolve(&config, &"x".repeat(300)).err(), Some(ErrorCode::BAD_REQUEST));
+        assert_eq!(
+            Channel::resolve(&config, "nope:x").err(),
+            Some(ErrorCode::UNKNOWN_CHANNEL)
+        );
+        assert_eq!(
+            Channel::resolve(&config, "").err(),
+            Some(ErrorCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            Channel::resolve(&config, &"x".repeat(300)).err(),
+            Some(ErrorCode::BAD_REQUEST)
+        );
     }
 }

@@ -123,9 +123,15 @@ impl Default for Config {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("config file {path}: {source}")]
-    Parse { path: PathBuf, source: Box<toml::de::Error> },
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
     #[error("secrets in {path}: {message}")]
     Secrets { path: PathBuf, message: String },
 }
@@ -133,8 +139,14 @@ pub enum ConfigError {
 impl Config {
     /// Loads a TOML file over the defaults.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source: Box::new(source) })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source: Box::new(source),
+        })
     }
 
     /// The namespace options of a namespace name ("" for the default one); `None` for a
@@ -154,18 +166,29 @@ impl Config {
             return Ok(None);
         }
         let path = self.data_dir.join("secrets.toml");
-        let err = |message: String| ConfigError::Secrets { path: path.clone(), message };
+        let err = |message: String| ConfigError::Secrets {
+            path: path.clone(),
+            message,
+        };
         let (stored, created) = match std::fs::read_to_string(&path) {
-            Ok(text) => (toml::from_str::<Secrets>(&text).map_err(|e| err(e.to_string()))?, false),
+            Ok(text) => (
+                toml::from_str::<Secrets>(&text).map_err(|e| err(e.to_string()))?,
+                false,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let s = Secrets { token_hmac_secret: random_hex(32), api_key: random_hex(24) };
+                let s = Secrets {
+                    token_hmac_secret: random_hex(32),
+                    api_key: random_hex(24),
+                };
                 std::fs::create_dir_all(&self.data_dir).map_err(|e| err(e.to_string()))?;
-                write_private(&path, &toml::to_string(&s).expect("secrets serialize")).map_err(|e| err(e.to_string()))?;
+                write_private(&path, &toml::to_string(&s).expect("secrets serialize"))
+                    .map_err(|e| err(e.to_string()))?;
                 (s, true)
             }
             Err(e) => return Err(err(e.to_string())),
         };
-        self.token_hmac_secret.get_or_insert(stored.token_hmac_secret);
+        self.token_hmac_secret
+            .get_or_insert(stored.token_hmac_secret);
         self.api_key.get_or_insert(stored.api_key);
         Ok(created.then_some(path))
     }
@@ -181,14 +204,20 @@ struct Secrets {
 fn random_hex(bytes: usize) -> String {
     use rand::RngExt;
     let mut rng = rand::rng();
-    (0..bytes).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+    (0..bytes)
+        .map(|_| format!("{:02x}", rng.random::<u8>()))
+        .collect()
 }
 
 /// Writes a file readable by its owner only: it holds secrets.
 fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()
 }
@@ -213,9 +242,15 @@ mod tests {
     #[test]
     fn secrets_are_generated_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Config { data_dir: dir.path().into(), ..Config::default() };
+        let mut a = Config {
+            data_dir: dir.path().into(),
+            ..Config::default()
+        };
         assert!(a.ensure_secrets().unwrap().is_some());
-        let mut b = Config { data_dir: dir.path().into(), ..Config::default() };
+        let mut b = Config {
+            data_dir: dir.path().into(),
+            ..Config::default()
+        };
         assert!(b.ensure_secrets().unwrap().is_none());
         assert_eq!(a.token_hmac_secret, b.token_hmac_secret);
         assert_eq!(a.api_key, b.api_key);

@@ -9,7 +9,11 @@ use roomcast::auth::{now_secs, Auth, Claims};
 use roomcast::{Config, Server};
 
 #[derive(Parser)]
-#[command(name = "roomcast", version, about = "A Centrifugo-compatible chat server with durable history")]
+#[command(
+    name = "roomcast",
+    version,
+    about = "A Centrifugo-compatible chat server with durable history"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,13 +87,21 @@ fn load(common: &Common) -> anyhow::Result<Config> {
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG").unwrap_or_else(|_| "roomcast=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+                .unwrap_or_else(|_| "roomcast=info".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Serve { common, listen, api_key, insecure, ping_interval, pong_timeout } => {
+        Command::Serve {
+            common,
+            listen,
+            api_key,
+            insecure,
+            ping_interval,
+            pong_timeout,
+        } => {
             let mut config = load(&common)?;
             if let Some(l) = listen {
                 config.listen = l;
@@ -108,18 +120,31 @@ fn main() -> anyhow::Result<()> {
                 tracing::warn!("insecure mode: clients connect without a token");
             }
             let fds = roomcast::server::raise_fd_limit();
-            tracing::info!(open_files = fds, capacity = fds.saturating_sub(100), "connection capacity");
+            tracing::info!(
+                open_files = fds,
+                capacity = fds.saturating_sub(100),
+                "connection capacity"
+            );
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(serve(config))
         }
-        Command::Token { common, user, ttl, channels } => {
+        Command::Token {
+            common,
+            user,
+            ttl,
+            channels,
+        } => {
             let mut config = load(&common)?;
             if config.token_hmac_secret.is_none() {
                 if let Some(path) = config.ensure_secrets()? {
                     eprintln!("generated secrets in {}", path.display());
                 }
             }
-            let auth = Auth::new(config.token_hmac_secret.as_deref().expect("secret ensured"), None, None);
+            let auth = Auth::new(
+                config.token_hmac_secret.as_deref().expect("secret ensured"),
+                None,
+                None,
+            );
             let now = now_secs();
             let claims = Claims {
                 sub: user,

@@ -59,7 +59,8 @@ impl Node {
         };
         let r = self.store.append(msg).await?;
         if !r.duplicate {
-            self.published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.published
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         Ok(r)
     }
@@ -80,7 +81,11 @@ impl Node {
             let pos = self.store.position(room).await.map_err(internal)?;
             return Ok((Vec::new(), pos));
         }
-        let range = Range { since: since.map(|s| s.offset), limit: limit as usize, reverse };
+        let range = Range {
+            since: since.map(|s| s.offset),
+            limit: limit as usize,
+            reverse,
+        };
         let (msgs, pos) = self.store.range(room, range).await.map_err(internal)?;
         if let Some(s) = since {
             if !s.epoch.is_empty() && s.epoch != pos.epoch {

@@ -18,7 +18,8 @@ pub trait Presence: Send + Sync + 'static {
     /// Number of clients and of distinct users.
     async fn stats(&self, room: &str) -> (u32, u32) {
         let entries = self.get(room).await;
-        let users: std::collections::HashSet<&str> = entries.values().map(|i| i.user.as_str()).collect();
+        let users: std::collections::HashSet<&str> =
+            entries.values().map(|i| i.user.as_str()).collect();
         (entries.len() as u32, users.len() as u32)
     }
 }
@@ -32,7 +33,12 @@ pub struct LocalPresence {
 #[async_trait]
 impl Presence for LocalPresence {
     async fn add(&self, room: &str, info: ClientInfo) {
-        self.rooms.lock().expect("presence lock").entry(room.to_owned()).or_default().insert(info.client.clone(), info);
+        self.rooms
+            .lock()
+            .expect("presence lock")
+            .entry(room.to_owned())
+            .or_default()
+            .insert(info.client.clone(), info);
     }
 
     async fn remove(&self, room: &str, client: &str) {
@@ -46,7 +52,12 @@ impl Presence for LocalPresence {
     }
 
     async fn get(&self, room: &str) -> HashMap<String, ClientInfo> {
-        self.rooms.lock().expect("presence lock").get(room).cloned().unwrap_or_default()
+        self.rooms
+            .lock()
+            .expect("presence lock")
+            .get(room)
+            .cloned()
+            .unwrap_or_default()
     }
 }
 

@@ -36,7 +36,9 @@ pub fn raise_fd_limit() -> u64 {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "could not raise the open-files limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft).unwrap_or(1024)
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
         }
     }
 }
@@ -53,12 +55,19 @@ impl Server {
             }
         }
         let secret = config.token_hmac_secret.clone().expect("secret ensured");
-        let auth = Auth::new(&secret, config.token_audience.as_deref(), config.token_issuer.as_deref());
+        let auth = Auth::new(
+            &secret,
+            config.token_audience.as_deref(),
+            config.token_issuer.as_deref(),
+        );
         let db = config.data_dir.join("messages.db");
-        let (store, committed) = SqliteStore::open(&db, Duration::from_secs(config.idempotency_ttl_secs))
-            .with_context(|| format!("opening message store {}", db.display()))?;
+        let (store, committed) =
+            SqliteStore::open(&db, Duration::from_secs(config.idempotency_ttl_secs))
+                .with_context(|| format!("opening message store {}", db.display()))?;
         let hub = Arc::new(Hub::new());
-        let listener = TcpListener::bind(config.listen).await.with_context(|| format!("binding {}", config.listen))?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let node = Arc::new(Node {
             auth,
@@ -77,13 +86,20 @@ impl Server {
         let app = crate::http::router(node.clone());
         let stop = node.shutdown.clone();
         let serve = tokio::spawn(async move {
-            let result = axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            let result = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
             if let Err(e) = result {
                 tracing::error!(error = %e, "server stopped");
             }
         });
         tracing::info!(%addr, db = %db.display(), "listening on {addr}");
-        Ok(Server { addr, node, serve, dispatcher })
+        Ok(Server {
+            addr,
+            node,
+            serve,
+            dispatcher,
+        })
     }
 
     /// Drains: no new connections, every connection closed with "shutdown" after its
@@ -93,7 +109,10 @@ impl Server {
         let grace = Duration::from_secs(self.node.config.shutdown_grace_secs);
         self.node.shutdown.cancel();
         self.node.tasks.close();
-        if tokio::time::timeout(grace, self.node.tasks.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.node.tasks.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after the grace period");
         }
         let _ = tokio::time::timeout(grace, self.serve).await;

@@ -13,7 +13,12 @@ async fn idempotent_publish_is_stored_once() {
     let b = s.api("publish", body).await;
     assert_eq!(a["result"]["offset"], 1);
     assert_eq!(b["result"], a["result"], "a retry returns the first result");
-    let other = s.api("publish", json!({"channel": "r", "data": {"t": 2}, "idempotency_key": "order-18"})).await;
+    let other = s
+        .api(
+            "publish",
+            json!({"channel": "r", "data": {"t": 2}, "idempotency_key": "order-18"}),
+        )
+        .await;
     assert_eq!(other["result"]["offset"], 2);
     let h = s.api("history", json!({"channel": "r", "limit": -1})).await;
     assert_eq!(h["result"]["publications"].as_array().unwrap().len(), 2);
@@ -26,7 +31,12 @@ async fn broadcast_history_presence_channels_info() {
     let mut c = s.client("alice").await;
     c.subscribe("a").await;
     c.subscribe("b").await;
-    let r = s.api("broadcast", json!({"channels": ["a", "b", "bad:x"], "data": "hi"})).await;
+    let r = s
+        .api(
+            "broadcast",
+            json!({"channels": ["a", "b", "bad:x"], "data": "hi"}),
+        )
+        .await;
     let responses = r["result"]["responses"].as_array().unwrap();
     assert_eq!(responses[0]["result"]["offset"], 1);
     assert_eq!(responses[1]["result"]["offset"], 1);
@@ -56,7 +66,8 @@ async fn disconnect_and_unsubscribe_users() {
     a.subscribe("r").await;
     let mut b = s.client("bob").await;
     b.subscribe("r").await;
-    s.api("unsubscribe", json!({"user": "alice", "channel": "r"})).await;
+    s.api("unsubscribe", json!({"user": "alice", "channel": "r"}))
+        .await;
     let push = a.next_push(|p| p.get("unsubscribe").is_some()).await;
     assert_eq!(push["channel"], "r");
     assert_eq!(push["unsubscribe"]["code"], 2000);
@@ -66,31 +77,64 @@ async fn disconnect_and_unsubscribe_users() {
     assert_eq!(error_code(&r), Some(103), "alice is no longer subscribed");
     s.api("disconnect", json!({"user": "bob"})).await;
     assert_eq!(b.closed_code().await, Some(3503));
-    s.api("disconnect", json!({"user": "alice", "disconnect": {"code": 3011, "reason": "go away"}})).await;
+    s.api(
+        "disconnect",
+        json!({"user": "alice", "disconnect": {"code": 3011, "reason": "go away"}}),
+    )
+    .await;
     assert_eq!(a.closed_code().await, Some(3011));
 }
 
 #[tokio::test]
 async fn wrong_key_malformed_body_and_unknown_method() {
     let s = TestServer::start().await;
-    let (status, v) = api_raw(s.addr, "publish", Some("wrong"), "{\"channel\":\"r\",\"data\":1}").await;
+    let (status, v) = api_raw(
+        s.addr,
+        "publish",
+        Some("wrong"),
+        "{\"channel\":\"r\",\"data\":1}",
+    )
+    .await;
     assert_eq!(status, 401);
     assert_eq!(v["error"]["code"], 101);
     let (status, _) = api_raw(s.addr, "publish", None, "{\"channel\":\"r\",\"data\":1}").await;
     assert_eq!(status, 401);
     let (status, v) = api_raw(s.addr, "publish", Some(API_KEY), "{\"channel\":").await;
     assert_eq!(status, 400);
-    assert!(v["error"]["message"].as_str().unwrap().contains("malformed"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("malformed"),
+        "{v}"
+    );
     let (status, v) = api_raw(s.addr, "publish", Some(API_KEY), "{\"channel\":\"r\"}").await;
     assert_eq!(status, 400, "missing data: {v}");
-    let (status, v) = api_raw(s.addr, "publish", Some(API_KEY), "{\"channel\":\"r\",\"data\":1,\"bogus\":2}").await;
+    let (status, v) = api_raw(
+        s.addr,
+        "publish",
+        Some(API_KEY),
+        "{\"channel\":\"r\",\"data\":1,\"bogus\":2}",
+    )
+    .await;
     assert_eq!(status, 400, "unknown field: {v}");
     let (status, _) = api_raw(s.addr, "frobnicate", Some(API_KEY), "{}").await;
     assert_eq!(status, 404);
-    let (status, v) = api_raw(s.addr, "publish", Some(API_KEY), "{\"channel\":\"nope:x\",\"data\":1}").await;
+    let (status, v) = api_raw(
+        s.addr,
+        "publish",
+        Some(API_KEY),
+        "{\"channel\":\"nope:x\",\"data\":1}",
+    )
+    .await;
     assert_eq!((status, v["error"]["code"].as_u64()), (200, Some(102)));
-    let (status, v) =
-        api_raw(s.addr, "disconnect", Some(API_KEY), "{\"user\":\"a\",\"disconnect\":{\"code\":1234,\"reason\":\"x\"}}").await;
+    let (status, v) = api_raw(
+        s.addr,
+        "disconnect",
+        Some(API_KEY),
+        "{\"user\":\"a\",\"disconnect\":{\"code\":1234,\"reason\":\"x\"}}",
+    )
+    .await;
     assert_eq!((status, v["error"]["code"].as_u64()), (200, Some(107)));
     // Nothing of the refused calls was stored.
     let h = s.api("history", json!({"channel": "r", "limit": -1})).await;

@@ -31,8 +31,10 @@ async fn missing_token_is_unauthorized_then_closed() {
 #[tokio::test]
 async fn wrong_key_and_alg_none_and_garbage_tokens_are_invalid() {
     let s = TestServer::start().await;
-    let wrong_key = roomcast::auth::Auth::new("not-the-secret", None, None)
-        .mint(&Claims { sub: "alice".into(), ..Claims::default() });
+    let wrong_key = roomcast::auth::Auth::new("not-the-secret", None, None).mint(&Claims {
+        sub: "alice".into(),
+        ..Claims::default()
+    });
     let alg_none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSJ9.";
     for t in [wrong_key.as_str(), alg_none, "not.a.token"] {
         let mut c = Client::open(&s.ws_url()).await;
@@ -45,13 +47,21 @@ async fn wrong_key_and_alg_none_and_garbage_tokens_are_invalid() {
 async fn expired_token_gets_token_expired_and_refresh_works() {
     let s = TestServer::start().await;
     let mut c = Client::open(&s.ws_url()).await;
-    let expired = token_with(Claims { sub: "alice".into(), exp: Some(now_secs() - 10), ..Claims::default() });
+    let expired = token_with(Claims {
+        sub: "alice".into(),
+        exp: Some(now_secs() - 10),
+        ..Claims::default()
+    });
     let r = c.call(json!({"connect": {"token": expired}})).await;
     assert_eq!(error_code(&r), Some(109));
     // The SDK fetches a new token and connects again.
     let r = c.call(json!({"connect": {"token": token("alice")}})).await;
     assert!(r.get("connect").is_some(), "{r}");
-    let fresh = token_with(Claims { sub: "alice".into(), exp: Some(now_secs() + 7200), ..Claims::default() });
+    let fresh = token_with(Claims {
+        sub: "alice".into(),
+        exp: Some(now_secs() + 7200),
+        ..Claims::default()
+    });
     let r = c.call(json!({"refresh": {"token": fresh}})).await;
     assert_eq!(r["refresh"]["expires"], true);
     assert!(r["refresh"]["ttl"].as_u64().unwrap() > 7000);
@@ -73,7 +83,8 @@ async fn commands_before_connect_and_malformed_frames_are_bad_requests() {
     assert_eq!(c.closed_code().await, Some(3501));
 
     let mut c = s.client("alice").await;
-    c.send_raw("{\"id\":6,\"presence\":{\"channel\":\"a\"},\"history\":{\"channel\":\"a\"}}").await;
+    c.send_raw("{\"id\":6,\"presence\":{\"channel\":\"a\"},\"history\":{\"channel\":\"a\"}}")
+        .await;
     assert_eq!(c.closed_code().await, Some(3501));
 
     let mut c = s.client("alice").await;
@@ -104,8 +115,17 @@ async fn audience_and_issuer_are_enforced_when_configured() {
         ..Claims::default()
     });
     let mut c = Client::open(&s.ws_url()).await;
-    assert!(c.call(json!({"connect": {"token": good}})).await.get("connect").is_some());
-    let bad = token_with(Claims { sub: "a".into(), aud: Some("other".into()), iss: Some("auth.example".into()), ..Claims::default() });
+    assert!(c
+        .call(json!({"connect": {"token": good}}))
+        .await
+        .get("connect")
+        .is_some());
+    let bad = token_with(Claims {
+        sub: "a".into(),
+        aud: Some("other".into()),
+        iss: Some("auth.example".into()),
+        ..Claims::default()
+    });
     let mut c = Client::open(&s.ws_url()).await;
     c.send(json!({"connect": {"token": bad}})).await;
     assert_eq!(c.closed_code().await, Some(3500));

@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use roomcast::config::NamespaceOptions;
 use roomcast::auth::{now_secs, Claims};
+use roomcast::config::NamespaceOptions;
 use serde_json::json;
 
 #[tokio::test]
@@ -22,7 +22,9 @@ async fn publish_fans_out_to_every_subscriber_in_order() {
     let mut publisher = s.client("pub").await;
     publisher.subscribe("room-1").await;
     for i in 1..=5 {
-        let r = publisher.call(json!({"publish": {"channel": "room-1", "data": {"n": i}}})).await;
+        let r = publisher
+            .call(json!({"publish": {"channel": "room-1", "data": {"n": i}}}))
+            .await;
         assert_eq!(r["publish"], json!({}), "{r}");
     }
     for c in subs.iter_mut() {
@@ -37,7 +39,10 @@ async fn publish_fans_out_to_every_subscriber_in_order() {
     assert_eq!(s.publish("room-1", json!({"n": 6})).await, 6);
     let p = subs[0].next_pub("room-1").await;
     assert_eq!(p["offset"], 6);
-    assert!(p.get("info").is_none(), "API publications carry no client info");
+    assert!(
+        p.get("info").is_none(),
+        "API publications carry no client info"
+    );
 }
 
 #[tokio::test]
@@ -69,17 +74,38 @@ async fn history_limits_since_reverse_and_epoch() {
     let sub = c.subscribe("h").await;
     assert_eq!(sub["offset"], 10);
     let epoch = sub["epoch"].as_str().unwrap().to_owned();
-    let r = c.call(json!({"history": {"channel": "h", "limit": 3}})).await;
-    let offsets: Vec<u64> = r["history"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    let r = c
+        .call(json!({"history": {"channel": "h", "limit": 3}}))
+        .await;
+    let offsets: Vec<u64> = r["history"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![1, 2, 3]);
     assert_eq!(r["history"]["offset"], 10);
-    let r = c.call(json!({"history": {"channel": "h", "limit": 2, "reverse": true}})).await;
-    let offsets: Vec<u64> = r["history"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    let r = c
+        .call(json!({"history": {"channel": "h", "limit": 2, "reverse": true}}))
+        .await;
+    let offsets: Vec<u64> = r["history"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![10, 9]);
     let r = c.call(json!({"history": {"channel": "h", "limit": -1, "since": {"offset": 7, "epoch": epoch}}})).await;
-    let offsets: Vec<u64> = r["history"]["publications"].as_array().unwrap().iter().map(|p| p["offset"].as_u64().unwrap()).collect();
+    let offsets: Vec<u64> = r["history"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
     assert_eq!(offsets, vec![8, 9, 10]);
-    let r = c.call(json!({"history": {"channel": "h", "limit": 0}})).await;
+    let r = c
+        .call(json!({"history": {"channel": "h", "limit": 0}}))
+        .await;
     assert_eq!(r["history"]["publications"], json!([]));
     assert_eq!(r["history"]["epoch"], epoch.as_str());
     let r = c.call(json!({"history": {"channel": "h", "limit": 5, "since": {"offset": 2, "epoch": "other"}}})).await;
@@ -104,7 +130,10 @@ async fn presence_and_join_leave() {
         .collect();
     assert_eq!(users, ["alice".to_owned(), "bob".to_owned()].into());
     let r = a.call(json!({"presence_stats": {"channel": "room"}})).await;
-    assert_eq!(r["presence_stats"], json!({"num_clients": 2, "num_users": 2}));
+    assert_eq!(
+        r["presence_stats"],
+        json!({"num_clients": 2, "num_users": 2})
+    );
     let r = b.call(json!({"unsubscribe": {"channel": "room"}})).await;
     assert_eq!(r["unsubscribe"], json!({}));
     let leave = a.next_push(|p| p.get("leave").is_some()).await;
@@ -113,7 +142,10 @@ async fn presence_and_join_leave() {
     a.next_push(|p| p.get("join").is_some()).await;
     b.close().await;
     let leave = a.next_push(|p| p.get("leave").is_some()).await;
-    assert_eq!(leave["leave"]["info"]["user"], "bob", "a closed connection leaves too");
+    assert_eq!(
+        leave["leave"]["info"]["user"], "bob",
+        "a closed connection leaves too"
+    );
     let r = a.call(json!({"presence_stats": {"channel": "room"}})).await;
     assert_eq!(r["presence_stats"]["num_clients"], 1);
 }
@@ -126,11 +158,17 @@ async fn user_limited_channels_admit_only_their_users() {
     let mut bob = s.client("bob").await;
     bob.subscribe("dialog#alice,bob").await;
     let mut carol = s.client("carol").await;
-    let r = carol.call(json!({"subscribe": {"channel": "dialog#alice,bob"}})).await;
+    let r = carol
+        .call(json!({"subscribe": {"channel": "dialog#alice,bob"}}))
+        .await;
     assert_eq!(error_code(&r), Some(103));
-    let r = carol.call(json!({"publish": {"channel": "dialog#alice,bob", "data": "hi"}})).await;
+    let r = carol
+        .call(json!({"publish": {"channel": "dialog#alice,bob", "data": "hi"}}))
+        .await;
     assert_eq!(error_code(&r), Some(103));
-    let r = bob.call(json!({"publish": {"channel": "dialog#alice,bob", "data": "hi alice"}})).await;
+    let r = bob
+        .call(json!({"publish": {"channel": "dialog#alice,bob", "data": "hi alice"}}))
+        .await;
     assert_eq!(r["publish"], json!({}));
     assert_eq!(alice.next_pub("dialog#alice,bob").await["data"], "hi alice");
 }
@@ -151,27 +189,82 @@ async fn refusals_get_the_protocol_error_codes() {
         );
         c.namespaces.insert(
             "private".into(),
-            NamespaceOptions { allow_subscribe_for_client: false, ..NamespaceOptions::default() },
+            NamespaceOptions {
+                allow_subscribe_for_client: false,
+                ..NamespaceOptions::default()
+            },
         );
     })
     .await;
     let mut c = s.client("u").await;
     let code = |r: serde_json::Value| error_code(&r);
-    assert_eq!(code(c.call(json!({"subscribe": {"channel": "nope:x"}})).await), Some(102));
-    assert_eq!(code(c.call(json!({"subscribe": {"channel": ""}})).await), Some(107));
-    assert_eq!(code(c.call(json!({"subscribe": {"channel": "private:x"}})).await), Some(103));
+    assert_eq!(
+        code(c.call(json!({"subscribe": {"channel": "nope:x"}})).await),
+        Some(102)
+    );
+    assert_eq!(
+        code(c.call(json!({"subscribe": {"channel": ""}})).await),
+        Some(107)
+    );
+    assert_eq!(
+        code(c.call(json!({"subscribe": {"channel": "private:x"}})).await),
+        Some(103)
+    );
     c.subscribe("news:1").await;
-    assert_eq!(code(c.call(json!({"subscribe": {"channel": "news:1"}})).await), Some(105));
-    assert_eq!(code(c.call(json!({"publish": {"channel": "news:1", "data": 1}})).await), Some(103));
-    assert_eq!(code(c.call(json!({"history": {"channel": "news:1", "limit": 1}})).await), Some(103));
-    assert_eq!(code(c.call(json!({"presence": {"channel": "news:1"}})).await), Some(108));
-    assert_eq!(code(c.call(json!({"history": {"channel": "lobby", "limit": 1}})).await), Some(103), "not subscribed");
-    assert_eq!(code(c.call(json!({"presence": {"channel": "lobby"}})).await), Some(103), "not subscribed");
-    assert_eq!(code(c.call(json!({"publish": {"channel": "lobby", "data": 1}})).await), Some(103), "not subscribed");
-    assert_eq!(code(c.call(json!({"rpc": {"method": "nope", "data": {}}})).await), Some(104));
+    assert_eq!(
+        code(c.call(json!({"subscribe": {"channel": "news:1"}})).await),
+        Some(105)
+    );
+    assert_eq!(
+        code(
+            c.call(json!({"publish": {"channel": "news:1", "data": 1}}))
+                .await
+        ),
+        Some(103)
+    );
+    assert_eq!(
+        code(
+            c.call(json!({"history": {"channel": "news:1", "limit": 1}}))
+                .await
+        ),
+        Some(103)
+    );
+    assert_eq!(
+        code(c.call(json!({"presence": {"channel": "news:1"}})).await),
+        Some(108)
+    );
+    assert_eq!(
+        code(
+            c.call(json!({"history": {"channel": "lobby", "limit": 1}}))
+                .await
+        ),
+        Some(103),
+        "not subscribed"
+    );
+    assert_eq!(
+        code(c.call(json!({"presence": {"channel": "lobby"}})).await),
+        Some(103),
+        "not subscribed"
+    );
+    assert_eq!(
+        code(
+            c.call(json!({"publish": {"channel": "lobby", "data": 1}}))
+                .await
+        ),
+        Some(103),
+        "not subscribed"
+    );
+    assert_eq!(
+        code(c.call(json!({"rpc": {"method": "nope", "data": {}}})).await),
+        Some(104)
+    );
     c.subscribe("a").await;
     c.subscribe("b").await;
-    assert_eq!(code(c.call(json!({"subscribe": {"channel": "c"}})).await), Some(106), "channel limit");
+    assert_eq!(
+        code(c.call(json!({"subscribe": {"channel": "c"}})).await),
+        Some(106),
+        "channel limit"
+    );
     // `send` has no reply and does not break the connection.
     c.send_raw("{\"send\":{\"data\":{\"x\":1}}}").await;
     let r = c.call(json!({"presence_stats": {"channel": "a"}})).await;
@@ -194,7 +287,10 @@ async fn token_channels_are_server_side_subscriptions() {
     assert_eq!(r["connect"]["subs"]["feed"]["recoverable"], true);
     s.publish("feed", json!("after")).await;
     let p = c.next_pub("feed").await;
-    assert_eq!((p["offset"].as_u64(), p["data"].as_str()), (Some(2), Some("after")));
+    assert_eq!(
+        (p["offset"].as_u64(), p["data"].as_str()),
+        (Some(2), Some("after"))
+    );
 }
 
 #[tokio::test]

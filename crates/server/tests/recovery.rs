@@ -9,7 +9,9 @@ use common::*;
 use serde_json::{json, Value};
 
 fn offsets(pubs: &Value) -> Vec<u64> {
-    pubs.as_array().map(|a| a.iter().map(|p| p["offset"].as_u64().unwrap()).collect()).unwrap_or_default()
+    pubs.as_array()
+        .map(|a| a.iter().map(|p| p["offset"].as_u64().unwrap()).collect())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -29,7 +31,11 @@ async fn reconnecting_client_recovers_what_it_missed() {
         s.publish("room", json!({"n": i})).await;
     }
     let mut c = s.client("alice").await;
-    let r = c.call(json!({"subscribe": {"channel": "room", "recover": true, "offset": 3, "epoch": epoch}})).await;
+    let r = c
+        .call(
+            json!({"subscribe": {"channel": "room", "recover": true, "offset": 3, "epoch": epoch}}),
+        )
+        .await;
     let sub = &r["subscribe"];
     assert_eq!(sub["recovered"], true, "{r}");
     assert_eq!(sub["was_recovering"], true);
@@ -37,7 +43,11 @@ async fn reconnecting_client_recovers_what_it_missed() {
     assert_eq!(sub["publications"][0]["data"]["n"], 4);
     assert_eq!(sub["offset"], 8);
     s.publish("room", json!({"n": 9})).await;
-    assert_eq!(c.next_pub("room").await["offset"], 9, "live after recovery, no duplicate of 8");
+    assert_eq!(
+        c.next_pub("room").await["offset"],
+        9,
+        "live after recovery, no duplicate of 8"
+    );
 }
 
 #[tokio::test]
@@ -47,15 +57,30 @@ async fn gap_beyond_the_limit_or_another_epoch_is_not_recovered() {
         s.publish("room", json!(i)).await;
     }
     let mut c = s.client("a").await;
-    let epoch = c.subscribe("room").await["epoch"].as_str().unwrap().to_owned();
+    let epoch = c.subscribe("room").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     c.call(json!({"unsubscribe": {"channel": "room"}})).await;
-    let r = c.call(json!({"subscribe": {"channel": "room", "recover": true, "offset": 2, "epoch": epoch}})).await;
-    assert_eq!(r["subscribe"].get("recovered"), None, "8 missed > limit 5: {r}");
+    let r = c
+        .call(
+            json!({"subscribe": {"channel": "room", "recover": true, "offset": 2, "epoch": epoch}}),
+        )
+        .await;
+    assert_eq!(
+        r["subscribe"].get("recovered"),
+        None,
+        "8 missed > limit 5: {r}"
+    );
     assert_eq!(r["subscribe"]["was_recovering"], true);
     assert_eq!(r["subscribe"]["offset"], 10);
     assert_eq!(r["subscribe"].get("publications"), None);
     c.call(json!({"unsubscribe": {"channel": "room"}})).await;
-    let r = c.call(json!({"subscribe": {"channel": "room", "recover": true, "offset": 6, "epoch": epoch}})).await;
+    let r = c
+        .call(
+            json!({"subscribe": {"channel": "room", "recover": true, "offset": 6, "epoch": epoch}}),
+        )
+        .await;
     assert_eq!(r["subscribe"]["recovered"], true, "4 missed <= 5: {r}");
     assert_eq!(offsets(&r["subscribe"]["publications"]), vec![7, 8, 9, 10]);
     c.call(json!({"unsubscribe": {"channel": "room"}})).await;
@@ -63,7 +88,11 @@ async fn gap_beyond_the_limit_or_another_epoch_is_not_recovered() {
     assert_eq!(r["subscribe"].get("recovered"), None, "another epoch: {r}");
     c.call(json!({"unsubscribe": {"channel": "room"}})).await;
     let r = c.call(json!({"subscribe": {"channel": "room", "recover": true, "offset": 50, "epoch": epoch}})).await;
-    assert_eq!(r["subscribe"].get("recovered"), None, "an offset past the top is another stream: {r}");
+    assert_eq!(
+        r["subscribe"].get("recovered"),
+        None,
+        "an offset past the top is another stream: {r}"
+    );
 }
 
 /// A publisher keeps going while a client drops and comes back again and again; the
@@ -75,7 +104,13 @@ async fn recovery_while_publications_keep_coming() {
     let addr = s.addr;
     let publisher = tokio::spawn(async move {
         for i in 1..=TOTAL {
-            let (status, v) = api_raw(addr, "publish", Some(API_KEY), &json!({"channel": "busy", "data": {"n": i}}).to_string()).await;
+            let (status, v) = api_raw(
+                addr,
+                "publish",
+                Some(API_KEY),
+                &json!({"channel": "busy", "data": {"n": i}}).to_string(),
+            )
+            .await;
             assert_eq!(status, 200);
             assert_eq!(v["result"]["offset"], i);
             if i % 20 == 0 {
@@ -88,12 +123,18 @@ async fn recovery_while_publications_keep_coming() {
     let mut rounds = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while seen.last().copied().unwrap_or(0) < TOTAL {
-        assert!(tokio::time::Instant::now() < deadline, "did not catch up; saw {} publications", seen.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "did not catch up; saw {} publications",
+            seen.len()
+        );
         rounds += 1;
         let mut c = s.client("reader").await;
         let cmd = match seen.last() {
             None => json!({"subscribe": {"channel": "busy"}}),
-            Some(&last) => json!({"subscribe": {"channel": "busy", "recover": true, "offset": last, "epoch": epoch}}),
+            Some(&last) => {
+                json!({"subscribe": {"channel": "busy", "recover": true, "offset": last, "epoch": epoch}})
+            }
         };
         let r = c.call(cmd).await;
         let sub = &r["subscribe"];
@@ -102,8 +143,13 @@ async fn recovery_while_publications_keep_coming() {
             // Joined mid-stream: history up to the reply's offset, then live.
             let top = sub["offset"].as_u64().unwrap_or(0);
             if top > 0 {
-                let h = c.call(json!({"history": {"channel": "busy", "limit": -1}})).await;
-                let hist: Vec<u64> = offsets(&h["history"]["publications"]).into_iter().filter(|&o| o <= top).collect();
+                let h = c
+                    .call(json!({"history": {"channel": "busy", "limit": -1}}))
+                    .await;
+                let hist: Vec<u64> = offsets(&h["history"]["publications"])
+                    .into_iter()
+                    .filter(|&o| o <= top)
+                    .collect();
                 seen.extend(hist);
             }
         } else {
@@ -122,5 +168,9 @@ async fn recovery_while_publications_keep_coming() {
     }
     publisher.await.unwrap();
     assert!(rounds > 3, "the client reconnected {rounds} times");
-    assert_eq!(seen, (1..=TOTAL).collect::<Vec<_>>(), "every offset once, in order");
+    assert_eq!(
+        seen,
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
 }

@@ -99,7 +99,10 @@ pub async fn serve(node: Arc<Node>, socket: WebSocket) {
         // first; a slow connection's backlog was dropped when it overflowed.
         outbox.take(&mut items);
         let _ = flush(&mut sink, &mut items, &mut session).await;
-        let frame = CloseFrame { code: why.code, reason: Utf8Bytes::from(why.reason) };
+        let frame = CloseFrame {
+            code: why.code,
+            reason: Utf8Bytes::from(why.reason),
+        };
         let _ = sink.send(Message::Close(Some(frame))).await;
     }
     // Whatever queued after this point is dropped with the outbox.
@@ -139,7 +142,11 @@ async fn handle_frame(session: &mut Session, text: &str) -> Result<bool, Disconn
 }
 
 /// Writes queued frames as one WebSocket message and runs queued control items.
-async fn flush<S>(sink: &mut S, items: &mut Vec<Out>, session: &mut Session) -> Result<(), axum::Error>
+async fn flush<S>(
+    sink: &mut S,
+    items: &mut Vec<Out>,
+    session: &mut Session,
+) -> Result<(), axum::Error>
 where
     S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
 {

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use roomcast_proto::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
 use roomcast_proto::{
-    encode_empty_reply, encode_error, encode_error_message, encode_push, encode_reply, ClientInfo, ConnectResult,
-    Disconnect, ErrorCode, HistoryResult, Method, PresenceResult, PresenceStatsResult, PushBody, RefreshResult,
-    SubscribeResult,
+    encode_empty_reply, encode_error, encode_error_message, encode_push, encode_reply, ClientInfo,
+    ConnectResult, Disconnect, ErrorCode, HistoryResult, Method, PresenceResult,
+    PresenceStatsResult, PushBody, RefreshResult, SubscribeResult,
 };
 
 use crate::auth::{now_secs, Claims, TokenError};
@@ -47,7 +47,14 @@ pub struct Session {
 impl Session {
     pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> Session {
         let conn = node.hub.next_conn_id();
-        Session { node, conn, outbox, identity: None, expires_at: None, subs: HashMap::new() }
+        Session {
+            node,
+            conn,
+            outbox,
+            identity: None,
+            expires_at: None,
+            subs: HashMap::new(),
+        }
     }
 
     pub fn is_connected(&self) -> bool {
@@ -132,7 +139,14 @@ impl Session {
         let client = uuid::Uuid::new_v4().to_string();
         let mut info = ClientInfo::new(&claims.sub, &client);
         info.conn_info = claims.info;
-        self.node.hub.register_conn(&info.user, self.conn, ConnEntry { client: client.as_str().into(), outbox: self.outbox.clone() });
+        self.node.hub.register_conn(
+            &info.user,
+            self.conn,
+            ConnEntry {
+                client: client.as_str().into(),
+                outbox: self.outbox.clone(),
+            },
+        );
         self.identity = Some(info);
         self.expires_at = claims.exp;
 
@@ -142,7 +156,9 @@ impl Session {
         let mut activate = Vec::new();
         let mut positions = req.subs;
         for channel in claims.channels {
-            if self.subs.contains_key(channel.as_str()) || Channel::resolve(&self.node.config, &channel).is_err() {
+            if self.subs.contains_key(channel.as_str())
+                || Channel::resolve(&self.node.config, &channel).is_err()
+            {
                 continue;
             }
             let mut sreq = positions.remove(&channel).unwrap_or_default();
@@ -152,7 +168,9 @@ impl Session {
                     subs.insert(channel.clone(), result);
                     activate.push((channel, next));
                 }
-                Err(e) => tracing::warn!(%channel, code = e.code, "server-side subscription failed"),
+                Err(e) => {
+                    tracing::warn!(%channel, code = e.code, "server-side subscription failed")
+                }
             }
         }
         let (expires, ttl) = self.ttl();
@@ -195,7 +213,12 @@ impl Session {
         }
         self.expires_at = claims.exp;
         let (expires, ttl) = self.ttl();
-        let result = RefreshResult { client: identity.client.clone(), version: VERSION.into(), expires, ttl };
+        let result = RefreshResult {
+            client: identity.client.clone(),
+            version: VERSION.into(),
+            expires,
+            ttl,
+        };
         self.reply(encode_reply(id, "refresh", &result));
         Flow::Continue
     }
@@ -226,12 +249,20 @@ impl Session {
 
     /// Registers a subscription (pending in the hub), recovers its missed publications and
     /// announces it. The caller queues the reply, then activates the subscriber.
-    async fn join(&mut self, req: &SubscribeRequest) -> Result<(SubscribeResult, Option<u64>), ErrorCode> {
+    async fn join(
+        &mut self,
+        req: &SubscribeRequest,
+    ) -> Result<(SubscribeResult, Option<u64>), ErrorCode> {
         let node = self.node.clone();
-        let options = Channel::resolve(&node.config, &req.channel)?.options.clone();
+        let options = Channel::resolve(&node.config, &req.channel)?
+            .options
+            .clone();
         let room: Arc<str> = req.channel.as_str().into();
         let join_leave = options.join_leave && (options.force_push_join_leave || req.join_leave);
-        if node.hub.subscribe(&room, self.conn, self.outbox.clone(), join_leave) {
+        if node
+            .hub
+            .subscribe(&room, self.conn, self.outbox.clone(), join_leave)
+        {
             if let Err(e) = node.bus.watch(&room).await {
                 tracing::warn!(error = %e, "bus watch failed");
                 self.leave_hub(&room).await;
@@ -245,7 +276,11 @@ impl Session {
         if positioned {
             let read = if req.recover {
                 let limit = node.config.recovery_max_publications as usize;
-                let range = crate::store::Range { since: Some(req.offset), limit: limit + 1, reverse: false };
+                let range = crate::store::Range {
+                    since: Some(req.offset),
+                    limit: limit + 1,
+                    reverse: false,
+                };
                 node.store.range(&room, range).await
             } else {
                 node.store.position(&room).await.map(|p| (Vec::new(), p))
@@ -260,7 +295,8 @@ impl Session {
             if req.recover {
                 result.was_recovering = true;
                 let same_stream = req.epoch == pos.epoch && req.offset <= pos.offset;
-                let within = pos.offset - req.offset.min(pos.offset) <= node.config.recovery_max_publications;
+                let within = pos.offset - req.offset.min(pos.offset)
+                    <= node.config.recovery_max_publications;
                 if same_stream && within {
                     result.recovered = true;
                     result.publications = msgs.iter().map(|m| m.publication()).collect();
@@ -277,9 +313,19 @@ impl Session {
             node.presence.add(&room, identity.clone()).await;
         }
         if options.join_leave {
-            self.announce(RoomEvent::Join { room: room.clone(), info: identity }).await;
+            self.announce(RoomEvent::Join {
+                room: room.clone(),
+                info: identity,
+            })
+            .await;
         }
-        self.subs.insert(room, Subscription { presence: options.presence, join_leave: options.join_leave });
+        self.subs.insert(
+            room,
+            Subscription {
+                presence: options.presence,
+                join_leave: options.join_leave,
+            },
+        );
         Ok((result, next))
     }
 
@@ -297,14 +343,20 @@ impl Session {
 
     /// Ends a subscription: hub, presence, leave event. Does nothing if not subscribed.
     pub async fn unsubscribe(&mut self, channel: &str) {
-        let Some((room, sub)) = self.subs.remove_entry(channel) else { return };
+        let Some((room, sub)) = self.subs.remove_entry(channel) else {
+            return;
+        };
         self.leave_hub(&room).await;
         let identity = self.identity.clone().expect("connected");
         if sub.presence {
             self.node.presence.remove(&room, &identity.client).await;
         }
         if sub.join_leave {
-            self.announce(RoomEvent::Leave { room, info: identity }).await;
+            self.announce(RoomEvent::Leave {
+                room,
+                info: identity,
+            })
+            .await;
         }
     }
 
@@ -315,12 +367,20 @@ impl Session {
             self.unsubscribe(channel).await;
             self.reply(encode_push(
                 channel,
-                PushBody::Unsubscribe { code: roomcast_proto::codes::unsubscribe::SERVER, reason: "server unsubscribe" },
+                PushBody::Unsubscribe {
+                    code: roomcast_proto::codes::unsubscribe::SERVER,
+                    reason: "server unsubscribe",
+                },
             ));
         }
     }
 
-    async fn publish(&mut self, id: u32, channel_name: &str, data: Box<serde_json::value::RawValue>) {
+    async fn publish(
+        &mut self,
+        id: u32,
+        channel_name: &str,
+        data: Box<serde_json::value::RawValue>,
+    ) {
         let identity = self.identity.clone().expect("connected");
         let channel = match Channel::resolve(&self.node.config, channel_name) {
             Ok(c) => c,
@@ -334,7 +394,11 @@ impl Session {
         if !allowed || !channel.admits(&identity.user) {
             return self.error(id, ErrorCode::PERMISSION_DENIED);
         }
-        match self.node.publish(channel_name, data, Some(&identity), None).await {
+        match self
+            .node
+            .publish(channel_name, data, Some(&identity), None)
+            .await
+        {
             Ok(_) => self.reply(encode_empty_reply(id, "publish")),
             Err(e) => self.error(id, internal(e)),
         }
@@ -353,7 +417,14 @@ impl Session {
         }
         if stats {
             let (num_clients, num_users) = self.node.presence.stats(channel_name).await;
-            self.reply(encode_reply(id, "presence_stats", &PresenceStatsResult { num_clients, num_users }));
+            self.reply(encode_reply(
+                id,
+                "presence_stats",
+                &PresenceStatsResult {
+                    num_clients,
+                    num_users,
+                },
+            ));
         } else {
             let presence = self.node.presence.get(channel_name).await;
             self.reply(encode_reply(id, "presence", &PresenceResult { presence }));
@@ -365,10 +436,16 @@ impl Session {
             Ok(c) => c,
             Err(e) => return self.error(id, e),
         };
-        if !self.subs.contains_key(req.channel.as_str()) || !channel.options.allow_history_for_subscriber {
+        if !self.subs.contains_key(req.channel.as_str())
+            || !channel.options.allow_history_for_subscriber
+        {
             return self.error(id, ErrorCode::PERMISSION_DENIED);
         }
-        match self.node.history(&req.channel, req.limit, req.since.as_ref(), req.reverse).await {
+        match self
+            .node
+            .history(&req.channel, req.limit, req.since.as_ref(), req.reverse)
+            .await
+        {
             Ok((msgs, pos)) => {
                 let result = HistoryResult {
                     publications: msgs.iter().map(|m| m.publication()).collect(),

@@ -88,13 +88,26 @@ struct UnsubscribeBody {
 }
 
 fn authorized(node: &Node, headers: &HeaderMap) -> bool {
-    let Some(key) = node.config.api_key.as_deref() else { return false };
+    let Some(key) = node.config.api_key.as_deref() else {
+        return false;
+    };
     let given = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .or_else(|| headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("apikey ")));
+        .or_else(|| {
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("apikey "))
+        });
     // Constant-time comparison: the key is a secret.
-    given.is_some_and(|g| g.len() == key.len() && g.bytes().zip(key.bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+    given.is_some_and(|g| {
+        g.len() == key.len()
+            && g.bytes()
+                .zip(key.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    })
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -119,7 +132,10 @@ pub async fn call(
         "publish" => {
             let b: PublishBody = parse(&body)?;
             Channel::resolve(&node.config, &b.channel)?;
-            let r = node.publish(&b.channel, b.data, None, b.idempotency_key).await.map_err(internal)?;
+            let r = node
+                .publish(&b.channel, b.data, None, b.idempotency_key)
+                .await
+                .map_err(internal)?;
             Ok(ok(json!({ "offset": r.offset, "epoch": r.epoch })))
         }
         "broadcast" => {
@@ -128,7 +144,10 @@ pub async fn call(
             for channel in &b.channels {
                 let r = match Channel::resolve(&node.config, channel) {
                     Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
-                    Ok(_) => match node.publish(channel, b.data.clone(), None, b.idempotency_key.clone()).await {
+                    Ok(_) => match node
+                        .publish(channel, b.data.clone(), None, b.idempotency_key.clone())
+                        .await
+                    {
                         Ok(r) => json!({ "result": { "offset": r.offset, "epoch": r.epoch } }),
                         Err(e) => {
                             let e = internal(e);
@@ -143,9 +162,13 @@ pub async fn call(
         "history" => {
             let b: HistoryBody = parse(&body)?;
             Channel::resolve(&node.config, &b.channel)?;
-            let (msgs, pos) = node.history(&b.channel, b.limit, b.since.as_ref(), b.reverse).await?;
+            let (msgs, pos) = node
+                .history(&b.channel, b.limit, b.since.as_ref(), b.reverse)
+                .await?;
             let pubs: Vec<_> = msgs.iter().map(|m| m.publication()).collect();
-            Ok(ok(json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch })))
+            Ok(ok(
+                json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch }),
+            ))
         }
         "presence" | "presence_stats" => {
             let b: ChannelBody = parse(&body)?;
@@ -154,7 +177,9 @@ pub async fn call(
                 return Err(ErrorCode::NOT_AVAILABLE.into());
             }
             if method == "presence" {
-                Ok(ok(json!({ "presence": node.presence.get(&b.channel).await })))
+                Ok(ok(
+                    json!({ "presence": node.presence.get(&b.channel).await }),
+                ))
             } else {
                 let (clients, users) = node.presence.stats(&b.channel).await;
                 Ok(ok(json!({ "num_clients": clients, "num_users": users })))
@@ -201,7 +226,9 @@ pub async fn call(
             Channel::resolve(&node.config, &b.channel)?;
             for conn in node.hub.user_conns(&b.user) {
                 if b.client.as_deref().is_none_or(|c| c == &*conn.client) {
-                    conn.outbox.control(Out::Unsubscribe { channel: b.channel.as_str().into() });
+                    conn.outbox.control(Out::Unsubscribe {
+                        channel: b.channel.as_str().into(),
+                    });
                 }
             }
             Ok(ok(json!({})))
@@ -237,7 +264,10 @@ fn glob(pattern: &str, name: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == name,
         Some((head, rest)) => {
-            name.starts_with(head) && (0..=name.len() - head.len()).any(|i| name.is_char_boundary(head.len() + i) && glob(rest, &name[head.len() + i..]))
+            name.starts_with(head)
+                && (0..=name.len() - head.len()).any(|i| {
+                    name.is_char_boundary(head.len() + i) && glob(rest, &name[head.len() + i..])
+                })
         }
     }
 }

@@ -33,7 +33,11 @@ impl IntoResponse for ApiError {
             ApiError::UnknownMethod(_) => (StatusCode::NOT_FOUND, ErrorCode::METHOD_NOT_FOUND.code),
             ApiError::Refused(e) | ApiError::RefusedWith(e, _) => (StatusCode::OK, e.code),
         };
-        (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+        (
+            status,
+            Json(json!({ "error": { "code": code, "message": message } })),
+        )
+            .into_response()
     }
 }
 

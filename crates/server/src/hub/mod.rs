@@ -37,8 +37,14 @@ pub type ConnId = u64;
 pub enum RoomEvent {
     /// A committed publication.
     Publication(Arc<Message>),
-    Join { room: Arc<str>, info: ClientInfo },
-    Leave { room: Arc<str>, info: ClientInfo },
+    Join {
+        room: Arc<str>,
+        info: ClientInfo,
+    },
+    Leave {
+        room: Arc<str>,
+        info: ClientInfo,
+    },
 }
 
 impl RoomEvent {
@@ -66,6 +72,9 @@ struct Sub {
     join_leave: bool,
 }
 
+/// One shard of the room table.
+type Shard = Mutex<HashMap<Arc<str>, Room>>;
+
 #[derive(Default)]
 struct Room {
     subs: HashMap<ConnId, Sub>,
@@ -80,7 +89,7 @@ pub struct ConnEntry {
 
 pub struct Hub {
     /// Rooms by name, sharded so that fan-out in one room does not block others.
-    shards: Box<[Mutex<HashMap<Arc<str>, Room>>]>,
+    shards: Box<[Shard]>,
     /// Local connections by user, for user-targeted operations.
     users: Mutex<HashMap<Arc<str>, HashMap<ConnId, ConnEntry>>>,
     next_conn: AtomicU64,
@@ -107,7 +116,7 @@ impl Hub {
         }
     }
 
-    fn shard(&self, room: &str) -> &Mutex<HashMap<Arc<str>, Room>> {
+    fn shard(&self, room: &str) -> &Shard {
         let mut h = DefaultHasher::new();
         room.hash(&mut h);
         &self.shards[(h.finish() as usize) % SHARDS]
@@ -118,7 +127,12 @@ impl Hub {
     }
 
     pub fn register_conn(&self, user: &str, id: ConnId, entry: ConnEntry) {
-        self.users.lock().expect("users lock").entry(user.into()).or_default().insert(id, entry);
+        self.users
+            .lock()
+            .expect("users lock")
+            .entry(user.into())
+            .or_default()
+            .insert(id, entry);
     }
 
     pub fn unregister_conn(&self, user: &str, id: ConnId) {
@@ -133,12 +147,22 @@ impl Hub {
 
     /// The local connections of a user.
     pub fn user_conns(&self, user: &str) -> Vec<ConnEntry> {
-        self.users.lock().expect("users lock").get(user).map(|c| c.values().cloned().collect()).unwrap_or_default()
+        self.users
+            .lock()
+            .expect("users lock")
+            .get(user)
+            .map(|c| c.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Every local connection (for shutdown).
     pub fn all_conns(&self) -> Vec<ConnEntry> {
-        self.users.lock().expect("users lock").values().flat_map(|c| c.values().cloned()).collect()
+        self.users
+            .lock()
+            .expect("users lock")
+            .values()
+            .flat_map(|c| c.values().cloned())
+            .collect()
     }
 
     /// Number of local connections and of distinct users.
@@ -149,11 +173,25 @@ impl Hub {
 
     /// Adds a pending subscriber. Returns true when the room had no local subscriber
     /// before (the bus must start carrying it to this node).
-    pub fn subscribe(&self, room: &str, conn: ConnId, outbox: Arc<Outbox>, join_leave: bool) -> bool {
+    pub fn subscribe(
+        &self,
+        room: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        join_leave: bool,
+    ) -> bool {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let new_room = !shard.contains_key(room);
         let r = shard.entry(room.into()).or_default();
-        r.subs.insert(conn, Sub { outbox, next: None, pending: Some(Vec::new()), join_leave });
+        r.subs.insert(
+            conn,
+            Sub {
+                outbox,
+                next: None,
+                pending: Some(Vec::new()),
+                join_leave,
+            },
+        );
         new_room
     }
 
@@ -161,7 +199,9 @@ impl Hub {
     /// from `next` on go out now, in order. `next` is `None` for unpositioned subscriptions.
     pub fn activate(&self, room: &str, conn: ConnId, next: Option<u64>) {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
-        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(&conn)) else { return };
+        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(&conn)) else {
+            return;
+        };
         sub.next = next;
         let held = sub.pending.take().unwrap_or_default();
         for (offset, frame) in held {
@@ -177,7 +217,9 @@ impl Hub {
     /// Removes a subscriber. Returns true when the room has no local subscriber left.
     pub fn unsubscribe(&self, room: &str, conn: ConnId) -> bool {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
-        let Some(r) = shard.get_mut(room) else { return false };
+        let Some(r) = shard.get_mut(room) else {
+            return false;
+        };
         r.subs.remove(&conn);
         if r.subs.is_empty() {
             shard.remove(room);
@@ -191,7 +233,11 @@ impl Hub {
     pub fn dispatch(&self, event: &RoomEvent) {
         let room = event.room();
         let (offset, frame, join_leave) = match event {
-            RoomEvent::Publication(m) => (m.offset, encode_push(room, PushBody::Pub(&m.publication())), false),
+            RoomEvent::Publication(m) => (
+                m.offset,
+                encode_push(room, PushBody::Pub(&m.publication())),
+                false,
+            ),
             RoomEvent::Join { info, .. } => (0, encode_push(room, PushBody::Join { info }), true),
             RoomEvent::Leave { info, .. } => (0, encode_push(room, PushBody::Leave { info }), true),
         };
@@ -227,7 +273,11 @@ impl Hub {
                 self.put(sub, frame);
             }
             Some(next) => {
-                tracing::warn!(offset, expected = next, "gap in a subscription's offsets; client will recover");
+                tracing::warn!(
+                    offset,
+                    expected = next,
+                    "gap in a subscription's offsets; client will recover"
+                );
                 self.gaps.fetch_add(1, Ordering::Relaxed);
                 sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
             }
@@ -276,7 +326,9 @@ mod tests {
         let offs = out
             .iter()
             .filter_map(|o| match o {
-                Out::Frame(b) => serde_json::from_slice::<serde_json::Value>(b).ok()?["push"]["pub"]["offset"].as_u64(),
+                Out::Frame(b) => serde_json::from_slice::<serde_json::Value>(b).ok()?["push"]
+                    ["pub"]["offset"]
+                    .as_u64(),
                 _ => None,
             })
             .collect();
@@ -305,7 +357,10 @@ mod tests {
         hub.activate("r", 1, Some(1));
         hub.dispatch(&publication("r", 1));
         hub.dispatch(&publication("r", 3));
-        assert_eq!(offsets(&ob), (vec![1], Some(Disconnect::INSUFFICIENT_STATE)));
+        assert_eq!(
+            offsets(&ob),
+            (vec![1], Some(Disconnect::INSUFFICIENT_STATE))
+        );
         assert_eq!(hub.gaps.load(Ordering::Relaxed), 1);
     }
 
@@ -319,13 +374,18 @@ mod tests {
         hub.activate("r", 1, None);
         hub.activate("r", 2, None);
         hub.dispatch(&publication("r", 1));
-        hub.dispatch(&RoomEvent::Join { room: "r".into(), info: ClientInfo::new("u", "c") });
+        hub.dispatch(&RoomEvent::Join {
+            room: "r".into(),
+            info: ClientInfo::new("u", "c"),
+        });
         let (mut fa, mut fb) = (Vec::new(), Vec::new());
         a.take(&mut fa);
         b.take(&mut fb);
         assert_eq!((fa.len(), fb.len()), (2, 1));
         match (&fa[0], &fb[0]) {
-            (Out::Frame(x), Out::Frame(y)) => assert_eq!(x.as_ptr(), y.as_ptr(), "same bytes, not a copy"),
+            (Out::Frame(x), Out::Frame(y)) => {
+                assert_eq!(x.as_ptr(), y.as_ptr(), "same bytes, not a copy")
+            }
             _ => panic!("frames expected"),
         }
         assert!(!hub.unsubscribe("r", 1));

@@ -42,7 +42,11 @@ const MAX_CONTROL: usize = 256;
 
 impl Outbox {
     pub fn new(max_bytes: usize) -> Outbox {
-        Outbox { state: Mutex::new(State::default()), notify: Notify::new(), max_bytes }
+        Outbox {
+            state: Mutex::new(State::default()),
+            notify: Notify::new(),
+            max_bytes,
+        }
     }
 
     /// Queues a frame. Returns false, and closes the outbox as slow, when the frame would
@@ -149,7 +153,9 @@ mod tests {
     fn take_returns_frames_in_order() {
         let o = Outbox::new(100);
         o.push(Bytes::from_static(b"a"));
-        o.control(Out::Unsubscribe { channel: "c".into() });
+        o.control(Out::Unsubscribe {
+            channel: "c".into(),
+        });
         o.push(Bytes::from_static(b"b"));
         let mut out = Vec::new();
         assert_eq!(o.take(&mut out), None);

@@ -36,20 +36,95 @@ pub async fn ranges(store: &dyn Store) {
     for i in 1..=10u64 {
         store.append(msg("r", &i.to_string(), None)).await.unwrap();
     }
-    let (all, pos) = store.range("r", Range { since: None, limit: 100, reverse: false }).await.unwrap();
-    assert_eq!(all.iter().map(|m| m.offset).collect::<Vec<_>>(), (1..=10).collect::<Vec<_>>());
+    let (all, pos) = store
+        .range(
+            "r",
+            Range {
+                since: None,
+                limit: 100,
+                reverse: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
     assert_eq!(pos.offset, 10);
     assert_eq!(all[2].data.get(), "{\"text\":\"3\"}");
     assert_eq!(all[0].user, "alice");
-    let (after, _) = store.range("r", Range { since: Some(7), limit: 100, reverse: false }).await.unwrap();
-    assert_eq!(after.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![8, 9, 10]);
-    let (first2, _) = store.range("r", Range { since: Some(0), limit: 2, reverse: false }).await.unwrap();
-    assert_eq!(first2.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![1, 2]);
-    let (newest, _) = store.range("r", Range { since: None, limit: 3, reverse: true }).await.unwrap();
-    assert_eq!(newest.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![10, 9, 8]);
-    let (before, _) = store.range("r", Range { since: Some(4), limit: 10, reverse: true }).await.unwrap();
-    assert_eq!(before.iter().map(|m| m.offset).collect::<Vec<_>>(), vec![3, 2, 1]);
-    let (none, pos) = store.range("empty", Range { since: None, limit: 10, reverse: false }).await.unwrap();
+    let (after, _) = store
+        .range(
+            "r",
+            Range {
+                since: Some(7),
+                limit: 100,
+                reverse: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        after.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        vec![8, 9, 10]
+    );
+    let (first2, _) = store
+        .range(
+            "r",
+            Range {
+                since: Some(0),
+                limit: 2,
+                reverse: false,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        first2.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let (newest, _) = store
+        .range(
+            "r",
+            Range {
+                since: None,
+                limit: 3,
+                reverse: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        newest.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        vec![10, 9, 8]
+    );
+    let (before, _) = store
+        .range(
+            "r",
+            Range {
+                since: Some(4),
+                limit: 10,
+                reverse: true,
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        before.iter().map(|m| m.offset).collect::<Vec<_>>(),
+        vec![3, 2, 1]
+    );
+    let (none, pos) = store
+        .range(
+            "empty",
+            Range {
+                since: None,
+                limit: 10,
+                reverse: false,
+            },
+        )
+        .await
+        .unwrap();
     assert!(none.is_empty());
     assert_eq!(pos.offset, 0);
 }
@@ -60,14 +135,31 @@ pub async fn idempotent_appends(store: &dyn Store, committed: &mut Committed) {
     let b = store.append(msg("i", "one", Some("k1"))).await.unwrap();
     assert_eq!((a.offset, a.duplicate), (1, false));
     assert_eq!((b.offset, b.duplicate), (1, true));
-    assert_eq!(store.append(msg("i", "two", Some("k2"))).await.unwrap().offset, 2);
+    assert_eq!(
+        store
+            .append(msg("i", "two", Some("k2")))
+            .await
+            .unwrap()
+            .offset,
+        2
+    );
     // The same key in another room is another message.
-    assert_eq!(store.append(msg("j", "one", Some("k1"))).await.unwrap().offset, 1);
+    assert_eq!(
+        store
+            .append(msg("j", "one", Some("k1")))
+            .await
+            .unwrap()
+            .offset,
+        1
+    );
     let mut seen = Vec::new();
     while let Ok(batch) = committed.try_recv() {
         seen.extend(batch.iter().map(|m| (m.room.to_string(), m.offset)));
     }
-    assert_eq!(seen, vec![("i".into(), 1), ("i".into(), 2), ("j".into(), 1)]);
+    assert_eq!(
+        seen,
+        vec![("i".into(), 1), ("i".into(), 2), ("j".into(), 1)]
+    );
 }
 
 /// Many concurrent appends: every offset once, committed in order.
@@ -78,7 +170,13 @@ pub async fn concurrent_appends_commit_in_order(store: Arc<dyn Store>, committed
         tasks.push(tokio::spawn(async move {
             let mut offsets = Vec::new();
             for i in 0..50 {
-                offsets.push(store.append(msg("c", &format!("{t}-{i}"), None)).await.unwrap().offset);
+                offsets.push(
+                    store
+                        .append(msg("c", &format!("{t}-{i}"), None))
+                        .await
+                        .unwrap()
+                        .offset,
+                );
             }
             offsets
         }));
@@ -93,5 +191,9 @@ pub async fn concurrent_appends_commit_in_order(store: Arc<dyn Store>, committed
     while let Ok(batch) = committed.try_recv() {
         order.extend(batch.iter().map(|m| m.offset));
     }
-    assert_eq!(order, (1..=400).collect::<Vec<_>>(), "committed stream is in offset order");
+    assert_eq!(
+        order,
+        (1..=400).collect::<Vec<_>>(),
+        "committed stream is in offset order"
+    );
 }

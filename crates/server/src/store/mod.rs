@@ -45,7 +45,11 @@ pub struct Message {
 impl Message {
     /// The publication as clients see it.
     pub fn publication(&self) -> Publication {
-        Publication { data: self.data.clone(), offset: self.offset, info: self.info.clone() }
+        Publication {
+            data: self.data.clone(),
+            offset: self.offset,
+            info: self.info.clone(),
+        }
     }
 }
 
@@ -102,7 +106,8 @@ pub trait Store: Send + Sync + 'static {
     /// Assigns the room's next offset and commits the message durably.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
     /// Reads part of a room's stream and its position, in one consistent read.
-    async fn range(&self, room: &str, range: Range) -> Result<(Vec<Message>, Position), StoreError>;
+    async fn range(&self, room: &str, range: Range)
+        -> Result<(Vec<Message>, Position), StoreError>;
     /// A room's current position.
     async fn position(&self, room: &str) -> Result<Position, StoreError>;
     /// Finishes every pending commit and stops accepting appends.

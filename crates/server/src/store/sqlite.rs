@@ -70,35 +70,55 @@ fn open(path: &Path) -> rusqlite::Result<Connection> {
 }
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `path`. Committed messages are sent to
     /// the returned receiver, in commit order.
-    pub fn open(path: &Path, idempotency_ttl: Duration) -> Result<(SqliteStore, Committed), StoreError> {
+    pub fn open(
+        path: &Path,
+        idempotency_ttl: Duration,
+    ) -> Result<(SqliteStore, Committed), StoreError> {
         let conn = open(path).map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
         let base_epoch: String = match conn
-            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0))
+            .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
+                r.get(0)
+            })
             .optional()
             .map_err(backend)?
         {
             Some(e) => e,
             None => {
                 let e = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-                conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [&e]).map_err(backend)?;
+                conn.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", [&e])
+                    .map_err(backend)?;
                 e
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
         let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_QUEUE);
-        let writer = Writer { conn, base_epoch: base_epoch.clone(), tops: HashMap::new(), committed: committed_tx, idempotency_ttl };
+        let writer = Writer {
+            conn,
+            base_epoch: base_epoch.clone(),
+            tops: HashMap::new(),
+            committed: committed_tx,
+            idempotency_ttl,
+        };
         std::thread::Builder::new()
             .name("roomcast-sqlite-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(backend)?;
-        let store = SqliteStore { writer: tx, readers: Arc::new(Mutex::new(Vec::new())), path: path.into(), base_epoch };
+        let store = SqliteStore {
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.into(),
+            base_epoch,
+        };
         Ok((store, committed_rx))
     }
 
@@ -129,18 +149,27 @@ impl SqliteStore {
 
 fn position_of(conn: &Connection, room: &str, base_epoch: &str) -> rusqlite::Result<Position> {
     let row: Option<(u64, String)> = conn
-        .query_row("SELECT top, epoch FROM rooms WHERE room = ?1", [room], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
+        .query_row(
+            "SELECT top, epoch FROM rooms WHERE room = ?1",
+            [room],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
         .optional()?;
     Ok(match row {
         Some((offset, epoch)) => Position { offset, epoch },
-        None => Position { offset: 0, epoch: base_epoch.to_owned() },
+        None => Position {
+            offset: 0,
+            epoch: base_epoch.to_owned(),
+        },
     })
 }
 
 fn message_from_row(room: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result<Message> {
     let data: String = r.get(4)?;
     let info: Option<String> = r.get(5)?;
-    let bad = |e: serde_json::Error| rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e));
+    let bad = |e: serde_json::Error| {
+        rusqlite::Error::FromSqlConversionFailure(4, rusqlite::types::Type::Text, Box::new(e))
+    };
     Ok(Message {
         room: room.clone(),
         offset: r.get::<_, i64>(0)? as u64,
@@ -148,7 +177,10 @@ fn message_from_row(room: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result<
         user: r.get(2)?,
         client: r.get(3)?,
         data: RawValue::from_string(data).map_err(bad)?,
-        info: info.map(|i| serde_json::from_str(&i)).transpose().map_err(bad)?,
+        info: info
+            .map(|i| serde_json::from_str(&i))
+            .transpose()
+            .map_err(bad)?,
         ts_ms: r.get(6)?,
     })
 }
@@ -157,11 +189,18 @@ fn message_from_row(room: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result<
 impl Store for SqliteStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.writer.send(Request::Append(msg, tx)).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(Request::Append(msg, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn range(&self, room: &str, range: Range) -> Result<(Vec<Message>, Position), StoreError> {
+    async fn range(
+        &self,
+        room: &str,
+        range: Range,
+    ) -> Result<(Vec<Message>, Position), StoreError> {
         let room: Arc<str> = room.into();
         let base = self.base_epoch.clone();
         self.read(move |conn| {
@@ -238,7 +277,10 @@ impl Writer {
             if last_cleanup.elapsed() > Duration::from_secs(30) {
                 last_cleanup = Instant::now();
                 let cutoff = now_ms() - self.idempotency_ttl.as_millis() as i64;
-                if let Err(e) = self.conn.execute("DELETE FROM idempotency WHERE created_ms < ?1", [cutoff]) {
+                if let Err(e) = self
+                    .conn
+                    .execute("DELETE FROM idempotency WHERE created_ms < ?1", [cutoff])
+                {
                     tracing::warn!(error = %e, "idempotency cleanup failed");
                 }
             }
@@ -250,13 +292,18 @@ impl Writer {
         tracing::debug!("sqlite writer stopped");
     }
 
-    fn commit(&mut self, appends: Vec<(NewMessage, oneshot::Sender<Result<Appended, StoreError>>)>) {
+    fn commit(
+        &mut self,
+        appends: Vec<(NewMessage, oneshot::Sender<Result<Appended, StoreError>>)>,
+    ) {
         let now = now_ms();
         let cutoff = now - self.idempotency_ttl.as_millis() as i64;
         let mut results = Vec::with_capacity(appends.len());
         let mut fresh = Vec::new();
         let outcome = (|| -> rusqlite::Result<()> {
-            let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = self
+                .conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)?;
             for (m, _) in &appends {
                 if let Some(key) = &m.idempotency_key {
                     let seen: Option<i64> = tx
@@ -266,7 +313,11 @@ impl Writer {
                     if let Some(offset) = seen {
                         let offset = offset as u64;
                         let epoch = position_of(&tx, &m.room, &self.base_epoch)?.epoch;
-                        results.push(Appended { offset, epoch, duplicate: true });
+                        results.push(Appended {
+                            offset,
+                            epoch,
+                            duplicate: true,
+                        });
                         continue;
                     }
                 }
@@ -279,7 +330,10 @@ impl Writer {
                 };
                 let offset = top + 1;
                 let uid = uuid::Uuid::new_v4().to_string();
-                let info = m.info.as_ref().map(|i| serde_json::to_string(i).expect("client info serializes"));
+                let info = m
+                    .info
+                    .as_ref()
+                    .map(|i| serde_json::to_string(i).expect("client info serializes"));
                 tx.prepare_cached(
                     "INSERT INTO messages (room, offset, uid, user, client, data, info, ts_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 )?
@@ -295,7 +349,11 @@ impl Writer {
                     .execute(params![m.room, key, offset as i64, now])?;
                 }
                 self.tops.insert(m.room.clone(), (offset, epoch.clone()));
-                results.push(Appended { offset, epoch, duplicate: false });
+                results.push(Appended {
+                    offset,
+                    epoch,
+                    duplicate: false,
+                });
                 fresh.push(Arc::new(Message {
                     room: m.room.as_str().into(),
                     offset,
@@ -380,7 +438,13 @@ mod tests {
             e
         };
         let (s, _c) = SqliteStore::open(&path, Duration::from_secs(300)).unwrap();
-        assert_eq!(s.position("p").await.unwrap(), Position { offset: 2, epoch: epoch.clone() });
+        assert_eq!(
+            s.position("p").await.unwrap(),
+            Position {
+                offset: 2,
+                epoch: epoch.clone()
+            }
+        );
         let r = s.append(suite::msg("p", "3", None)).await.unwrap();
         assert_eq!((r.offset, r.epoch), (3, epoch));
     }

@@ -43,7 +43,11 @@ impl TestServer {
         let mut c = config(dir.path());
         tune(&mut c);
         let server = Server::start(c).await.unwrap();
-        TestServer { addr: server.addr, server: Some(server), dir }
+        TestServer {
+            addr: server.addr,
+            server: Some(server),
+            dir,
+        }
     }
 
     pub fn ws_url(&self) -> String {
@@ -64,8 +68,12 @@ impl TestServer {
     }
 
     pub async fn publish(&self, channel: &str, data: Value) -> u64 {
-        let v = self.api("publish", json!({"channel": channel, "data": data})).await;
-        v["result"]["offset"].as_u64().unwrap_or_else(|| panic!("publish failed: {v}"))
+        let v = self
+            .api("publish", json!({"channel": channel, "data": data}))
+            .await;
+        v["result"]["offset"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("publish failed: {v}"))
     }
 
     pub async fn stop(mut self) {
@@ -76,7 +84,11 @@ impl TestServer {
 }
 
 pub fn token(user: &str) -> String {
-    token_with(Claims { sub: user.into(), exp: Some(now_secs() + 3600), ..Claims::default() })
+    token_with(Claims {
+        sub: user.into(),
+        exp: Some(now_secs() + 3600),
+        ..Claims::default()
+    })
 }
 
 pub fn token_with(claims: Claims) -> String {
@@ -84,10 +96,17 @@ pub fn token_with(claims: Claims) -> String {
 }
 
 /// A minimal HTTP/1.1 POST over a raw socket: the tests need no HTTP client dependency.
-pub async fn api_raw(addr: std::net::SocketAddr, method: &str, key: Option<&str>, body: &str) -> (u16, Value) {
+pub async fn api_raw(
+    addr: std::net::SocketAddr,
+    method: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let key_header = key.map(|k| format!("X-API-Key: {k}\r\n")).unwrap_or_default();
+    let key_header = key
+        .map(|k| format!("X-API-Key: {k}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
@@ -121,7 +140,13 @@ pub struct Client {
 impl Client {
     pub async fn open(url: &str) -> Client {
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Client { ws, next_id: 0, inbox: VecDeque::new(), closed: None, auto_pong: true }
+        Client {
+            ws,
+            next_id: 0,
+            inbox: VecDeque::new(),
+            closed: None,
+            auto_pong: true,
+        }
     }
 
     pub async fn send_raw(&mut self, text: &str) {
@@ -171,7 +196,9 @@ impl Client {
     pub async fn next_pub(&mut self, channel: &str) -> Value {
         loop {
             match self.next().await {
-                Event::Frame(v) if v["push"]["channel"] == channel && v["push"].get("pub").is_some() => {
+                Event::Frame(v)
+                    if v["push"]["channel"] == channel && v["push"].get("pub").is_some() =>
+                {
                     return v["push"]["pub"].clone()
                 }
                 Event::Frame(_) => continue,
@@ -184,7 +211,9 @@ impl Client {
     pub async fn next_push(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
         loop {
             match self.next().await {
-                Event::Frame(v) if v.get("push").is_some() && pred(&v["push"]) => return v["push"].clone(),
+                Event::Frame(v) if v.get("push").is_some() && pred(&v["push"]) => {
+                    return v["push"].clone()
+                }
                 Event::Frame(_) => continue,
                 Event::Closed(c) => panic!("closed ({c:?}) while waiting for a push"),
             }
@@ -203,7 +232,9 @@ impl Client {
     /// Reads one WebSocket message into the inbox (several objects per message are split;
     /// server pings are answered, not queued), or records the close.
     async fn fill(&mut self) {
-        let msg = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for the server");
+        let msg = tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("timed out waiting for the server");
         match msg {
             Some(Ok(Message::Text(t))) => {
                 for line in t.as_str().split('\n') {
@@ -225,7 +256,10 @@ impl Client {
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {
         let r = self.call(json!({"subscribe": {"channel": channel}})).await;
-        assert!(r.get("subscribe").is_some(), "subscribe to {channel} failed: {r}");
+        assert!(
+            r.get("subscribe").is_some(),
+            "subscribe to {channel} failed: {r}"
+        );
         r["subscribe"].clone()
     }
 

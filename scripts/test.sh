@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine: installs what the tests need when it
+# is missing (system packages, the SDKs for the interop tests), builds, and runs the Rust
+# tests, the SDK interop tests and the bench smoke run. Exits non-zero on any failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n== %s\n' "$*"; }
+
+# System packages: only what is missing, so a prepared machine skips apt entirely.
+missing=()
+command -v node >/dev/null || missing+=(nodejs npm)
+command -v python3 >/dev/null || missing+=(python3 python3-pip)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq && apt-get install -y -qq "${missing[@]}"
+fi
+
+log "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+log "Rust unit and integration tests"
+cargo test --workspace --locked
+
+log "build the binary for process-level tests"
+cargo build --release --locked -p roomcast
+bin="$PWD/target/release/roomcast"
+
+if [[ -f interop/run.sh ]]; then
+  log "SDK interop tests (centrifuge-js, centrifuge-python)"
+  bash interop/run.sh "$bin"
+fi
+
+if [[ -f bench/ci-quick.sh ]]; then
+  log "bench smoke run (correctness counters only, no timing asserted)"
+  bash bench/ci-quick.sh "$bin"
+fi
+
+log "all tests passed"
