@@ -161,7 +161,9 @@ async fn join_inner(
                 sub["epoch"] = p.epoch.clone().into();
             }
             ws.send(Message::text(serde_json::json!({"id":2,"subscribe":sub}).to_string())).await?;
-            let reply = expect(ws, target, &mut joined, |v| v.get("id") == Some(&Value::from(2))).await?;
+            // Pushes that follow the reply come after the recovered publications it carries.
+            let mut after = Joined::default();
+            let reply = expect(ws, target, &mut after, |v| v.get("id") == Some(&Value::from(2))).await?;
             check_error(&reply, "subscribe")?;
             let r = &reply["subscribe"];
             joined.position = Some(Position {
@@ -180,6 +182,7 @@ async fn join_inner(
                 }
                 joined.backlog.push(Delivery { payload, offset });
             }
+            joined.backlog.append(&mut after.backlog);
         }
         Kind::SocketIo => {
             hello(ws, target, user).await?;
@@ -238,11 +241,15 @@ async fn expect(
         if target.kind == Kind::SocketIo && text.starts_with("430") {
             return Ok(Value::Null);
         }
+        // The reply may share a WebSocket message with pushes that follow it: keep reading the
+        // whole message, or those publications would be lost to the member.
+        let mut reply = None;
         for line in text.split('\n').filter(|l| !l.trim().is_empty()) {
-            if target.kind == Kind::Roomcast {
+            if target.kind == Kind::Roomcast && reply.is_none() {
                 if let Ok(v) = serde_json::from_str::<Value>(line) {
                     if done(&v) {
-                        return Ok(v);
+                        reply = Some(v);
+                        continue;
                     }
                 }
             }
@@ -255,6 +262,9 @@ async fn expect(
                     _ => {}
                 }
             }
+        }
+        if let Some(v) = reply {
+            return Ok(v);
         }
     }
 }
