@@ -354,14 +354,8 @@ async def test_cent_broadcast_info_and_channels(clients, api):
     assert channels.channels[two].num_clients == 1
 
 
-# Reported server bug: the recovery reply is one message; over the outbox cap (1 MiB) the
-# server closes the connection with 3008 "slow" before the connect reply goes out, and the SDK
-# reconnects and asks for the same recovery forever. strict: once the server is fixed this
-# XPASS fails the run, so the marker gets removed.
-@pytest.mark.xfail(
-    strict=True,
-    reason="roomcast closes a connection whose recovery reply exceeds the outbox cap (3008 slow)",
-)
+# The recovery reply is one message over the outbox cap (1 MiB); replies to the client's own
+# commands do not count against it (this test caught the server closing such connections).
 async def test_large_gap_is_recovered_in_full(clients, api):
     channel = unique_channel("py-big-gap")
     client, client_rec, _id = await clients("alice-py")

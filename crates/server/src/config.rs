@@ -77,6 +77,9 @@ pub struct Config {
     /// Largest gap (in publications) a resubscribing client recovers in one go; beyond
     /// it the reply says `recovered: false` and the client pages history.
     pub recovery_max_publications: u64,
+    /// Largest recovery reply in bytes (about the payloads' size); beyond it the reply says
+    /// `recovered: false` and the client pages history.
+    pub recovery_max_bytes: usize,
     /// Most publications one history call returns.
     pub history_max_limit: u64,
     /// Bytes queued for one connection before it is disconnected as slow.
@@ -85,6 +88,23 @@ pub struct Config {
     pub max_message_size: usize,
     /// Most channels one connection may subscribe to.
     pub max_channels_per_connection: usize,
+    /// Most connections of one user on this node (0: no limit).
+    pub max_connections_per_user: usize,
+    /// Most WebSocket connections on this node (0: as many as the open-files limit allows).
+    pub max_connections: usize,
+    /// Commands a connection may send per second on average (bursts of twice that);
+    /// beyond, commands get error 111 "too many requests". 0: no limit.
+    pub commands_per_second: u32,
+    /// Origins allowed to open WebSocket connections from browsers (`*` for any). Empty:
+    /// only the server's own origin (the `Origin` host equals the `Host` header). Requests
+    /// without an `Origin` header (non-browser clients) are always allowed.
+    pub allowed_origins: Vec<String>,
+    /// Redis URL (`redis://host:port`) of the cluster bus and presence. Unset: this node
+    /// runs alone with its in-process bus and presence.
+    pub redis_url: Option<String>,
+    /// Message store URL (`postgres://user:pass@host:port/db`), shared by the cluster.
+    /// Unset: SQLite in `data_dir`.
+    pub store_url: Option<String>,
     /// Seconds a retried publish with the same idempotency key returns the first result.
     pub idempotency_ttl_secs: u64,
     /// Seconds the node waits on shutdown for connections and commits to drain.
@@ -108,10 +128,17 @@ impl Default for Config {
             ping_interval_secs: 25,
             pong_timeout_secs: 8,
             recovery_max_publications: 10_000,
+            recovery_max_bytes: 16 << 20,
             history_max_limit: 10_000,
             outbox_max_bytes: 1 << 20,
             max_message_size: 64 << 10,
             max_channels_per_connection: 128,
+            max_connections_per_user: 100,
+            max_connections: 0,
+            commands_per_second: 100,
+            allowed_origins: Vec::new(),
+            redis_url: None,
+            store_url: None,
             idempotency_ttl_secs: 300,
             shutdown_grace_secs: 10,
             default_namespace: NamespaceOptions::default(),
@@ -132,6 +159,8 @@ pub enum ConfigError {
         path: PathBuf,
         source: Box<toml::de::Error>,
     },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
     #[error("secrets in {path}: {message}")]
     Secrets { path: PathBuf, message: String },
 }
@@ -157,6 +186,24 @@ impl Config {
         } else {
             self.namespaces.get(name)
         }
+    }
+
+    /// Checks settings that depend on each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |message: String| Err(ConfigError::Invalid(message));
+        if self.ping_interval_secs == 0 || self.pong_timeout_secs == 0 {
+            return bad("ping_interval_secs and pong_timeout_secs must be at least 1".into());
+        }
+        if self.pong_timeout_secs >= self.ping_interval_secs {
+            return bad(format!(
+                "pong_timeout_secs ({}) must be shorter than ping_interval_secs ({})",
+                self.pong_timeout_secs, self.ping_interval_secs
+            ));
+        }
+        if self.max_message_size < 1024 {
+            return bad("max_message_size must be at least 1024 bytes".into());
+        }
+        Ok(())
     }
 
     /// Fills in the token secret and API key from `<data_dir>/secrets.toml`, generating

@@ -54,6 +54,12 @@ enum Command {
         /// Seconds a client has to answer a ping.
         #[arg(long, env = "ROOMCAST_PONG_TIMEOUT")]
         pong_timeout: Option<u64>,
+        /// Join a cluster: Redis URL of the bus and presence (`redis://host:port`).
+        #[arg(long, env = "ROOMCAST_REDIS", hide_env_values = true)]
+        redis: Option<String>,
+        /// Shared message store URL (`postgres://user:pass@host:port/db`).
+        #[arg(long, env = "ROOMCAST_STORE", hide_env_values = true)]
+        store: Option<String>,
     },
     /// Print a connection token (HS256 JWT) for a user.
     Token {
@@ -101,6 +107,8 @@ fn main() -> anyhow::Result<()> {
             insecure,
             ping_interval,
             pong_timeout,
+            redis,
+            store,
         } => {
             let mut config = load(&common)?;
             if let Some(l) = listen {
@@ -115,6 +123,12 @@ fn main() -> anyhow::Result<()> {
             }
             if let Some(p) = pong_timeout {
                 config.pong_timeout_secs = p;
+            }
+            if redis.is_some() {
+                config.redis_url = redis;
+            }
+            if store.is_some() {
+                config.store_url = store;
             }
             if config.insecure {
                 tracing::warn!("insecure mode: clients connect without a token");

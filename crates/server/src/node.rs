@@ -28,6 +28,8 @@ pub struct Node {
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub presence: Arc<dyn Presence>,
+    /// Pings, pong deadlines, connect deadlines and token expiry of every connection.
+    pub keepalive: Arc<crate::gateway::keepalive::Keepalive>,
     /// This node's id (in connect replies and the `info` API).
     pub id: String,
     pub started: Instant,

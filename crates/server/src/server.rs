@@ -8,6 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use roomcast_proto::Disconnect;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -15,12 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
-use crate::bus::LocalBus;
+use crate::cluster::Backends;
 use crate::config::Config;
+use crate::gateway::keepalive::Keepalive;
 use crate::hub::Hub;
 use crate::node::Node;
-use crate::presence::LocalPresence;
-use crate::store::sqlite::SqliteStore;
 
 /// A started node.
 pub struct Server {
@@ -60,22 +63,28 @@ impl Server {
             config.token_audience.as_deref(),
             config.token_issuer.as_deref(),
         );
-        let db = config.data_dir.join("messages.db");
-        let (store, committed) =
-            SqliteStore::open(&db, Duration::from_secs(config.idempotency_ttl_secs))
-                .with_context(|| format!("opening message store {}", db.display()))?;
         let hub = Arc::new(Hub::new());
+        let id = uuid::Uuid::new_v4().to_string();
+        let Backends {
+            store,
+            committed,
+            bus,
+            presence,
+            store_name,
+        } = Backends::open(&config, &hub, &id).await?;
+        config.validate()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let node = Arc::new(Node {
             auth,
-            store: Arc::new(store),
-            bus: Arc::new(LocalBus::new(hub.clone())),
+            store,
+            bus,
             hub,
-            presence: Arc::new(LocalPresence::default()),
-            id: uuid::Uuid::new_v4().to_string(),
+            presence,
+            keepalive: Arc::new(Keepalive::new(config.ping_interval_secs, config.pong_timeout_secs)),
+            id,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
@@ -83,17 +92,10 @@ impl Server {
             config,
         });
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));
+        node.tasks.spawn(node.keepalive.clone().run(node.shutdown.clone()));
         let app = crate::http::router(node.clone());
-        let stop = node.shutdown.clone();
-        let serve = tokio::spawn(async move {
-            let result = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = result {
-                tracing::error!(error = %e, "server stopped");
-            }
-        });
-        tracing::info!(%addr, db = %db.display(), "listening on {addr}");
+        let serve = tokio::spawn(accept_loop(listener, app, node.clone()));
+        tracing::info!(%addr, store = %store_name, "listening on {addr}");
         Ok(Server {
             addr,
             node,
@@ -108,6 +110,8 @@ impl Server {
     pub async fn shutdown(self) {
         let grace = Duration::from_secs(self.node.config.shutdown_grace_secs);
         self.node.shutdown.cancel();
+        // Every connection gets "shutdown" after what is already queued for it.
+        self.node.keepalive.close_all(Disconnect::SHUTDOWN);
         self.node.tasks.close();
         if tokio::time::timeout(grace, self.node.tasks.wait())
             .await
@@ -121,5 +125,57 @@ impl Server {
         drop(self.node);
         let _ = tokio::time::timeout(grace, self.dispatcher).await;
         tracing::info!("drained");
+    }
+}
+
+/// Time a client has to send its HTTP request headers (the WebSocket upgrade included).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Accepts connections until shutdown. Each HTTP connection is served by hyper in a tracked
+/// task; running out of file descriptors backs off instead of spinning.
+async fn accept_loop(listener: TcpListener, app: axum::Router, node: Arc<Node>) {
+    let service = TowerToHyperService::new(app);
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        let accepted = tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = listener.accept() => r,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => {
+                backoff = Duration::from_millis(10);
+                tcp
+            }
+            Err(e) => {
+                if matches!(e.raw_os_error(), Some(code) if code == 24 || code == 23) {
+                    // EMFILE / ENFILE: out of file descriptors until connections close.
+                    tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed: out of file descriptors; backing off");
+                } else {
+                    tracing::debug!(error = %e, "accept failed");
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let service = service.clone();
+        let stop = node.shutdown.clone();
+        let grace = Duration::from_secs(node.config.shutdown_grace_secs);
+        node.tasks.spawn(async move {
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(grace, conn).await;
+                }
+            }
+        });
     }
 }

@@ -296,7 +296,7 @@ async fn token_channels_are_server_side_subscriptions() {
 #[tokio::test]
 async fn missing_pong_disconnects_with_no_pong() {
     let s = TestServer::start_with(|c| {
-        c.ping_interval_secs = 1;
+        c.ping_interval_secs = 2;
         c.pong_timeout_secs = 1;
     })
     .await;

@@ -8,11 +8,72 @@
 //! The bus is never the source of truth: publications are in the store before they are on
 //! the bus, and a subscriber that misses one recovers it from the store.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use roomcast_proto::Disconnect;
+use serde::{Deserialize, Serialize};
 
-use crate::hub::{Hub, RoomEvent};
+use crate::hub::{Hub, Out, RoomEvent};
+
+pub mod redis;
+
+/// An operation on a user's connections, wherever they are connected (server API
+/// `disconnect` and `unsubscribe`).
+#[derive(Debug, Clone)]
+pub enum UserOp {
+    Disconnect {
+        user: String,
+        client: Option<String>,
+        why: Disconnect,
+    },
+    Unsubscribe {
+        user: String,
+        channel: String,
+        client: Option<String>,
+    },
+}
+
+impl UserOp {
+    /// Applies the operation to this node's connections.
+    pub fn apply(&self, hub: &Hub) {
+        match self {
+            UserOp::Disconnect { user, client, why } => {
+                for conn in hub.user_conns(user) {
+                    if client.as_deref().is_none_or(|c| c == &*conn.client) {
+                        conn.outbox.close(why.clone());
+                    }
+                }
+            }
+            UserOp::Unsubscribe {
+                user,
+                channel,
+                client,
+            } => {
+                for conn in hub.user_conns(user) {
+                    if client.as_deref().is_none_or(|c| c == &*conn.client) {
+                        conn.outbox.control(Out::Unsubscribe {
+                            channel: channel.as_str().into(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One node as the `info` API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeStats {
+    pub uid: String,
+    pub name: String,
+    pub version: String,
+    pub num_clients: u64,
+    pub num_users: u64,
+    pub num_channels: u64,
+    pub uptime: u64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -28,6 +89,18 @@ pub trait Bus: Send + Sync + 'static {
     async fn watch(&self, room: &str) -> Result<(), BusError>;
     /// This node has no subscriber left in `room`.
     async fn unwatch(&self, room: &str);
+    /// Applies a user-targeted operation on every node (this one included).
+    async fn user_op(&self, op: UserOp) -> Result<(), BusError>;
+    /// Every live node of the cluster with its counts; empty when the bus knows only this
+    /// node (the caller describes it).
+    async fn nodes(&self) -> Vec<NodeStats> {
+        Vec::new()
+    }
+    /// Cluster-wide subscriber counts per channel; `None` when the bus knows only this
+    /// node (the caller reads its hub).
+    async fn channels(&self) -> Option<HashMap<String, u64>> {
+        None
+    }
 }
 
 /// The in-process bus of a single node.
@@ -55,4 +128,9 @@ impl Bus for LocalBus {
     }
 
     async fn unwatch(&self, _room: &str) {}
+
+    async fn user_op(&self, op: UserOp) -> Result<(), BusError> {
+        op.apply(&self.hub);
+        Ok(())
+    }
 }

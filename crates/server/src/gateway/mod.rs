@@ -1,177 +1,294 @@
-//! One WebSocket connection: the pump between the socket, the session and the outbox.
+//! One WebSocket connection, from the upgraded TCP socket to the protocol session.
 //!
-//! A single task per connection waits on four things: a client frame (decoded and handed
-//! to the session, commands in order), the outbox (everything queued goes out in one
-//! WebSocket message, frames joined by newlines as the JSON protocol allows), the timer
-//! (server pings, the pong deadline, the connect deadline, token expiry) and the node's
-//! shutdown. Whatever ends the loop, the session leaves its rooms before the task ends.
+//! A single task per connection waits on three things: the socket becoming readable, the
+//! outbox having something to send (or being closed), and, while a write is pending, the
+//! socket becoming writable. Keepalive (pings, pong deadline, connect deadline, token
+//! expiry) and shutdown reach the connection through its outbox (see `keepalive.rs`), so an
+//! idle connection owns no timer and no buffer:
+//! - reads go into a buffer that exists only while bytes are being decoded or a frame is
+//!   incomplete;
+//! - queued frames are copied into one WebSocket message (newline-joined, as the JSON
+//!   protocol allows), and that write buffer is freed as soon as the socket took it all;
+//! - when the socket does not keep up, the task stops taking from the outbox, which then
+//!   fills to its byte limit and closes the connection as "slow".
+//!
+//! Whatever ends the connection, the session leaves its rooms before the task ends.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use bytes::{Bytes, BytesMut};
-use futures_util::{SinkExt, StreamExt};
-use roomcast_proto::{decode_commands, Disconnect, Method, PING};
-use tokio::time::{sleep_until, Instant};
+use bytes::{Buf, Bytes, BytesMut};
+use roomcast_proto::{decode_commands, Disconnect, Method};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 use crate::hub::{Out, Outbox};
 use crate::node::Node;
 
+pub mod keepalive;
 pub mod session;
+pub mod ws;
 
+use keepalive::Peer;
 use session::{Flow, Session};
+use ws::Message;
 
-/// Time a socket has to send its connect command.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 4096;
+/// A write buffer this large stops the connection taking more from its outbox.
+const WRITE_HIGH_WATER: usize = 64 << 10;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
-/// Drives one upgraded WebSocket until it closes.
-pub async fn serve(node: Arc<Node>, socket: WebSocket) {
+/// What runs on top of the WebSocket layer.
+pub enum Handler {
+    /// The client protocol.
+    Session(Box<Session>),
+    /// Echoes text and binary messages (the Autobahn conformance endpoint).
+    Echo,
+}
+
+/// How the connection ends.
+enum End {
+    /// The peer closed or the socket failed: nothing more to send.
+    Gone,
+    /// A close frame was sent; `linger` when the server initiated it and should wait for
+    /// the client's close.
+    Closed { linger: bool },
+}
+
+/// Serves the client protocol on an upgraded socket; `leftover` are bytes the HTTP layer
+/// read past the upgrade request.
+pub async fn serve(node: Arc<Node>, tcp: TcpStream, leftover: Bytes) {
     let outbox = Arc::new(Outbox::new(node.config.outbox_max_bytes));
-    let mut session = Session::new(node.clone(), outbox.clone());
-    let (mut sink, mut stream) = socket.split();
-    let ping_every = Duration::from_secs(node.config.ping_interval_secs.max(1));
-    let pong_timeout = Duration::from_secs(node.config.pong_timeout_secs.max(1));
-    let connect_deadline = Instant::now() + CONNECT_TIMEOUT;
-    let mut next_ping = Instant::now() + ping_every;
-    let mut pong_due: Option<Instant> = None;
-    let mut items = Vec::new();
+    let peer = Arc::new(Peer::new(outbox.clone()));
+    let session = Session::new(node.clone(), peer.clone());
+    let id = session.conn_id();
+    node.keepalive.register(id, &peer);
+    let mut handler = Handler::Session(Box::new(session));
+    run(tcp, leftover, &outbox, &mut handler, node.config.max_message_size).await;
+    node.keepalive.unregister(id);
+    // Whatever queued after the end is dropped with the outbox.
+    outbox.close(Disconnect::CONNECTION_CLOSED);
+    if let Handler::Session(mut s) = handler {
+        s.close().await;
+    }
+}
 
-    let close: Option<Disconnect> = loop {
-        let wake = match (session.is_connected(), pong_due) {
-            (false, _) => connect_deadline,
-            (true, Some(due)) => due.min(next_ping),
-            (true, None) => next_ping,
-        };
+/// Echo endpoint for WebSocket conformance runs.
+pub async fn serve_echo(tcp: TcpStream, leftover: Bytes, max_message: usize) {
+    let outbox = Outbox::new(max_message * 4);
+    run(tcp, leftover, &outbox, &mut Handler::Echo, max_message).await;
+}
+
+async fn run(mut tcp: TcpStream, leftover: Bytes, outbox: &Outbox, handler: &mut Handler, max_message: usize) {
+    let mut decoder = ws::Decoder::new(max_message);
+    let mut inbuf = BytesMut::from(&leftover[..]);
+    let mut out = BytesMut::new();
+    let mut closing = false;
+    let mut client_closed = false;
+    let mut items = Vec::new();
+    let mut msgs = Vec::new();
+    // Bytes in `inbuf` not decoded yet (the HTTP layer may have read past the upgrade).
+    let mut undecoded = !inbuf.is_empty();
+
+    let end = loop {
+        if closing && out.is_empty() {
+            break End::Closed { linger: !client_closed };
+        }
+        if undecoded && !closing {
+            undecoded = false;
+            let consumed = match decoder.decode(&mut inbuf, &mut msgs) {
+                Ok(n) => n,
+                Err(v) => {
+                    msgs.clear();
+                    ws::close_frame(&mut out, v.code, v.reason);
+                    closing = true;
+                    continue;
+                }
+            };
+            inbuf.advance(consumed);
+            if inbuf.is_empty() {
+                // Nothing half-received: give the buffer back.
+                inbuf = BytesMut::new();
+            }
+            for msg in msgs.drain(..) {
+                if closing {
+                    break;
+                }
+                if let Some((code, reason, by_client)) = on_message(msg, handler, &mut out).await {
+                    // Replies queued before the close (an error explaining it) go first.
+                    outbox.take(&mut items);
+                    if let Handler::Session(s) = handler {
+                        encode(&mut out, &mut items, s).await;
+                    }
+                    ws::close_frame(&mut out, code, reason);
+                    closing = true;
+                    client_closed = by_client;
+                }
+            }
+            continue;
+        }
         tokio::select! {
             biased;
-            _ = node.shutdown.cancelled() => break Some(Disconnect::SHUTDOWN),
-            _ = outbox.ready() => {
-                let closing = outbox.take(&mut items);
-                if let Err(e) = flush(&mut sink, &mut items, &mut session).await {
-                    tracing::debug!(error = %e, "write failed");
-                    break None;
-                }
-                if closing.is_some() {
-                    break closing;
+            r = tcp.writable(), if !out.is_empty() => {
+                if r.is_err() || write_some(&tcp, &mut out).is_err() {
+                    break End::Gone;
                 }
             }
-            msg = stream.next() => {
-                let text = match msg {
-                    Some(Ok(Message::Text(t))) => t,
-                    Some(Ok(Message::Binary(_))) => break Some(Disconnect::BAD_REQUEST),
-                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-                    Some(Ok(Message::Close(_))) | None => break None,
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read failed");
-                        break None;
-                    }
-                };
-                match handle_frame(&mut session, &text).await {
-                    Ok(got_pong) => if got_pong { pong_due = None },
-                    Err(d) => break Some(d),
+            _ = outbox.wait(out.len() < WRITE_HIGH_WATER), if !closing => {
+                let close = outbox.take(&mut items);
+                if let Handler::Session(s) = handler {
+                    encode(&mut out, &mut items, s).await;
+                }
+                if let Some(why) = close {
+                    ws::close_frame(&mut out, why.code, why.reason);
+                    closing = true;
                 }
             }
-            _ = sleep_until(wake) => {
-                let now = Instant::now();
-                if !session.is_connected() {
-                    break Some(Disconnect::STALE);
+            // No more commands while the client is not reading what it asked for.
+            r = tcp.readable(), if !closing && out.len() < WRITE_HIGH_WATER => {
+                if r.is_err() {
+                    break End::Gone;
                 }
-                if pong_due.is_some_and(|due| now >= due) {
-                    break Some(Disconnect::NO_PONG);
-                }
-                if session.expired() {
-                    break Some(Disconnect::EXPIRED);
-                }
-                if now >= next_ping {
-                    if sink.send(Message::Text(Utf8Bytes::from_static_str())).await.is_err() {
-                        break None;
-                    }
-                    pong_due.get_or_insert(now + pong_timeout);
-                    next_ping = now + ping_every;
+                match read_some(&tcp, &mut inbuf, max_message) {
+                    Ok(true) => undecoded = !inbuf.is_empty(),
+                    Ok(false) | Err(_) => break End::Gone,
                 }
             }
         }
     };
 
-    if let Some(why) = close {
-        // Replies already queued (an error before a close, an ack before shutdown) go out
-        // first; a slow connection's backlog was dropped when it overflowed.
-        outbox.take(&mut items);
-        let _ = flush(&mut sink, &mut items, &mut session).await;
-        let frame = CloseFrame {
-            code: why.code,
-            reason: Utf8Bytes::from(why.reason),
-        };
-        let _ = sink.send(Message::Close(Some(frame))).await;
-    }
-    // Whatever queued after this point is dropped with the outbox.
-    outbox.close(Disconnect::CONNECTION_CLOSED);
-    session.close().await;
-}
-
-trait StaticPing {
-    fn from_static_str() -> Self;
-}
-
-impl StaticPing for Utf8Bytes {
-    /// The server ping, `{}`.
-    fn from_static_str() -> Self {
-        Utf8Bytes::try_from(Bytes::from_static(PING)).expect("ping is UTF-8")
+    if let End::Closed { linger } = end {
+        let _ = tcp.shutdown().await;
+        if linger {
+            // Wait for the client's close frame or EOF, so the client sees a clean close.
+            let _ = tokio::time::timeout(CLOSE_LINGER, drain_until_eof(&tcp)).await;
+        }
     }
 }
 
-/// Decodes and runs every command of a frame. Returns whether a pong was among them.
-async fn handle_frame(session: &mut Session, text: &str) -> Result<bool, Disconnect> {
+/// Handles one client message; returns a close to send, if the connection must end.
+async fn on_message(msg: Message, handler: &mut Handler, out: &mut BytesMut) -> Option<(u16, &'static str, bool)> {
+    match msg {
+        Message::Ping(payload) => ws::pong(out, &payload),
+        Message::Pong => {}
+        Message::Close(code, _) => return Some((code.unwrap_or(ws::close::NORMAL), "", true)),
+        Message::Text(text) => match handler {
+            Handler::Echo => {
+                ws::text_header(out, text.len());
+                out.extend_from_slice(text.as_bytes());
+            }
+            Handler::Session(s) => {
+                // Boxed: the session's futures are large and exist only while a frame is
+                // handled, not for the whole life of an idle connection.
+                if let Err(why) = Box::pin(handle_frame(s, &text)).await {
+                    return Some((why.code, why.reason, false));
+                }
+            }
+        },
+        Message::Binary(data) => match handler {
+            Handler::Echo => {
+                ws::binary_header(out, data.len());
+                out.extend_from_slice(&data);
+            }
+            Handler::Session(_) => {
+                let why = Disconnect::BAD_REQUEST;
+                return Some((why.code, why.reason, false));
+            }
+        },
+    }
+    None
+}
+
+/// Decodes and runs every command of a text message.
+async fn handle_frame(session: &mut Session, text: &str) -> Result<(), Disconnect> {
     let commands = decode_commands(text).map_err(|e| {
         tracing::debug!(error = %e, "malformed frame");
         Disconnect::BAD_REQUEST
     })?;
-    let mut pong = false;
     for cmd in commands {
         let (id, method) = cmd.into_method().map_err(|_| Disconnect::BAD_REQUEST)?;
         if matches!(method, Method::Empty) {
-            pong = true;
+            session.pong();
             continue;
         }
         if let Flow::Close(d) = session.handle(id, method).await {
             return Err(d);
         }
     }
-    Ok(pong)
+    Ok(())
 }
 
-/// Writes queued frames as one WebSocket message and runs queued control items.
-async fn flush<S>(
-    sink: &mut S,
-    items: &mut Vec<Out>,
-    session: &mut Session,
-) -> Result<(), axum::Error>
-where
-    S: futures_util::Sink<Message, Error = axum::Error> + Unpin,
-{
+/// Appends the queued frames as one text message and runs queued control items.
+async fn encode(out: &mut BytesMut, items: &mut Vec<Out>, session: &mut Session) {
     let mut frames: Vec<Bytes> = Vec::new();
     for item in items.drain(..) {
         match item {
             Out::Frame(b) => frames.push(b),
-            Out::Unsubscribe { channel } => session.server_unsubscribe(&channel).await,
+            Out::Unsubscribe { channel } => Box::pin(session.server_unsubscribe(&channel)).await,
         }
     }
-    let text = match frames.len() {
-        0 => return Ok(()),
-        1 => frames.pop().expect("one frame"),
-        _ => {
-            let mut buf = BytesMut::with_capacity(frames.iter().map(|f| f.len() + 1).sum());
-            for (i, f) in frames.iter().enumerate() {
-                if i > 0 {
-                    buf.extend_from_slice(b"\n");
-                }
-                buf.extend_from_slice(f);
-            }
-            buf.freeze()
+    if frames.is_empty() {
+        return;
+    }
+    let len = frames.iter().map(Bytes::len).sum::<usize>() + frames.len() - 1;
+    out.reserve(len + 10);
+    ws::text_header(out, len);
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(b"\n");
         }
-    };
-    // Frames are JSON produced by serde_json, hence UTF-8.
-    let text = Utf8Bytes::try_from(text).expect("encoded frames are UTF-8");
-    sink.send(Message::Text(text)).await
+        out.extend_from_slice(f);
+    }
+}
+
+/// Reads what the socket has. Returns false on EOF.
+fn read_some(tcp: &TcpStream, inbuf: &mut BytesMut, max_message: usize) -> std::io::Result<bool> {
+    // Enough for a whole message plus framing; beyond that the decoder has already
+    // refused the message as too big.
+    let cap = max_message + 64 + READ_CHUNK;
+    loop {
+        if inbuf.len() >= cap {
+            return Ok(true);
+        }
+        inbuf.reserve(READ_CHUNK);
+        match tcp.try_read_buf(inbuf) {
+            Ok(0) => return Ok(false),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Writes what the socket takes; frees the buffer once it is all written.
+fn write_some(tcp: &TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
+    while !out.is_empty() {
+        match tcp.try_write(out) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => out.advance(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    *out = BytesMut::new();
+    Ok(())
+}
+
+async fn drain_until_eof(tcp: &TcpStream) {
+    let mut buf = [0u8; 256];
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        match tcp.try_read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(_) => return,
+        }
+    }
 }

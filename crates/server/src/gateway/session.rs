@@ -14,7 +14,8 @@ use roomcast_proto::{
 
 use crate::auth::{now_secs, Claims, TokenError};
 use crate::channel::Channel;
-use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent};
+use super::keepalive::Peer;
+use crate::hub::{ConnEntry, ConnId, RoomEvent};
 use crate::node::{internal, Node};
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -36,38 +37,71 @@ struct Subscription {
 pub struct Session {
     node: Arc<Node>,
     conn: ConnId,
-    outbox: Arc<Outbox>,
+    /// The connection's outbox and keepalive state.
+    peer: Arc<Peer>,
     /// Set by a successful connect.
     identity: Option<ClientInfo>,
     /// Unix seconds the token expires at, if it does.
     expires_at: Option<u64>,
     subs: HashMap<Arc<str>, Subscription>,
+    /// Command rate limit.
+    budget: RateLimit,
+}
+
+/// A token bucket: `rate` commands a second on average, bursts up to twice that.
+struct RateLimit {
+    tokens: f32,
+    last: tokio::time::Instant,
+}
+
+impl RateLimit {
+    fn new(rate: u32) -> RateLimit {
+        RateLimit { tokens: rate as f32 * 2.0, last: tokio::time::Instant::now() }
+    }
+
+    fn allow(&mut self, rate: u32) -> bool {
+        if rate == 0 {
+            return true;
+        }
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(self.last).as_secs_f32() * rate as f32;
+        self.last = now;
+        self.tokens = (self.tokens + refill).min(rate as f32 * 2.0);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Session {
-    pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> Session {
+    pub fn new(node: Arc<Node>, peer: Arc<Peer>) -> Session {
         let conn = node.hub.next_conn_id();
+        let budget = RateLimit::new(node.config.commands_per_second);
         Session {
             node,
             conn,
-            outbox,
+            peer,
             identity: None,
             expires_at: None,
             subs: HashMap::new(),
+            budget,
         }
     }
 
-    pub fn is_connected(&self) -> bool {
-        self.identity.is_some()
+    pub fn conn_id(&self) -> ConnId {
+        self.conn
     }
 
-    /// Whether the connection's token has expired (checked on the ping tick).
-    pub fn expired(&self) -> bool {
-        self.expires_at.is_some_and(|exp| now_secs() >= exp)
+    /// The client answered a ping.
+    pub fn pong(&self) {
+        self.peer.pong();
     }
 
     fn reply(&self, frame: bytes::Bytes) {
-        self.outbox.push(frame);
+        self.peer.outbox.push_reply(frame);
     }
 
     fn error(&self, id: u32, err: ErrorCode) {
@@ -82,6 +116,12 @@ impl Session {
         if id == 0 && !matches!(method, Method::Send(_) | Method::Empty) {
             // Commands that expect a reply need an id to carry it.
             return Flow::Close(Disconnect::BAD_REQUEST);
+        }
+        if !self.budget.allow(self.node.config.commands_per_second) {
+            if id != 0 {
+                self.error(id, ErrorCode::TOO_MANY_REQUESTS);
+            }
+            return Flow::Continue;
         }
         match method {
             Method::Connect(req) => return self.connect(id, req).await,
@@ -136,6 +176,10 @@ impl Session {
                 Err(close) => return close,
             }
         };
+        let limit = self.node.config.max_connections_per_user;
+        if limit > 0 && self.node.hub.user_conns(&claims.sub).len() >= limit {
+            return Flow::Close(Disconnect::CONNECTION_LIMIT);
+        }
         let client = uuid::Uuid::new_v4().to_string();
         let mut info = ClientInfo::new(&claims.sub, &client);
         info.conn_info = claims.info;
@@ -144,11 +188,12 @@ impl Session {
             self.conn,
             ConnEntry {
                 client: client.as_str().into(),
-                outbox: self.outbox.clone(),
+                outbox: self.peer.outbox.clone(),
             },
         );
         self.identity = Some(info);
         self.expires_at = claims.exp;
+        self.peer.set_connected(claims.exp);
 
         // Server-side subscriptions from the token, recovered from the positions the client
         // sent for them.
@@ -212,6 +257,8 @@ impl Session {
             return Flow::Close(Disconnect::INVALID_TOKEN);
         }
         self.expires_at = claims.exp;
+        self.peer.set_expiry(claims.exp);
+        self.peer.set_expiry(claims.exp);
         let (expires, ttl) = self.ttl();
         let result = RefreshResult {
             client: identity.client.clone(),
@@ -261,7 +308,7 @@ impl Session {
         let join_leave = options.join_leave && (options.force_push_join_leave || req.join_leave);
         if node
             .hub
-            .subscribe(&room, self.conn, self.outbox.clone(), join_leave)
+            .subscribe(&room, self.conn, self.peer.outbox.clone(), join_leave)
         {
             if let Err(e) = node.bus.watch(&room).await {
                 tracing::warn!(error = %e, "bus watch failed");
@@ -294,10 +341,18 @@ impl Session {
             };
             if req.recover {
                 result.was_recovering = true;
-                let same_stream = req.epoch == pos.epoch && req.offset <= pos.offset;
+                // An empty epoch means "any epoch", as the SDKs use it for `since` without one.
+                let same_stream =
+                    (req.epoch.is_empty() || req.epoch == pos.epoch) && req.offset <= pos.offset;
                 let within = pos.offset - req.offset.min(pos.offset)
                     <= node.config.recovery_max_publications;
-                if same_stream && within {
+                // The reply carries the publications; beyond the byte budget the client
+                // pages history instead.
+                let bytes: usize = msgs.iter().map(|m| m.data.get().len() + 96).sum();
+                if bytes > node.config.recovery_max_bytes {
+                    tracing::debug!(bytes, "recovery over the byte budget; client pages history");
+                }
+                if same_stream && within && bytes <= node.config.recovery_max_bytes {
                     result.recovered = true;
                     result.publications = msgs.iter().map(|m| m.publication()).collect();
                 }

@@ -15,8 +15,8 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::error::ApiError;
+use crate::bus::UserOp;
 use crate::channel::Channel;
-use crate::hub::Out;
 use crate::node::{internal, Node};
 
 #[derive(Deserialize)]
@@ -188,7 +188,17 @@ pub async fn call(
         "channels" => {
             let b: ChannelsBody = parse(&body)?;
             let mut channels = HashMap::new();
-            for (name, n) in node.hub.channels() {
+            // Cluster-wide when the bus knows other nodes, else this node's hub.
+            let counts = match node.bus.channels().await {
+                Some(all) => all.into_iter().collect::<Vec<_>>(),
+                None => node
+                    .hub
+                    .channels()
+                    .into_iter()
+                    .map(|(name, n)| (name, n as u64))
+                    .collect(),
+            };
+            for (name, n) in counts {
                 if b.pattern.is_empty() || glob(&b.pattern, &name) {
                     channels.insert(name, json!({ "num_clients": n }));
                 }
@@ -197,6 +207,10 @@ pub async fn call(
         }
         "info" => {
             parse::<Value>(&body)?;
+            let nodes = node.bus.nodes().await;
+            if !nodes.is_empty() {
+                return Ok(ok(json!({ "nodes": nodes })));
+            }
             let (clients, users) = node.hub.counts();
             Ok(ok(json!({ "nodes": [{
                 "uid": node.id,
@@ -214,23 +228,34 @@ pub async fn call(
                 None => Disconnect::FORCE_NO_RECONNECT,
                 Some(d) => custom_disconnect(d)?,
             };
-            for conn in node.hub.user_conns(&b.user) {
-                if b.client.as_deref().is_none_or(|c| c == &*conn.client) {
-                    conn.outbox.close(why.clone());
-                }
-            }
+            // Every node applies it to its connections of the user.
+            node.bus
+                .user_op(UserOp::Disconnect {
+                    user: b.user,
+                    client: b.client,
+                    why,
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "disconnect not sent to the cluster");
+                    ErrorCode::INTERNAL
+                })?;
             Ok(ok(json!({})))
         }
         "unsubscribe" => {
             let b: UnsubscribeBody = parse(&body)?;
             Channel::resolve(&node.config, &b.channel)?;
-            for conn in node.hub.user_conns(&b.user) {
-                if b.client.as_deref().is_none_or(|c| c == &*conn.client) {
-                    conn.outbox.control(Out::Unsubscribe {
-                        channel: b.channel.as_str().into(),
-                    });
-                }
-            }
+            node.bus
+                .user_op(UserOp::Unsubscribe {
+                    user: b.user,
+                    channel: b.channel,
+                    client: b.client,
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "unsubscribe not sent to the cluster");
+                    ErrorCode::INTERNAL
+                })?;
             Ok(ok(json!({})))
         }
         other => Err(ApiError::UnknownMethod(other.to_owned())),

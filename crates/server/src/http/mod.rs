@@ -1,11 +1,19 @@
 //! HTTP surface of a node: the WebSocket endpoint, the server API and a health check.
+//!
+//! The WebSocket handshake is done here rather than by axum's `WebSocketUpgrade`, because
+//! roomcast runs its own lean WebSocket layer (see `gateway/ws.rs`) on the raw socket: the
+//! upgraded connection is taken back from hyper as the `TcpStream` it was accepted as.
 
 use std::sync::Arc;
 
-use axum::extract::{State, WebSocketUpgrade};
-use axum::response::Response;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
 use axum::Router;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
 
 use crate::node::Node;
 
@@ -20,17 +28,147 @@ pub fn router(node: Arc<Node>) -> Router {
         .with_state(node)
 }
 
-async fn websocket(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
-    // The upgraded connection runs in a task axum spawns; the tracker token keeps the
-    // node's drain waiting for it.
-    let token = node.tasks.token();
-    let max = node.config.max_message_size;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4096)
-        .write_buffer_size(0)
-        .on_upgrade(move |socket| async move {
-            let _token = token;
-            crate::gateway::serve(node, socket).await;
-        })
+/// A router with only a WebSocket echo endpoint at `/`, on the same WebSocket layer, for
+/// conformance runs (`roomcast ws-echo`).
+pub fn echo_router(max_message: usize) -> Router {
+    Router::new().route(
+        "/",
+        any(move |req: Request| async move {
+            match handshake(req) {
+                Err(r) => r,
+                Ok((response, on_upgrade)) => {
+                    tokio::spawn(async move {
+                        if let Some((tcp, leftover)) = take_socket(on_upgrade).await {
+                            crate::gateway::serve_echo(tcp, leftover, max_message).await;
+                        }
+                    });
+                    response
+                }
+            }
+        }),
+    )
+}
+
+async fn websocket(State(node): State<Arc<Node>>, req: Request) -> Response {
+    if let Err(r) = check_origin(&node.config.allowed_origins, req.headers()) {
+        return r;
+    }
+    let limit = node.config.max_connections;
+    if limit > 0 && node.keepalive.len() >= limit {
+        return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached on this node").into_response();
+    }
+    let (response, on_upgrade) = match handshake(req) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // Tracked, so the node's drain waits for the connection.
+    let tasks = node.tasks.clone();
+    tasks.spawn(async move {
+        if let Some((tcp, leftover)) = take_socket(on_upgrade).await {
+            crate::gateway::serve(node, tcp, leftover).await;
+        }
+    });
+    response
+}
+
+fn bad(status: StatusCode, message: &'static str) -> Response {
+    (status, message).into_response()
+}
+
+/// Checks an RFC 6455 upgrade request and builds the 101 response.
+fn handshake(mut req: Request) -> Result<(Response, hyper::upgrade::OnUpgrade), Response> {
+    let h = req.headers();
+    if req.method() != Method::GET {
+        return Err(bad(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrade needs GET"));
+    }
+    let has_token = |name: header::HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
+        return Err(bad(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade request"));
+    }
+    if h.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
+        let mut r = bad(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version (13 is)");
+        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+        return Err(r);
+    }
+    let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
+        return Err(bad(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
+    };
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, "websocket")
+        .header(header::CONNECTION, "Upgrade")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(Body::empty())
+        .expect("static response parts are valid");
+    Ok((response, on_upgrade))
+}
+
+/// Waits for hyper to hand the connection over and takes back the TCP socket.
+async fn take_socket(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream, bytes::Bytes)> {
+    let upgraded = match on_upgrade.await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return None;
+        }
+    };
+    match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => Some((parts.io.into_inner(), parts.read_buf)),
+        Err(_) => {
+            tracing::error!("upgraded connection is not a TCP socket");
+            None
+        }
+    }
+}
+
+/// Browsers send `Origin`; only listed origins (or, with no list, the server's own) may
+/// connect. Other clients send no `Origin` and are not affected.
+fn check_origin(allowed: &[String], h: &HeaderMap) -> Result<(), Response> {
+    let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let ok = if allowed.is_empty() {
+        let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        origin.split_once("://").map(|(_, rest)| rest) == Some(host)
+    } else {
+        allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(StatusCode::FORBIDDEN, "origin not allowed"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(origin: Option<&str>, host: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, host.parse().unwrap());
+        if let Some(o) = origin {
+            h.insert(header::ORIGIN, o.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn origins() {
+        assert!(check_origin(&[], &headers(None, "a:1")).is_ok());
+        assert!(check_origin(&[], &headers(Some("http://a:1"), "a:1")).is_ok());
+        assert!(check_origin(&[], &headers(Some("http://evil"), "a:1")).is_err());
+        let list = vec!["https://chat.example".to_owned()];
+        assert!(check_origin(&list, &headers(Some("https://chat.example"), "x")).is_ok());
+        assert!(check_origin(&list, &headers(Some("https://other.example"), "x")).is_err());
+        assert!(check_origin(&["*".to_owned()], &headers(Some("https://any"), "x")).is_ok());
+    }
 }

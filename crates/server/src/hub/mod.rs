@@ -155,6 +155,16 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Users with local connections and how many each has (the cluster registry).
+    pub fn users(&self) -> Vec<(String, usize)> {
+        self.users
+            .lock()
+            .expect("users lock")
+            .iter()
+            .map(|(u, c)| (u.to_string(), c.len()))
+            .collect()
+    }
+
     /// Every local connection (for shutdown).
     pub fn all_conns(&self) -> Vec<ConnEntry> {
         self.users

@@ -49,8 +49,26 @@ impl Outbox {
         }
     }
 
-    /// Queues a frame. Returns false, and closes the outbox as slow, when the frame would
-    /// take it over its byte limit; a closed outbox takes nothing.
+    /// Queues a reply to one of the client's own commands. Replies do not count against
+    /// the byte limit: they are bounded by what the client asked for (a recovery reply is
+    /// capped by `recovery_max_bytes`), and the connection reads no further commands while
+    /// its writes are backed up. A closed outbox takes nothing.
+    pub fn push_reply(&self, frame: Bytes) {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_some() {
+            return;
+        }
+        let was_empty = s.queue.is_empty();
+        s.queue.push_back(Out::Frame(frame));
+        drop(s);
+        if was_empty {
+            self.notify.notify_one();
+        }
+    }
+
+    /// Queues a frame the node sends on its own (fan-out, pings). Returns false, and closes
+    /// the outbox as slow, when the frame would take the queued fan-out over the byte
+    /// limit; a closed outbox takes nothing.
     pub fn push(&self, frame: Bytes) -> bool {
         let mut s = self.state.lock().expect("outbox lock");
         if s.close.is_some() {
@@ -106,13 +124,15 @@ impl Outbox {
         self.state.lock().expect("outbox lock").close.is_some()
     }
 
-    /// Waits until something is queued or the outbox is closed.
-    pub async fn ready(&self) {
+    /// Waits until the outbox is closed or, when `frames` is true, has something queued.
+    /// (A connection whose socket is not keeping up waits with `frames` false: it takes no
+    /// more until it has written what it has, but still learns at once that it must close.)
+    pub async fn wait(&self, frames: bool) {
         loop {
             let notified = self.notify.notified();
             {
                 let s = self.state.lock().expect("outbox lock");
-                if !s.queue.is_empty() || s.close.is_some() {
+                if (frames && !s.queue.is_empty()) || s.close.is_some() {
                     return;
                 }
             }
@@ -150,6 +170,16 @@ mod tests {
     }
 
     #[test]
+    fn replies_do_not_count_against_the_limit() {
+        let o = Outbox::new(10);
+        o.push_reply(Bytes::from(vec![b'x'; 100]));
+        assert!(o.push(Bytes::from_static(b"12345")));
+        let mut out = Vec::new();
+        assert_eq!(o.take(&mut out), None);
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
     fn take_returns_frames_in_order() {
         let o = Outbox::new(100);
         o.push(Bytes::from_static(b"a"));
@@ -168,13 +198,13 @@ mod tests {
     async fn ready_wakes_on_push_and_close() {
         let o = Arc::new(Outbox::new(100));
         let o2 = o.clone();
-        let t = tokio::spawn(async move { o2.ready().await });
+        let t = tokio::spawn(async move { o2.wait(true).await });
         tokio::task::yield_now().await;
         o.push(Bytes::from_static(b"x"));
         t.await.unwrap();
         let o = Arc::new(Outbox::new(100));
         let o2 = o.clone();
-        let t = tokio::spawn(async move { o2.ready().await });
+        let t = tokio::spawn(async move { o2.wait(true).await });
         o.close(Disconnect::SHUTDOWN);
         t.await.unwrap();
     }

@@ -20,10 +20,13 @@ use roomcast_proto::{ClientInfo, Publication};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+pub mod postgres;
 pub mod sqlite;
 
-#[cfg(test)]
-mod conformance;
+/// The shared behaviour suite; public (hidden) so integration tests can run it against a
+/// real PostgreSQL they start.
+#[doc(hidden)]
+pub mod conformance;
 
 /// A stored publication.
 #[derive(Debug, Clone)]

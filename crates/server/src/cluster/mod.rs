@@ -1,0 +1,121 @@
+//! Cluster mode: the pieces a node needs to run as one of many behind a load balancer,
+//! sharing a PostgreSQL store and a Redis bus.
+//!
+//! - `reorder`: the per-room reorder between the bus and the hub (cross-node order);
+//! - `presence`: presence in Redis, cluster-wide, with TTLs refreshed on heartbeat.
+//!
+//! The bus itself is `bus/redis.rs`, the store `store/postgres.rs`; `Server::start`
+//! chooses them when `redis_url` / `store_url` are set.
+
+pub mod presence;
+pub mod reorder;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::bus::redis::RedisBus;
+use crate::bus::{Bus, LocalBus};
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::presence::{LocalPresence, Presence};
+use crate::store::postgres::PostgresStore;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Committed, Store};
+
+/// The store, bus and presence a node runs with, chosen from its configuration:
+/// `store_url` (`postgres://...`; unset: SQLite in the data directory) and `redis_url`
+/// (`redis://...`; unset: the in-process bus and presence of a single node).
+pub struct Backends {
+    pub store: Arc<dyn Store>,
+    pub committed: Committed,
+    pub bus: Arc<dyn Bus>,
+    pub presence: Arc<dyn Presence>,
+    /// Where the messages are, for the log (no password).
+    pub store_name: String,
+}
+
+impl Backends {
+    pub async fn open(config: &Config, hub: &Arc<Hub>, node_id: &str) -> anyhow::Result<Backends> {
+        let ttl = Duration::from_secs(config.idempotency_ttl_secs);
+        let (store, committed, store_name): (Arc<dyn Store>, Committed, String) =
+            match config.store_url.as_deref().filter(|u| !u.is_empty()) {
+                None => {
+                    let db = config.data_dir.join("messages.db");
+                    let (s, c) = SqliteStore::open(&db, ttl)
+                        .with_context(|| format!("opening message store {}", db.display()))?;
+                    (Arc::new(s), c, db.display().to_string())
+                }
+                Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                    let name = redact(url);
+                    let (s, c) = PostgresStore::connect(url, ttl)
+                        .await
+                        .with_context(|| format!("opening message store {name}"))?;
+                    (Arc::new(s), c, name)
+                }
+                Some(url) => anyhow::bail!(
+                    "store_url {}: only postgres:// (or postgresql://) URLs are supported; leave it unset for SQLite",
+                    redact(url)
+                ),
+            };
+        let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) =
+            match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
+                None => (
+                    Arc::new(LocalBus::new(hub.clone())),
+                    Arc::new(LocalPresence::default()),
+                ),
+                Some(url) => {
+                    let name = redact(url);
+                    let bus = RedisBus::start(url, node_id.to_owned(), hub.clone(), store.clone())
+                        .await
+                        .with_context(|| format!("connecting the bus to {name}"))?;
+                    let client = redis::Client::open(url).context("redis URL")?;
+                    let conn = crate::bus::redis::manager(&client)
+                        .await
+                        .with_context(|| format!("connecting presence to {name}"))?;
+                    tracing::info!(redis = %name, "cluster bus and presence on redis");
+                    (
+                        Arc::new(bus),
+                        crate::cluster::presence::RedisPresence::start(conn),
+                    )
+                }
+            };
+        Ok(Backends {
+            store,
+            committed,
+            bus,
+            presence,
+            store_name,
+        })
+    }
+}
+
+/// A URL without its password, for logs and errors.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            super::redact("postgres://u:secret@h:5432/db"),
+            "postgres://u:***@h:5432/db"
+        );
+        assert_eq!(
+            super::redact("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}

@@ -1,0 +1,576 @@
+//! PostgreSQL store: the shared durable message store of a cluster. Every node appends
+//! through its own writer task (group commit) and reads through a small pool.
+//!
+//! # How offsets stay unique and gap-free across nodes
+//!
+//! A room's top offset lives in one row of `roomcast_rooms`. A node's writer takes every
+//! queued append into one transaction and, for each room in it (in room-name order, so two
+//! writers never lock rooms in opposite orders and cannot deadlock):
+//!
+//! 1. `INSERT .. ON CONFLICT (room) DO UPDATE SET top = roomcast_rooms.top RETURNING top`
+//!    creates the row if needed and takes its **row lock**, held until the transaction ends;
+//! 2. assigns `top + 1 ..= top + n` to the room's `n` new messages, inserts them and
+//!    writes the new `top` into the row;
+//! 3. commits.
+//!
+//! A writer on another node that wants the same room blocks on step 1 until this
+//! transaction ends, then (READ COMMITTED re-reads the locked row) sees the committed
+//! `top`: an offset is never handed out twice. If the transaction aborts, the `top` update
+//! aborts with the messages, so the next writer reuses those offsets: no permanent hole.
+//! `(room, seq)` is also the primary key of `roomcast_messages`, so even a bug here could
+//! not store two messages under one offset.
+//!
+//! Committed messages are handed to this node's dispatcher in commit order before `append`
+//! resolves. Two nodes' commits to one room reach the bus in any order; the receiving side
+//! reorders (see `bus/redis.rs`): every offset it has not seen is in the store already,
+//! because publishing happens only after commit.
+//!
+//! One ambiguity remains, as with any client/server database: if the connection drops
+//! during `COMMIT`, the append reports an error though it may have committed. The message
+//! is then in history but was not published live; subscribers get it through gap fetches or
+//! recovery, never out of order.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_postgres::{Client, IsolationLevel, NoTls};
+
+use super::{Appended, Committed, Message, NewMessage, Position, Range, Store, StoreError};
+
+/// Most appends one transaction takes.
+const MAX_BATCH: usize = 1024;
+/// Appends waiting for the writer; callers wait (backpressure) beyond it.
+const QUEUE: usize = 8192;
+/// Committed batches waiting for the dispatcher.
+const COMMITTED_QUEUE: usize = 1024;
+/// Read connections in the pool.
+const READERS: usize = 4;
+/// Any single statement longer than this is a failure, not a wait.
+const STATEMENT_TIMEOUT_MS: u32 = 10_000;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS roomcast_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS roomcast_rooms (room TEXT PRIMARY KEY, epoch TEXT NOT NULL, top BIGINT NOT NULL);
+CREATE TABLE IF NOT EXISTS roomcast_messages (
+    room TEXT NOT NULL, seq BIGINT NOT NULL, uid TEXT NOT NULL,
+    sender_user TEXT NOT NULL, sender_client TEXT NOT NULL, data TEXT NOT NULL, info TEXT,
+    ts_ms BIGINT NOT NULL,
+    PRIMARY KEY (room, seq));
+CREATE TABLE IF NOT EXISTS roomcast_idempotency (
+    room TEXT NOT NULL, key TEXT NOT NULL, seq BIGINT NOT NULL, created_ms BIGINT NOT NULL,
+    PRIMARY KEY (room, key));
+";
+
+/// Advisory lock key serializing schema creation between nodes starting together.
+const SCHEMA_LOCK: i64 = 0x726f_6f6d_6361_7374; // "roomcast"
+
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
+enum Request {
+    Append(NewMessage, Reply),
+    /// Everything queued before it is committed when it is answered.
+    Close(oneshot::Sender<()>),
+}
+
+pub struct PostgresStore {
+    /// Queue to the writer task (bounded: appends wait when the writer is behind).
+    writer: mpsc::Sender<Request>,
+    /// Read connections.
+    readers: Pool,
+    /// Epoch of rooms that have no row yet (the database's own, made when it was set up).
+    base_epoch: String,
+}
+
+fn backend(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn parse_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("bad PostgreSQL URL: {e}")))?;
+    config.connect_timeout(Duration::from_secs(5));
+    config.options(format!("-c statement_timeout={STATEMENT_TIMEOUT_MS}"));
+    config.application_name("roomcast");
+    Ok(config)
+}
+
+/// Opens one connection and spawns its driver.
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+    let (client, conn) = config.connect(NoTls).await.map_err(backend)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::warn!(error = %e, "postgres connection ended");
+        }
+    });
+    Ok(client)
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:pass@host:port/db`), creates the schema if
+    /// needed and starts the writer. Committed messages are sent to the returned receiver,
+    /// in commit order.
+    pub async fn connect(
+        url: &str,
+        idempotency_ttl: Duration,
+    ) -> Result<(PostgresStore, Committed), StoreError> {
+        let config = parse_config(url)?;
+        let mut client = connect(&config).await?;
+        let tx = client.transaction().await.map_err(backend)?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+            .await
+            .map_err(backend)?;
+        tx.batch_execute(SCHEMA).await.map_err(backend)?;
+        let fresh = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+        tx.execute(
+            "INSERT INTO roomcast_meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
+            &[&fresh],
+        )
+        .await
+        .map_err(backend)?;
+        let base_epoch: String = tx
+            .query_one("SELECT value FROM roomcast_meta WHERE key = 'epoch'", &[])
+            .await
+            .map_err(backend)?
+            .get(0);
+        tx.commit().await.map_err(backend)?;
+
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let readers = Pool::builder(manager)
+            .max_size(READERS)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(backend)?;
+
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_QUEUE);
+        let writer = Writer {
+            config,
+            client: Some(client),
+            base_epoch: base_epoch.clone(),
+            committed: committed_tx,
+            idempotency_ttl,
+        };
+        tokio::spawn(writer.run(rx));
+        Ok((
+            PostgresStore {
+                writer: tx,
+                readers,
+                base_epoch,
+            },
+            committed_rx,
+        ))
+    }
+
+    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.readers.get().await.map_err(backend)
+    }
+}
+
+fn message_from_row(room: &Arc<str>, r: &tokio_postgres::Row) -> Result<Message, StoreError> {
+    let data: String = r.try_get(4).map_err(backend)?;
+    let info: Option<String> = r.try_get(5).map_err(backend)?;
+    Ok(Message {
+        room: room.clone(),
+        offset: r.try_get::<_, i64>(0).map_err(backend)? as u64,
+        uid: r.try_get(1).map_err(backend)?,
+        user: r.try_get(2).map_err(backend)?,
+        client: r.try_get(3).map_err(backend)?,
+        data: RawValue::from_string(data).map_err(backend)?,
+        info: info
+            .map(|i| serde_json::from_str(&i))
+            .transpose()
+            .map_err(backend)?,
+        ts_ms: r.try_get(6).map_err(backend)?,
+    })
+}
+
+async fn position_of(
+    client: &impl tokio_postgres::GenericClient,
+    room: &str,
+    base_epoch: &str,
+) -> Result<Position, StoreError> {
+    let row = client
+        .query_opt(
+            "SELECT top, epoch FROM roomcast_rooms WHERE room = $1",
+            &[&room],
+        )
+        .await
+        .map_err(backend)?;
+    Ok(match row {
+        Some(r) => Position {
+            offset: r.get::<_, i64>(0) as u64,
+            epoch: r.get(1),
+        },
+        None => Position {
+            offset: 0,
+            epoch: base_epoch.to_owned(),
+        },
+    })
+}
+
+/// Clamps an offset or limit into PostgreSQL's BIGINT.
+fn big(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Request::Append(msg, tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn range(
+        &self,
+        room: &str,
+        range: Range,
+    ) -> Result<(Vec<Message>, Position), StoreError> {
+        let mut conn = self.reader().await?;
+        // One snapshot, so the position and the rows agree.
+        let tx = conn
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(backend)?;
+        let pos = position_of(&*tx, room, &self.base_epoch).await?;
+        let limit = big(range.limit as u64);
+        let cols = "seq, uid, sender_user, sender_client, data, info, ts_ms";
+        let (sql, bound) = match (range.reverse, range.since) {
+            (false, since) => (
+                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"),
+                big(since.unwrap_or(0)),
+            ),
+            (true, Some(before)) => (
+                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"),
+                big(before),
+            ),
+            (true, None) => (
+                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3"),
+                i64::MAX,
+            ),
+        };
+        let rows = tx
+            .query(&sql, &[&room, &bound, &limit])
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)?;
+        let room: Arc<str> = room.into();
+        let msgs = rows
+            .iter()
+            .map(|r| message_from_row(&room, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((msgs, pos))
+    }
+
+    async fn position(&self, room: &str) -> Result<Position, StoreError> {
+        let conn = self.reader().await?;
+        position_of(&**conn, room, &self.base_epoch).await
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Request::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        self.readers.close();
+    }
+}
+
+/// The writer task's state.
+struct Writer {
+    config: tokio_postgres::Config,
+    /// The writer's own connection; `None` after it broke, until reconnected.
+    client: Option<Client>,
+    base_epoch: String,
+    /// Where committed messages go, in commit order (bounded: the writer waits for the
+    /// dispatcher rather than growing memory).
+    committed: mpsc::Sender<Vec<Arc<Message>>>,
+    idempotency_ttl: Duration,
+}
+
+/// What one batch decided for one append.
+enum Outcome {
+    /// New: index into the committed messages, and the room's epoch.
+    Fresh(usize, String),
+    Duplicate(u64, String),
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut last_cleanup = Instant::now();
+        let mut batch = Vec::with_capacity(64);
+        while let Some(first) = rx.recv().await {
+            batch.push(first);
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let mut closing = None;
+            let mut appends = Vec::with_capacity(batch.len());
+            for req in batch.drain(..) {
+                match req {
+                    Request::Append(m, reply) => appends.push((m, reply)),
+                    Request::Close(reply) => closing = Some(reply),
+                }
+            }
+            if !appends.is_empty() {
+                self.commit(appends).await;
+            }
+            if last_cleanup.elapsed() > Duration::from_secs(30) {
+                last_cleanup = Instant::now();
+                self.cleanup().await;
+            }
+            if let Some(reply) = closing {
+                let _ = reply.send(());
+                break;
+            }
+        }
+        tracing::debug!("postgres writer stopped");
+    }
+
+    /// The writer's connection, reconnecting once if it broke.
+    async fn client(&mut self) -> Result<&mut Client, StoreError> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.client = Some(connect(&self.config).await?);
+        }
+        Ok(self.client.as_mut().expect("connected above"))
+    }
+
+    async fn cleanup(&mut self) {
+        let cutoff = now_ms() - self.idempotency_ttl.as_millis() as i64;
+        let result = match self.client().await {
+            Ok(c) => c
+                .execute(
+                    "DELETE FROM roomcast_idempotency WHERE created_ms < $1",
+                    &[&cutoff],
+                )
+                .await
+                .map_err(backend),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "idempotency cleanup failed");
+        }
+    }
+
+    async fn commit(&mut self, appends: Vec<(NewMessage, Reply)>) {
+        let ttl = self.idempotency_ttl;
+        let base_epoch = self.base_epoch.clone();
+        let result = match self.client().await {
+            Ok(client) => write_batch(client, &appends, ttl, &base_epoch).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok((outcomes, fresh)) => {
+                // Hand the committed messages to the dispatcher before acknowledging, so
+                // they are published in commit order.
+                let offsets: Vec<u64> = fresh.iter().map(|m| m.offset).collect();
+                if !fresh.is_empty() && self.committed.send(fresh).await.is_err() {
+                    tracing::debug!("dispatcher gone; committed messages are in history only");
+                }
+                for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
+                    let r = match outcome {
+                        Outcome::Fresh(i, epoch) => Appended {
+                            offset: offsets[i],
+                            epoch,
+                            duplicate: false,
+                        },
+                        Outcome::Duplicate(offset, epoch) => Appended {
+                            offset,
+                            epoch,
+                            duplicate: true,
+                        },
+                    };
+                    let _ = reply.send(Ok(r));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                if self.client.as_ref().is_some_and(Client::is_closed) {
+                    self.client = None;
+                }
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// One group-commit transaction. Returns, for every append in order, whether it is new
+/// (an index into the fresh messages) or a duplicate, and the fresh messages in the
+/// order they were committed.
+async fn write_batch(
+    client: &mut Client,
+    appends: &[(NewMessage, Reply)],
+    idempotency_ttl: Duration,
+    base_epoch: &str,
+) -> Result<(Vec<Outcome>, Vec<Arc<Message>>), StoreError> {
+    let now = now_ms();
+    let cutoff = now - idempotency_ttl.as_millis() as i64;
+    // Appends of each room, in arrival order; rooms in name order (the lock order).
+    let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, (m, _)) in appends.iter().enumerate() {
+        by_room.entry(m.room.as_str()).or_default().push(i);
+    }
+    let tx = client.transaction().await.map_err(backend)?;
+    let mut outcomes: Vec<Option<Outcome>> = (0..appends.len()).map(|_| None).collect();
+    // Offsets and epochs of new messages, by append index.
+    let mut assigned: HashMap<usize, (u64, String)> = HashMap::new();
+    let mut tops: Vec<(String, i64)> = Vec::new();
+    for (room, idxs) in &by_room {
+        // Step 1: create-or-lock the room's row (held until commit).
+        let row = tx
+            .query_one(
+                "INSERT INTO roomcast_rooms (room, epoch, top) VALUES ($1, $2, 0)
+                 ON CONFLICT (room) DO UPDATE SET top = roomcast_rooms.top
+                 RETURNING top, epoch",
+                &[room, &base_epoch],
+            )
+            .await
+            .map_err(backend)?;
+        let mut top = row.get::<_, i64>(0) as u64;
+        let epoch: String = row.get(1);
+        // Keys already used in this batch, so a retry queued behind its original is one
+        // message too.
+        let mut batch_keys: HashMap<&str, u64> = HashMap::new();
+        for &i in idxs {
+            let m = &appends[i].0;
+            if let Some(key) = m.idempotency_key.as_deref() {
+                if let Some(&offset) = batch_keys.get(key) {
+                    outcomes[i] = Some(Outcome::Duplicate(offset, epoch.clone()));
+                    continue;
+                }
+                // The room row is locked, so no other node can insert this key meanwhile.
+                let seen = tx
+                    .query_opt(
+                        "SELECT seq FROM roomcast_idempotency WHERE room = $1 AND key = $2 AND created_ms >= $3",
+                        &[room, &key, &cutoff],
+                    )
+                    .await
+                    .map_err(backend)?;
+                if let Some(r) = seen {
+                    outcomes[i] =
+                        Some(Outcome::Duplicate(r.get::<_, i64>(0) as u64, epoch.clone()));
+                    continue;
+                }
+                batch_keys.insert(key, top + 1);
+            }
+            top += 1;
+            assigned.insert(i, (top, epoch.clone()));
+        }
+        tops.push((room.to_string(), big(top)));
+    }
+
+    // Step 2: insert the new messages (one statement) and move the tops (one statement).
+    let mut fresh = Vec::with_capacity(assigned.len());
+    let (mut rooms, mut seqs, mut uids, mut users, mut clients, mut datas, mut infos, mut tss) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
+    let (mut key_rooms, mut keys, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
+    for (i, (m, _)) in appends.iter().enumerate() {
+        let Some((offset, epoch)) = assigned.get(&i) else {
+            continue;
+        };
+        let uid = uuid::Uuid::new_v4().to_string();
+        let info = m
+            .info
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(backend)?;
+        rooms.push(m.room.clone());
+        seqs.push(big(*offset));
+        uids.push(uid.clone());
+        users.push(m.user.clone());
+        clients.push(m.client.clone());
+        datas.push(m.data.get().to_owned());
+        infos.push(info);
+        tss.push(now);
+        if let Some(key) = &m.idempotency_key {
+            key_rooms.push(m.room.clone());
+            keys.push(key.clone());
+            key_seqs.push(big(*offset));
+        }
+        outcomes[i] = Some(Outcome::Fresh(fresh.len(), epoch.clone()));
+        fresh.push(Arc::new(Message {
+            room: m.room.as_str().into(),
+            offset: *offset,
+            uid,
+            user: m.user.clone(),
+            client: m.client.clone(),
+            data: m.data.clone(),
+            info: m.info.clone(),
+            ts_ms: now,
+        }));
+    }
+    if !fresh.is_empty() {
+        tx.execute(
+            "INSERT INTO roomcast_messages (room, seq, uid, sender_user, sender_client, data, info, ts_ms)
+             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])",
+            &[&rooms, &seqs, &uids, &users, &clients, &datas, &infos, &tss],
+        )
+        .await
+        .map_err(backend)?;
+        let (top_rooms, top_values): (Vec<String>, Vec<i64>) = tops.into_iter().unzip();
+        tx.execute(
+            "UPDATE roomcast_rooms r SET top = u.top FROM UNNEST($1::text[], $2::bigint[]) AS u(room, top) WHERE r.room = u.room",
+            &[&top_rooms, &top_values],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    if !keys.is_empty() {
+        tx.execute(
+            "INSERT INTO roomcast_idempotency (room, key, seq, created_ms)
+             SELECT u.room, u.key, u.seq, $4 FROM UNNEST($1::text[], $2::text[], $3::bigint[]) AS u(room, key, seq)
+             ON CONFLICT (room, key) DO UPDATE SET seq = excluded.seq, created_ms = excluded.created_ms",
+            &[&key_rooms, &keys, &key_seqs, &now],
+        )
+        .await
+        .map_err(backend)?;
+    }
+    tx.commit().await.map_err(backend)?;
+    let outcomes = outcomes
+        .into_iter()
+        .map(|o| o.expect("every append decided"))
+        .collect();
+    Ok((outcomes, fresh))
+}
