@@ -25,9 +25,12 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 log "Rust unit and integration tests"
 cargo test --workspace --locked
 
-log "build the binary for process-level tests"
-cargo build --release --locked -p roomcast
+log "build the release binaries for process-level tests"
+cargo build --release --locked -p roomcast -p roomcast-bench
 bin="$PWD/target/release/roomcast"
+
+log "WebSocket conformance (Autobahn cases via kosoku, against roomcast's WebSocket layer)"
+bash scripts/autobahn.sh "$bin"
 
 if [[ -f interop/run.sh ]]; then
   log "SDK interop tests (centrifuge-js, centrifuge-python)"
@@ -36,7 +39,7 @@ fi
 
 if [[ -f bench/ci-quick.sh ]]; then
   log "bench smoke run (correctness counters only, no timing asserted)"
-  bash bench/ci-quick.sh "$bin"
+  bash bench/ci-quick.sh "$bin" "$PWD/target/release/roomcast-bench"
 fi
 
 log "all tests passed"

@@ -2,6 +2,7 @@
 //! connection token for trying it out.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -60,6 +61,16 @@ enum Command {
         /// Shared message store URL (`postgres://user:pass@host:port/db`).
         #[arg(long, env = "ROOMCAST_STORE", hide_env_values = true)]
         store: Option<String>,
+    },
+    /// Serve a WebSocket echo endpoint on roomcast's WebSocket layer (for conformance runs
+    /// such as the Autobahn suite; see scripts/autobahn.sh).
+    WsEcho {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:9001")]
+        listen: std::net::SocketAddr,
+        /// Largest message echoed.
+        #[arg(long, default_value_t = 16 << 20)]
+        max_message_size: usize,
     },
     /// Print a connection token (HS256 JWT) for a user.
     Token {
@@ -141,6 +152,25 @@ fn main() -> anyhow::Result<()> {
             );
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
             runtime.block_on(serve(config))
+        }
+        Command::WsEcho {
+            listen,
+            max_message_size,
+        } => {
+            let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(listen).await?;
+                tracing::info!("echo listening on {}", listener.local_addr()?);
+                let app = roomcast::http::echo_router(max_message_size);
+                let stop = tokio_util::sync::CancellationToken::new();
+                let tasks = tokio_util::task::TaskTracker::new();
+                let serve = roomcast::server::accept_loop(listener, app, stop.clone(), tasks, Duration::from_secs(1));
+                tokio::select! {
+                    _ = serve => {}
+                    _ = tokio::signal::ctrl_c() => stop.cancel(),
+                }
+                Ok(())
+            })
         }
         Command::Token {
             common,

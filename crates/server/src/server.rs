@@ -94,7 +94,13 @@ impl Server {
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));
         node.tasks.spawn(node.keepalive.clone().run(node.shutdown.clone()));
         let app = crate::http::router(node.clone());
-        let serve = tokio::spawn(accept_loop(listener, app, node.clone()));
+        let serve = tokio::spawn(accept_loop(
+            listener,
+            app,
+            node.shutdown.clone(),
+            node.tasks.clone(),
+            Duration::from_secs(node.config.shutdown_grace_secs),
+        ));
         tracing::info!(%addr, store = %store_name, "listening on {addr}");
         Ok(Server {
             addr,
@@ -133,12 +139,18 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Accepts connections until shutdown. Each HTTP connection is served by hyper in a tracked
 /// task; running out of file descriptors backs off instead of spinning.
-async fn accept_loop(listener: TcpListener, app: axum::Router, node: Arc<Node>) {
+pub async fn accept_loop(
+    listener: TcpListener,
+    app: axum::Router,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    grace: Duration,
+) {
     let service = TowerToHyperService::new(app);
     let mut backoff = Duration::from_millis(10);
     loop {
         let accepted = tokio::select! {
-            _ = node.shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => return,
             r = listener.accept() => r,
         };
         let tcp = match accepted {
@@ -160,9 +172,8 @@ async fn accept_loop(listener: TcpListener, app: axum::Router, node: Arc<Node>) 
         };
         let _ = tcp.set_nodelay(true);
         let service = service.clone();
-        let stop = node.shutdown.clone();
-        let grace = Duration::from_secs(node.config.shutdown_grace_secs);
-        node.tasks.spawn(async move {
+        let stop = shutdown.clone();
+        tasks.spawn(async move {
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
