@@ -16,17 +16,29 @@ pub struct HttpConn {
     stream: TcpStream,
     /// Bytes read past the previous response (none with strict request/response, kept for safety).
     buf: Vec<u8>,
+    /// The server said `Connection: close` (Sockudo does on every response): reconnect before the next
+    /// request rather than write into a socket the server is closing.
+    must_reconnect: bool,
+    /// How many TCP connections this client had to open, reported so per-request reconnects show.
+    pub connections: u64,
 }
 
 impl HttpConn {
     pub async fn connect(addr: SocketAddr) -> Result<HttpConn> {
         let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(HttpConn { addr, stream, buf: Vec::with_capacity(4096) })
+        Ok(HttpConn { addr, stream, buf: Vec::with_capacity(4096), must_reconnect: false, connections: 1 })
     }
 
     /// Sends a POST with a JSON body and returns (status, body).
     pub async fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, Vec<u8>)> {
+        if self.must_reconnect {
+            let fresh = HttpConn::connect(self.addr).await?;
+            self.stream = fresh.stream;
+            self.buf.clear();
+            self.must_reconnect = false;
+            self.connections += 1;
+        }
         let mut req = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
             self.addr,
@@ -47,6 +59,9 @@ impl HttpConn {
                 for h in resp.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
                         len = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+                    }
+                    if h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close") {
+                        self.must_reconnect = true;
                     }
                     if h.name.eq_ignore_ascii_case("transfer-encoding") {
                         bail!("chunked responses are not supported by the bench's HTTP client");

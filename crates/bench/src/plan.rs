@@ -132,7 +132,7 @@ impl RunArgs {
             per_process,
             join_concurrency: a.join_concurrency,
         };
-        let paced = |rate| Some(Publish { rate_per_room: Some(rate), window: a.window.max(64), payload: a.payload, via_http: false });
+        let paced = |rate| Some(Publish { rate_per_room: Some(rate), window: a.window.max(256), payload: a.payload, via_http: false });
         let mut out = Vec::new();
         if self.wants("idle") {
             let rooms = a.idle_members.div_ceil(a.idle_room_size.max(1));
