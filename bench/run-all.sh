@@ -17,6 +17,8 @@ mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/roomcast-run-all.XXXXXX)"
 PIDS=()
 cleanup() {
+  # Keep the servers' logs beside the results: a peer that fell over says why there.
+  cp "$WORK"/*.log "$OUT/" 2>/dev/null || true
   for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${PIDS[@]}"; do
     for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
@@ -44,18 +46,18 @@ TARGETS=()
 RC_PORT=$(free_port); SECRET="bench-$RANDOM$RANDOM"; API_KEY="bench-$RANDOM$RANDOM"
 "$BIN/roomcast" serve --config "$HERE/bench/roomcast-bench.toml" --listen "127.0.0.1:$RC_PORT" \
   --data-dir "$WORK/roomcast-data" --token-hmac-secret "$SECRET" --api-key "$API_KEY" >"$WORK/roomcast.log" 2>&1 &
-RC_PID=$!; PIDS+=("$RC_PID"); wait_port "$RC_PORT" "$RC_PID" roomcast
+RC_PID=$!; disown; PIDS+=("$RC_PID"); wait_port "$RC_PORT" "$RC_PID" roomcast
 TARGETS+=(--target "kind=roomcast,addr=127.0.0.1:$RC_PORT,pid=$RC_PID,secret=$SECRET,api_key=$API_KEY")
 
 if [ "$PEERS" = all ] || [ "$PEERS" = socketio ]; then
   "$HERE/bench/peers-install.sh" socketio >/dev/null
   REDIS_PORT=$(free_port)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >"$WORK/redis.log" 2>&1 &
-  REDIS_PID=$!; PIDS+=("$REDIS_PID"); wait_port "$REDIS_PORT" "$REDIS_PID" redis
+  REDIS_PID=$!; disown; PIDS+=("$REDIS_PID"); wait_port "$REDIS_PORT" "$REDIS_PID" redis
   SIO_PORT=$(free_port)
   NODE_PATH="$PEERS_DIR/socketio/node_modules" PORT="$SIO_PORT" REDIS_URL="redis://127.0.0.1:$REDIS_PORT" \
     node "$HERE/bench/socketio-server.js" >"$WORK/socketio.log" 2>&1 &
-  SIO_PID=$!; PIDS+=("$SIO_PID"); wait_port "$SIO_PORT" "$SIO_PID" socketio
+  SIO_PID=$!; disown; PIDS+=("$SIO_PID"); wait_port "$SIO_PORT" "$SIO_PID" socketio
   # CPU is summed over Node and the Redis every broadcast goes through; RSS is Node's.
   TARGETS+=(--target "kind=socketio,addr=127.0.0.1:$SIO_PORT,pid=$SIO_PID+$REDIS_PID")
 fi
@@ -70,7 +72,7 @@ if [ "$PEERS" = all ] || [ "$PEERS" = sockudo ]; then
     SOCKUDO_DEFAULT_APP_ENABLED=true SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=1000000 \
     SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=10000000 \
     "$PEERS_DIR/sockudo/bin/sockudo" >"$WORK/sockudo.log" 2>&1 &
-  SK_PID=$!; PIDS+=("$SK_PID"); wait_port "$SK_PORT" "$SK_PID" sockudo
+  SK_PID=$!; disown; PIDS+=("$SK_PID"); wait_port "$SK_PORT" "$SK_PID" sockudo
   TARGETS+=(--target "kind=pusher,addr=127.0.0.1:$SK_PORT,pid=$SK_PID,app_id=bench,key=benchkey,secret=benchsecret")
 fi
 

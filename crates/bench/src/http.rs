@@ -90,9 +90,10 @@ impl HttpConn {
     }
 }
 
-/// Path with query string for a signed Pusher `POST /apps/<id>/events` (auth version 1.0).
-pub fn pusher_events_path(app_id: &str, key: &str, secret: &str, body: &str, unix_secs: u64) -> String {
-    let path = format!("/apps/{app_id}/events");
+/// Path with query string for a signed Pusher `POST /apps/<id>/<what>` (`events` or `batch_events`,
+/// auth version 1.0).
+pub fn pusher_path(what: &str, app_id: &str, key: &str, secret: &str, body: &str, unix_secs: u64) -> String {
+    let path = format!("/apps/{app_id}/{what}");
     let md5 = hex(&Md5::digest(body.as_bytes()));
     // Parameters in lexicographic order, as the signature requires.
     let query = format!("auth_key={key}&auth_timestamp={unix_secs}&auth_version=1.0&body_md5={md5}");
@@ -112,7 +113,7 @@ fn hex(bytes: &[u8]) -> String {
 mod tests {
     #[test]
     fn pusher_signature_shape() {
-        let p = super::pusher_events_path("1", "k", "s", "{}", 1);
+        let p = super::pusher_path("events", "1", "k", "s", "{}", 1);
         assert!(p.starts_with("/apps/1/events?auth_key=k&auth_timestamp=1&auth_version=1.0&body_md5=99914b932bd37a50b983c5e7c90ae93b&auth_signature="));
     }
 }

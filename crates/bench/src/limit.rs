@@ -27,12 +27,16 @@ const ACK: &[u8] = &[0x81, 0x01, b'a'];
 /// Rooms by number; a mutex because joins are rare next to sends, which clone the Sender out first.
 type Rooms = Arc<Mutex<HashMap<u32, broadcast::Sender<Bytes>>>>;
 
-pub async fn serve(listen: &str) -> Result<()> {
+/// Serves until killed. `reuseport` lets several limit processes share one port (the kernel spreads
+/// connections over them): only for idle runs past one process's 20,000 files, since each process has
+/// its own rooms and would not fan out to the others' members.
+pub async fn serve(listen: &str, reuseport: bool) -> Result<()> {
     // A deep accept queue: std's default backlog (128) overflows under a join burst, and SYN retries
     // then add whole seconds to connect times that have nothing to do with the server's work.
     let addr: std::net::SocketAddr = listen.parse().context("listen address")?;
     let sock = TcpSocket::new_v4()?;
     sock.set_reuseaddr(true)?;
+    sock.set_reuseport(reuseport)?;
     sock.bind(addr)?;
     let listener = sock.listen(4096)?;
     // The parent reads the chosen port from this line.

@@ -46,6 +46,9 @@ enum Cmd {
     LimitServer {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
+        /// Share the port with other limit processes (SO_REUSEPORT).
+        #[arg(long)]
+        reuseport: bool,
     },
     /// A member-group worker process (started by `run`; reads its job on stdin).
     Worker,
@@ -61,7 +64,7 @@ fn main() -> ExitCode {
     let outcome = rt.block_on(async move {
         match cli.cmd {
             Cmd::Run(args) => run(*args).await,
-            Cmd::LimitServer { listen } => limit::serve(&listen).await.map(|_| true),
+            Cmd::LimitServer { listen, reuseport } => limit::serve(&listen, reuseport).await.map(|_| true),
             Cmd::Worker => group::worker_main().await.map(|_| true),
         }
     });
@@ -75,21 +78,31 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts this binary as the limit server on a free loopback port; returns the child (killed on drop).
-async fn start_limit(t: &mut Target) -> Result<tokio::process::Child> {
-    let mut child = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["limit-server", "--listen", "127.0.0.1:0"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .context("start limit server")?;
-    let out = child.stdout.take().context("limit stdout")?;
-    let mut lines = tokio::io::BufReader::new(out).lines();
-    let line = lines.next_line().await?.context("limit server printed nothing")?;
-    let addr = line.strip_prefix("LISTEN ").context("unexpected limit server output")?;
-    t.addr = Some(addr.parse()?);
-    t.pids = vec![child.id().context("limit pid")?];
-    Ok(child)
+/// Starts this binary as the limit server on a free loopback port, as `processes` processes sharing
+/// it when more than one; returns the children (killed on drop).
+async fn start_limit(t: &mut Target, processes: u32) -> Result<Vec<tokio::process::Child>> {
+    let mut children = Vec::new();
+    let mut listen = "127.0.0.1:0".to_string();
+    for _ in 0..processes.max(1) {
+        let mut cmd = tokio::process::Command::new(std::env::current_exe()?);
+        cmd.args(["limit-server", "--listen", &listen]);
+        if processes > 1 {
+            cmd.arg("--reuseport");
+        }
+        let mut child = cmd
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("start limit server")?;
+        let out = child.stdout.take().context("limit stdout")?;
+        let mut lines = tokio::io::BufReader::new(out).lines();
+        let line = lines.next_line().await?.context("limit server printed nothing")?;
+        listen = line.strip_prefix("LISTEN ").context("unexpected limit server output")?.to_string();
+        t.pids.push(child.id().context("limit pid")?);
+        children.push(child);
+    }
+    t.addr = Some(listen.parse()?);
+    Ok(children)
 }
 
 /// Returns Ok(true) when every run passed its correctness checks.
@@ -97,7 +110,7 @@ async fn run(args: plan::RunArgs) -> Result<bool> {
     let mut targets = args.targets()?;
     let mut own = Vec::new();
     for t in targets.iter_mut().filter(|t| t.kind == Kind::Limit && t.addr.is_none()) {
-        own.push(start_limit(t).await?);
+        own.extend(start_limit(t, args.limit_processes).await?);
     }
     let cases = args.cases(&targets);
     let mut runs = Vec::new();

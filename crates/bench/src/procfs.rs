@@ -14,6 +14,12 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Summed RSS of several processes; None if none of them could be read.
+pub fn rss_kib_all(pids: &[u32]) -> Option<u64> {
+    let v: Vec<u64> = pids.iter().filter_map(|p| rss_kib(*p)).collect();
+    (!v.is_empty()).then(|| v.iter().sum())
+}
+
 /// User + system CPU seconds consumed so far by `pid` (all its threads).
 pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

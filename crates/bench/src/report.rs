@@ -182,7 +182,7 @@ pub fn summary(runs: &[RunResult]) -> String {
         let base_key = base.map(|b| if r.scenario == "accept" { b.acks_per_s } else { b.deliveries_per_s });
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} x {} | {} | {:.0} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} |",
+            "| {} | {} | {} | {} x {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} |",
             r.scenario,
             r.target,
             r.joined,
@@ -193,7 +193,8 @@ pub fn summary(runs: &[RunResult]) -> String {
                 (_, Some(v)) => format!("{v:.0}"),
                 (_, None) => "max".into(),
             },
-            r.joins_per_s,
+            // A connect rate over a handful of members says nothing; show it where members are many.
+            if r.scenario == "idle" || r.scenario == "storm" { format!("{:.0}", r.joins_per_s) } else { "-".into() },
             opt(r.server_kib_per_conn, 1),
             r.deliveries_per_s,
             if r.scenario == "idle" { "-".into() } else { ratio(key, base_key) },

@@ -51,8 +51,12 @@ fn bar(len: u64, what: &str) -> ProgressBar {
 
 pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let label = format!("{} {}", case.scenario, target.name);
-    let server_pid = target.pids.first().copied();
-    let rss0 = server_pid.and_then(procfs::rss_kib);
+    // RSS of the server: its first pid (Node, not the Redis beside it), or all limit processes.
+    let rss_pids: Vec<u32> = match target.kind {
+        crate::target::Kind::Limit => target.pids.clone(),
+        _ => target.pids.iter().take(1).copied().collect(),
+    };
+    let rss0 = procfs::rss_kib_all(&rss_pids);
     let tcp0 = procfs::tcp_mem_kib();
     let me = std::process::id();
     let bench_cpu0 = procfs::cpu_seconds(me);
@@ -95,7 +99,7 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     // 2. Idle: let the server settle, then read its memory with everyone connected.
     if case.publish.is_none() {
         tokio::time::sleep(case.duration.min(Duration::from_secs(3))).await;
-        fill_memory(&mut r, server_pid, rss0, tcp0, joined.joined);
+        fill_memory(&mut r, &rss_pids, rss0, tcp0, joined.joined);
     }
 
     // 3. Publish (and storm) for the duration, then drain.
@@ -195,7 +199,9 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         r.acks_per_s = r.acked as f64 / case.duration.as_secs_f64();
         let span = g.snap.last_delivery_ns.saturating_sub(t_pub_ns) as f64 / 1e9;
         r.deliveries_per_s = if span > 0.0 { r.deliveries as f64 / span } else { 0.0 };
-        if !target.pids.is_empty() {
+        // A server that died mid-run would make its CPU time go backwards: report none then.
+        let alive = target.pids.iter().all(|p| procfs::cpu_seconds(*p).is_some());
+        if !target.pids.is_empty() && alive {
             r.server_cpu_s = Some(cpu1 - cpu0);
             if r.deliveries > 0 {
                 r.server_cpu_us_per_delivery = Some((cpu1 - cpu0) * 1e6 / r.deliveries as f64);
@@ -207,9 +213,9 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     Ok(r)
 }
 
-fn fill_memory(r: &mut RunResult, pid: Option<u32>, rss0: Option<u64>, tcp0: Option<u64>, n: u64) {
+fn fill_memory(r: &mut RunResult, pids: &[u32], rss0: Option<u64>, tcp0: Option<u64>, n: u64) {
     let n = n.max(1) as f64;
-    r.server_rss_kib_after = pid.and_then(procfs::rss_kib);
+    r.server_rss_kib_after = procfs::rss_kib_all(pids);
     if let (Some(a), Some(b)) = (r.server_rss_kib_after, rss0) {
         r.server_kib_per_conn = Some(a.saturating_sub(b) as f64 / n);
     }
