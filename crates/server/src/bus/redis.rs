@@ -98,9 +98,11 @@ pub fn users_key(node: &str) -> String {
     format!("{PREFIX}node:{node}:users")
 }
 
-/// What travels on the bus: compact JSON, one object per Redis message.
+/// What travels on the bus: compact JSON, one object per Redis message. Externally
+/// tagged (`{"pub": {...}}`): an internally tagged enum would buffer its fields, which
+/// raw JSON payloads (`RawValue`) cannot go through.
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "t", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum Envelope {
     /// A committed publication.
     Pub {
@@ -953,5 +955,36 @@ async fn heartbeat(
             Ok(Err(e)) => tracing::warn!(error = %e, "registry refresh failed"),
             Err(_) => tracing::warn!("registry refresh timed out"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_with_raw_payloads_round_trip() {
+        let mut info = ClientInfo::new("u", "c");
+        info.conn_info = Some(RawValue::from_string("{\"a\":[1,2]}".into()).unwrap());
+        let m = Message {
+            room: "r".into(),
+            offset: 7,
+            uid: "id".into(),
+            user: "u".into(),
+            client: "c".into(),
+            data: RawValue::from_string("{\"text\":\"hi\"}".into()).unwrap(),
+            info: Some(info),
+            ts_ms: 5,
+        };
+        let bytes = Envelope::from_event("n1", &RoomEvent::Publication(Arc::new(m))).encode();
+        match serde_json::from_slice::<Envelope>(&bytes).unwrap() {
+            Envelope::Pub { n, r, o, d, i, .. } => {
+                assert_eq!((n.as_str(), r.as_str(), o), ("n1", "r", 7));
+                assert_eq!(d.get(), "{\"text\":\"hi\"}");
+                assert_eq!(i.unwrap().conn_info.unwrap().get(), "{\"a\":[1,2]}");
+            }
+            _ => panic!("a publication"),
+        }
+        assert!(serde_json::from_slice::<Envelope>(b"{\"bogus\":1}").is_err());
     }
 }

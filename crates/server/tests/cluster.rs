@@ -1,0 +1,546 @@
+//! Cluster mode end to end: real `roomcast serve` processes sharing a private PostgreSQL and
+//! a private Redis (started by `common/services.rs`), real WebSocket clients, real nginx.
+//!
+//! What must hold: subscribers on every node get publications made on any node, in order;
+//! concurrent publishers on different nodes get contiguous, unique offsets; a client of a
+//! node killed with -9 recovers everything on another node; a Redis restart loses nothing;
+//! presence and user operations are cluster-wide; the store conformance suite passes on
+//! PostgreSQL (and SQLite).
+
+mod common;
+#[path = "common/services.rs"]
+mod services;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use services::{Node, Postgres, Redis};
+use tokio::time::{sleep, Instant};
+
+/// Publishes through a node's server API; returns the offset.
+async fn publish(addr: std::net::SocketAddr, channel: &str, data: Value) -> u64 {
+    let body = json!({"channel": channel, "data": data}).to_string();
+    let (status, v) = api_raw(addr, "publish", Some(API_KEY), &body).await;
+    assert_eq!(status, 200, "publish: {v}");
+    v["result"]["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("publish failed: {v}"))
+}
+
+async fn api(addr: std::net::SocketAddr, method: &str, body: Value) -> Value {
+    let (status, v) = api_raw(addr, method, Some(API_KEY), &body.to_string()).await;
+    assert_eq!(status, 200, "{method}: {v}");
+    v
+}
+
+/// A subscriber that keeps every offset it receives and, when its connection closes,
+/// reconnects (to `url`) and recovers from its last offset, as an SDK does.
+struct Subscriber {
+    client: Client,
+    url: String,
+    channel: String,
+    epoch: String,
+    offsets: Vec<u64>,
+    reconnects: u32,
+}
+
+impl Subscriber {
+    async fn start(url: &str, user: &str, channel: &str) -> Subscriber {
+        let mut client = Client::open(url).await;
+        let r = client
+            .call(json!({"connect": {"token": token(user)}}))
+            .await;
+        assert!(r.get("connect").is_some(), "connect: {r}");
+        let s = client.subscribe(channel).await;
+        Subscriber {
+            client,
+            url: url.to_owned(),
+            channel: channel.to_owned(),
+            epoch: s["epoch"].as_str().unwrap_or_default().to_owned(),
+            offsets: Vec::new(),
+            reconnects: 0,
+        }
+    }
+
+    fn last(&self) -> u64 {
+        self.offsets.last().copied().unwrap_or(0)
+    }
+
+    /// Reconnects to `url` and resubscribes with recovery.
+    async fn recover(&mut self, url: &str) {
+        self.url = url.to_owned();
+        self.reconnects += 1;
+        let mut client = Client::open(url).await;
+        let r = client
+            .call(json!({"connect": {"token": token("recovering")}}))
+            .await;
+        assert!(r.get("connect").is_some(), "connect: {r}");
+        let r = client
+            .call(
+                json!({"subscribe": {"channel": self.channel, "recover": true,
+                "offset": self.last(), "epoch": self.epoch}}),
+            )
+            .await;
+        let s = &r["subscribe"];
+        assert_eq!(s["recovered"], json!(true), "recovery failed: {r}");
+        for p in s["publications"].as_array().cloned().unwrap_or_default() {
+            self.offsets.push(p["offset"].as_u64().unwrap());
+        }
+        self.client = client;
+    }
+
+    /// Reads until it has `total` publications, recovering after closes; bounded in time.
+    async fn collect(&mut self, total: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.last() < total {
+            assert!(
+                Instant::now() < deadline,
+                "{} has {} of {total} publications after {within:?}",
+                self.url,
+                self.offsets.len()
+            );
+            match self.client.next().await {
+                Event::Frame(v) => {
+                    if v["push"]["channel"] == json!(self.channel) {
+                        if let Some(o) = v["push"]["pub"]["offset"].as_u64() {
+                            self.offsets.push(o);
+                        }
+                    }
+                }
+                Event::Closed(code) => {
+                    assert!(
+                        self.reconnects < 10,
+                        "too many reconnects (last close {code:?})"
+                    );
+                    let url = self.url.clone();
+                    self.recover(&url).await;
+                }
+            }
+        }
+    }
+
+    fn assert_complete(&self, total: u64) {
+        assert_eq!(
+            self.offsets,
+            (1..=total).collect::<Vec<_>>(),
+            "subscriber at {} must see every offset once, in order",
+            self.url
+        );
+    }
+}
+
+struct Cluster {
+    redis: Redis,
+    _pg: Postgres,
+    nodes: Vec<Node>,
+}
+
+async fn cluster(n: usize) -> Cluster {
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let store = pg.fresh_db().await;
+    let nodes = (0..n).map(|_| Node::start(&redis.url(), &store)).collect();
+    Cluster {
+        redis,
+        _pg: pg,
+        nodes,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_conformance_on_postgres_and_sqlite() {
+    use roomcast::store::conformance as suite;
+    use roomcast::store::postgres::PostgresStore;
+    use roomcast::store::sqlite::SqliteStore;
+    use roomcast::store::Store;
+    let ttl = Duration::from_secs(300);
+    let pg = Postgres::start();
+
+    let (s, _c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
+        .await
+        .unwrap();
+    suite::offsets_are_contiguous_per_room(&s).await;
+    let (s, _c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
+        .await
+        .unwrap();
+    suite::ranges(&s).await;
+    let (s, mut c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
+        .await
+        .unwrap();
+    suite::idempotent_appends(&s, &mut c).await;
+    let (s, mut c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
+        .await
+        .unwrap();
+    let s: Arc<dyn Store> = Arc::new(s);
+    suite::concurrent_appends_commit_in_order(s, &mut c).await;
+
+    // Two stores on one database (two nodes): appends interleave without reusing an offset.
+    let db = pg.fresh_db().await;
+    let (a, _ca) = PostgresStore::connect(&db, ttl).await.unwrap();
+    let (b, _cb) = PostgresStore::connect(&db, ttl).await.unwrap();
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(a), Arc::new(b));
+    let mut tasks = Vec::new();
+    for (i, s) in [a.clone(), b.clone(), a.clone(), b.clone()]
+        .into_iter()
+        .enumerate()
+    {
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for j in 0..50 {
+                let m = suite::msg("shared", &format!("{i}-{j}"), None);
+                got.push(s.append(m).await.unwrap().offset);
+            }
+            got
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=200).collect::<Vec<_>>());
+    assert_eq!(
+        a.position("shared").await.unwrap(),
+        b.position("shared").await.unwrap()
+    );
+
+    // Reopening keeps offsets and the epoch.
+    let (s, _c) = PostgresStore::connect(&db, ttl).await.unwrap();
+    let r = s.append(suite::msg("shared", "again", None)).await.unwrap();
+    assert_eq!(r.offset, 201);
+    assert_eq!(r.epoch, a.position("shared").await.unwrap().epoch);
+
+    // The same suite on SQLite, so both backends answer to one definition.
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _c) = SqliteStore::open(&dir.path().join("1.db"), ttl).unwrap();
+    suite::offsets_are_contiguous_per_room(&s).await;
+    let (s, _c) = SqliteStore::open(&dir.path().join("2.db"), ttl).unwrap();
+    suite::ranges(&s).await;
+    let (s, mut c) = SqliteStore::open(&dir.path().join("3.db"), ttl).unwrap();
+    suite::idempotent_appends(&s, &mut c).await;
+    let (s, mut c) = SqliteStore::open(&dir.path().join("4.db"), ttl).unwrap();
+    let s: Arc<dyn Store> = Arc::new(s);
+    suite::concurrent_appends_commit_in_order(s, &mut c).await;
+
+    // A bad URL is an error, not a panic.
+    assert!(PostgresStore::connect("not a url", ttl).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_concurrent_publishers_contiguous_offsets_in_order_everywhere() {
+    let c = cluster(3).await;
+    let mut subs = Vec::new();
+    for node in &c.nodes {
+        subs.push(Subscriber::start(&node.ws_url(), "reader", "chat").await);
+    }
+    let per_node = 100u64;
+    let mut publishers = Vec::new();
+    for (i, node) in c.nodes.iter().enumerate() {
+        let addr = node.addr;
+        publishers.push(tokio::spawn(async move {
+            let mut offsets = Vec::new();
+            for j in 0..per_node {
+                offsets.push(publish(addr, "chat", json!({"node": i, "n": j})).await);
+            }
+            offsets
+        }));
+    }
+    let mut acked = Vec::new();
+    for p in publishers {
+        acked.extend(p.await.unwrap());
+    }
+    let total = per_node * c.nodes.len() as u64;
+    acked.sort_unstable();
+    assert_eq!(
+        acked,
+        (1..=total).collect::<Vec<_>>(),
+        "offsets unique, no hole"
+    );
+    for s in &mut subs {
+        s.collect(total, Duration::from_secs(30)).await;
+        s.assert_complete(total);
+        assert_eq!(s.reconnects, 0, "no subscriber needed to recover");
+    }
+    // History agrees, from any node.
+    let h = api(
+        c.nodes[2].addr,
+        "history",
+        json!({"channel": "chat", "limit": -1}),
+    )
+    .await;
+    let offs: Vec<u64> = h["result"]["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["offset"].as_u64().unwrap())
+        .collect();
+    assert_eq!(offs, (1..=total).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_a_node_mid_stream_and_its_clients_recover_on_another() {
+    let mut c = cluster(3).await;
+    let mut sub = Subscriber::start(&c.nodes[2].ws_url(), "victim", "stream").await;
+    let total = 300u64;
+    let addr = c.nodes[0].addr;
+    let publisher = tokio::spawn(async move {
+        for j in 0..total {
+            publish(addr, "stream", json!({"n": j})).await;
+            sleep(Duration::from_millis(3)).await;
+        }
+    });
+    sub.collect(50, Duration::from_secs(20)).await;
+    c.nodes[2].kill();
+    // The client sees its connection drop and reconnects to a live node.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match sub.client.next().await {
+            Event::Frame(v) => {
+                if let Some(o) = v["push"]["pub"]["offset"].as_u64() {
+                    sub.offsets.push(o);
+                }
+            }
+            Event::Closed(_) => break,
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the killed node's socket never closed"
+        );
+    }
+    let other = c.nodes[1].ws_url();
+    sub.recover(&other).await;
+    publisher.await.unwrap();
+    sub.collect(total, Duration::from_secs(30)).await;
+    sub.assert_complete(total);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_loses_nothing() {
+    let mut c = cluster(3).await;
+    let mut subs = Vec::new();
+    for node in &c.nodes {
+        subs.push(Subscriber::start(&node.ws_url(), "reader", "durable").await);
+    }
+    let addrs: Vec<_> = c.nodes.iter().map(|n| n.addr).collect();
+    let total = 240u64;
+    let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
+    let publisher = tokio::spawn(async move {
+        for j in 0..total {
+            // Alternate the publishing node, so every node has remote publications to miss.
+            publish(addrs[j as usize % addrs.len()], "durable", json!({"n": j})).await;
+            let _ = progress_tx.send(j + 1);
+            sleep(Duration::from_millis(10)).await;
+        }
+    });
+    progress.wait_for(|&n| n >= 60).await.unwrap();
+    c.redis.kill();
+    progress.wait_for(|&n| n >= 120).await.unwrap();
+    c.redis.restart();
+    publisher.await.unwrap();
+    for s in &mut subs {
+        s.collect(total, Duration::from_secs(40)).await;
+        s.assert_complete(total);
+    }
+}
+
+/// Polls `check` every 200 ms until it returns true or `within` passes.
+async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_channels_info_and_user_ops_are_cluster_wide() {
+    let mut c = cluster(3).await;
+    let (a, b) = (c.nodes[0].addr, c.nodes[1].addr);
+    let mut alice = Client::open(&c.nodes[0].ws_url()).await;
+    alice
+        .call(json!({"connect": {"token": token("alice")}}))
+        .await;
+    alice.subscribe("lobby").await;
+    let mut bob = Client::open(&c.nodes[2].ws_url()).await;
+    bob.call(json!({"connect": {"token": token("bob")}})).await;
+    bob.subscribe("lobby").await;
+
+    // Presence from a node where neither is connected.
+    let p = api(b, "presence_stats", json!({"channel": "lobby"})).await;
+    assert_eq!(p["result"], json!({"num_clients": 2, "num_users": 2}));
+    let p = api(b, "presence", json!({"channel": "lobby"})).await;
+    let users: std::collections::BTreeSet<String> = p["result"]["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|i| i["user"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(users.into_iter().collect::<Vec<_>>(), vec!["alice", "bob"]);
+
+    // Every node is listed by every node (heartbeats), channels are summed.
+    eventually(Duration::from_secs(10), "info lists 3 nodes", async || {
+        let v = api(b, "info", json!({})).await;
+        v["result"]["nodes"].as_array().map(Vec::len) == Some(3)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "channels counts 2 in lobby",
+        async || {
+            let v = api(b, "channels", json!({})).await;
+            v["result"]["channels"]["lobby"]["num_clients"] == json!(2)
+        },
+    )
+    .await;
+
+    // Unsubscribe and disconnect users connected to other nodes.
+    api(b, "unsubscribe", json!({"user": "bob", "channel": "lobby"})).await;
+    let push = bob.next_push(|p| p.get("unsubscribe").is_some()).await;
+    assert_eq!(push["channel"], "lobby");
+    api(b, "disconnect", json!({"user": "alice"})).await;
+    assert!(alice.closed_code().await.is_some_and(|c| c >= 3000));
+
+    // A node killed without cleanup: its presence entries are gone within 31 s.
+    let mut carol = Client::open(&c.nodes[2].ws_url()).await;
+    carol
+        .call(json!({"connect": {"token": token("carol")}}))
+        .await;
+    carol.subscribe("wake").await;
+    let p = api(a, "presence_stats", json!({"channel": "wake"})).await;
+    assert_eq!(p["result"]["num_clients"], 1);
+    let killed = Instant::now();
+    c.nodes[2].kill();
+    eventually(
+        Duration::from_secs(31),
+        "dead node's presence expires",
+        async || {
+            let p = api(a, "presence_stats", json!({"channel": "wake"})).await;
+            p["result"]["num_clients"] == json!(0)
+        },
+    )
+    .await;
+    eprintln!(
+        "presence of a killed node gone after {:?}",
+        killed.elapsed()
+    );
+}
+
+/// The deploy/ example, with its ports replaced, in front of real nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_sticky_load_balancer_in_front_of_the_cluster() {
+    let nginx = std::path::PathBuf::from("/usr/sbin/nginx");
+    let nginx = if nginx.is_file() {
+        nginx
+    } else {
+        which("nginx").expect("nginx not found (apt-get install -y nginx)")
+    };
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let store = pg.fresh_db().await;
+    let ports: Vec<u16> = (0..3).map(|_| services::free_port()).collect();
+    let nodes: Vec<Node> = ports
+        .iter()
+        .map(|p| {
+            Node::start_on(
+                format!("127.0.0.1:{p}").parse().unwrap(),
+                &redis.url(),
+                &store,
+            )
+        })
+        .collect();
+    let lb_port = services::free_port();
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/nginx/roomcast.conf"
+    ))
+    .unwrap();
+    let conf = example
+        .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", ports[0]))
+        .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", ports[1]))
+        .replace("127.0.0.1:8003", &format!("127.0.0.1:{}", ports[2]))
+        .replace("127.0.0.1:8000", &format!("127.0.0.1:{lb_port}"));
+    let dir = tempfile::tempdir().unwrap();
+    let conf_path = dir.path().join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let globals = format!(
+        "daemon off; pid {0}/nginx.pid; error_log {0}/error.log;",
+        dir.path().display()
+    );
+    let mut lb = std::process::Command::new(&nginx)
+        .arg("-p")
+        .arg(dir.path())
+        .arg("-c")
+        .arg(&conf_path)
+        .args(["-g", &globals])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nginx starts");
+    /// Stops nginx by its master's PID with SIGTERM (fast shutdown: the master ends its
+    /// workers; SIGKILL would orphan them), SIGKILL if it lingers.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &self.0.id().to_string()])
+                .status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _lb_guard = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", lb_port)).is_err() {
+            if let Ok(Some(status)) = lb.try_wait() {
+                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({status}): {log}");
+            }
+            assert!(Instant::now() < deadline, "nginx did not listen");
+            sleep(Duration::from_millis(50)).await;
+        }
+        Kill(lb)
+    };
+    let lb_addr: std::net::SocketAddr = format!("127.0.0.1:{lb_port}").parse().unwrap();
+    let url = format!("ws://{lb_addr}/connection/websocket");
+    // Two clients through the balancer (sticky: both land on one node) and one direct.
+    let mut via_lb = Subscriber::start(&url, "lb1", "room").await;
+    let mut via_lb2 = Subscriber::start(&url, "lb2", "room").await;
+    let mut direct = Subscriber::start(&nodes[1].ws_url(), "direct", "room").await;
+    // Publish through every node directly and through the balancer's API route.
+    for j in 0..30u64 {
+        let addr = if j % 4 == 3 {
+            lb_addr
+        } else {
+            nodes[j as usize % 3].addr
+        };
+        publish(addr, "room", json!({"n": j})).await;
+    }
+    for s in [&mut via_lb, &mut via_lb2, &mut direct] {
+        s.collect(30, Duration::from_secs(20)).await;
+        s.assert_complete(30);
+    }
+    let info = api(lb_addr, "info", json!({})).await;
+    assert!(info["result"]["nodes"]
+        .as_array()
+        .is_some_and(|n| !n.is_empty()));
+    drop(nodes);
+}
+
+fn which(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+}
