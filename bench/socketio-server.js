@@ -8,9 +8,15 @@ const { Server } = require("socket.io");
 const { createAdapter } = require("@socket.io/redis-adapter");
 const { createClient } = require("redis");
 
+// Under overload the Redis client's commands time out; log it rather than let an unhandled rejection
+// kill the process, as any production deployment would.
+process.on("unhandledRejection", (e) => console.error("unhandled rejection:", e && e.name));
+
 (async () => {
   const pub = createClient({ url: process.env.REDIS_URL });
   const sub = pub.duplicate();
+  pub.on("error", (e) => console.error("redis pub:", e && e.name));
+  sub.on("error", (e) => console.error("redis sub:", e && e.name));
   await Promise.all([pub.connect(), sub.connect()]);
   const server = http.createServer();
   const io = new Server(server, { transports: ["websocket"], adapter: createAdapter(pub, sub) });

@@ -28,14 +28,22 @@ fn nines(q: f64) -> f64 {
 pub fn write_all(runs: &[RunResult], dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
-    for scenario in ["fanout", "storm", "accept"] {
-        let sel: Vec<&RunResult> =
-            runs.iter().filter(|r| r.scenario == scenario && !r.latency_cdf.is_empty()).collect();
-        if !sel.is_empty() {
-            let p = dir.join(format!("latency-cdf-{scenario}.svg"));
-            latency_cdf(&sel, scenario, &p)?;
-            out.push(p);
-        }
+    // One CDF per scenario and room size, so each plot compares the targets on the same load.
+    let mut keys: Vec<(&str, u32)> = runs
+        .iter()
+        .filter(|r| !r.latency_cdf.is_empty())
+        .map(|r| (r.scenario.as_str(), r.params.room_size))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for (scenario, size) in keys {
+        let sel: Vec<&RunResult> = runs
+            .iter()
+            .filter(|r| r.scenario == scenario && r.params.room_size == size && !r.latency_cdf.is_empty())
+            .collect();
+        let p = dir.join(format!("latency-cdf-{scenario}-{size}.svg"));
+        latency_cdf(&sel, scenario, &p)?;
+        out.push(p);
     }
     let fan: Vec<&RunResult> = runs.iter().filter(|r| r.scenario == "fanout").collect();
     if !fan.is_empty() {

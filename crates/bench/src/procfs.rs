@@ -37,6 +37,11 @@ pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 
+/// The 1-minute load average: a case that starts on a busy machine says so in its result.
+pub fn loadavg() -> Option<f64> {
+    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// Kernel TCP socket buffer memory in KiB, machine-wide (`TCP: ... mem N` pages in /proc/net/sockstat).
 /// It covers both ends of loopback connections, so the bench reports it as-is and halves nothing.
 pub fn tcp_mem_kib() -> Option<u64> {

@@ -67,6 +67,8 @@ pub struct RunResult {
     pub target: String,
     pub params: Params,
     pub bench_processes: usize,
+    /// 1-minute load average when the case started (2 cores here: above ~1 someone else was busy too).
+    pub loadavg_at_start: Option<f64>,
     pub joined: u64,
     pub join_failed: u64,
     pub joins_per_s: f64,

@@ -58,6 +58,7 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     };
     let rss0 = procfs::rss_kib_all(&rss_pids);
     let tcp0 = procfs::tcp_mem_kib();
+    let load0 = procfs::loadavg();
     let me = std::process::id();
     let bench_cpu0 = procfs::cpu_seconds(me);
 
@@ -81,6 +82,7 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         scenario: case.scenario.into(),
         target: target.name.clone(),
         bench_processes: fleet.processes().max(1),
+        loadavg_at_start: load0,
         joins_per_s: joined.joined as f64 / join_secs.max(1e-9),
         server_rss_kib_before: rss0,
         params: Params {
