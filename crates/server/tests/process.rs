@@ -18,7 +18,25 @@ struct Proc {
 
 /// Starts `roomcast serve` on a free port and waits for its "listening on" line.
 fn spawn(dir: &std::path::Path) -> Proc {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
+    spawn_with(dir, None).0
+}
+
+/// Same, optionally under an open-files limit (soft and hard); also returns the server's
+/// log lines as they come.
+fn spawn_with(
+    dir: &std::path::Path,
+    nofile: Option<u32>,
+) -> (Proc, std::sync::mpsc::Receiver<String>) {
+    let bin = env!("CARGO_BIN_EXE_roomcast");
+    let mut cmd = match nofile {
+        None => Command::new(bin),
+        Some(n) => {
+            let mut c = Command::new("bash");
+            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
+            c
+        }
+    };
+    let mut child = cmd
         .args([
             "serve",
             "--listen",
@@ -36,6 +54,7 @@ fn spawn(dir: &std::path::Path) -> Proc {
         .expect("roomcast binary runs");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut sent = false;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -46,12 +65,13 @@ fn spawn(dir: &std::path::Path) -> Proc {
                     sent = true;
                 }
             }
+            let _ = lines_tx.send(line);
         }
     });
     let addr = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("server reported its address");
-    Proc { child, addr }
+    (Proc { child, addr }, lines)
 }
 
 async fn history(addr: SocketAddr, channel: &str) -> Vec<(u64, serde_json::Value)> {
@@ -184,6 +204,39 @@ async fn sigterm_drains_connections_with_shutdown_code_and_keeps_acked_publicati
     for (i, (_, data)) in stored.iter().enumerate() {
         assert_eq!(data, &json!(i), "in the order they were sent");
     }
+    p.child.kill().unwrap();
+    p.child.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_file_descriptors_backs_off_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, lines) = spawn_with(dir.path(), Some(64));
+    // Far more sockets than the server has descriptors left.
+    let mut socks = Vec::new();
+    for _ in 0..120 {
+        socks.push(tokio::net::TcpStream::connect(p.addr).await.unwrap());
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut backed_off = false;
+    while !backed_off && std::time::Instant::now() < deadline {
+        if let Ok(line) = lines.recv_timeout(Duration::from_millis(200)) {
+            backed_off |= line.contains("out of file descriptors; backing off");
+        }
+    }
+    assert!(backed_off, "the server says it is out of descriptors");
+    drop(socks);
+    // Once the sockets close, the server serves again.
+    let mut ok = false;
+    for _ in 0..50 {
+        let (status, _) = api_raw(p.addr, "info", Some(API_KEY), "{}").await;
+        if status == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(ok, "the server recovered after the descriptors were freed");
     p.child.kill().unwrap();
     p.child.wait().unwrap();
 }

@@ -60,7 +60,8 @@ impl Peer {
     }
 
     pub fn set_expiry(&self, expires_at: Option<u64>) {
-        self.expires_at.store(expires_at.unwrap_or(0), Ordering::Relaxed);
+        self.expires_at
+            .store(expires_at.unwrap_or(0), Ordering::Relaxed);
     }
 }
 
@@ -92,9 +93,15 @@ impl Keepalive {
     }
 
     pub fn register(&self, id: ConnId, peer: &Arc<Peer>) {
-        self.bucket(id).lock().expect("keepalive lock").insert(id, peer.clone());
+        self.bucket(id)
+            .lock()
+            .expect("keepalive lock")
+            .insert(id, peer.clone());
         let deadline = Instant::now() + CONNECT_TIMEOUT;
-        self.handshakes.lock().expect("keepalive lock").push_back((deadline, Arc::downgrade(peer)));
+        self.handshakes
+            .lock()
+            .expect("keepalive lock")
+            .push_back((deadline, Arc::downgrade(peer)));
     }
 
     pub fn unregister(&self, id: ConnId) {
@@ -103,7 +110,10 @@ impl Keepalive {
 
     /// Number of registered connections.
     pub fn len(&self) -> usize {
-        self.buckets.iter().map(|b| b.lock().expect("keepalive lock").len()).sum()
+        self.buckets
+            .iter()
+            .map(|b| b.lock().expect("keepalive lock").len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -145,7 +155,11 @@ impl Keepalive {
             }
         }
         let now = now_secs();
-        for peer in self.buckets[(t % n) as usize].lock().expect("keepalive lock").values() {
+        for peer in self.buckets[(t % n) as usize]
+            .lock()
+            .expect("keepalive lock")
+            .values()
+        {
             if !peer.connected.load(Ordering::Acquire) {
                 continue;
             }
@@ -160,7 +174,10 @@ impl Keepalive {
         }
         let now = Instant::now();
         let mut waiting = self.handshakes.lock().expect("keepalive lock");
-        while waiting.front().is_some_and(|(deadline, _)| *deadline <= now) {
+        while waiting
+            .front()
+            .is_some_and(|(deadline, _)| *deadline <= now)
+        {
             let (_, peer) = waiting.pop_front().expect("front exists");
             if let Some(peer) = peer.upgrade() {
                 if !peer.connected.load(Ordering::Acquire) {

@@ -14,7 +14,9 @@
 //!
 //! Whatever ends the connection, the session leaves its rooms before the task ends.
 
+use std::future::poll_fn;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -48,6 +50,13 @@ pub enum Handler {
     Echo,
 }
 
+/// What woke the connection's task.
+enum Event {
+    Writable(std::io::Result<()>),
+    Outbox,
+    Readable(std::io::Result<()>),
+}
+
 /// How the connection ends.
 enum End {
     /// The peer closed or the socket failed: nothing more to send.
@@ -66,12 +75,19 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, leftover: Bytes) {
     let id = session.conn_id();
     node.keepalive.register(id, &peer);
     let mut handler = Handler::Session(Box::new(session));
-    run(tcp, leftover, &outbox, &mut handler, node.config.max_message_size).await;
+    run(
+        tcp,
+        leftover,
+        &outbox,
+        &mut handler,
+        node.config.max_message_size,
+    )
+    .await;
     node.keepalive.unregister(id);
     // Whatever queued after the end is dropped with the outbox.
     outbox.close(Disconnect::CONNECTION_CLOSED);
     if let Handler::Session(mut s) = handler {
-        s.close().await;
+        Box::pin(s.close()).await;
     }
 }
 
@@ -81,9 +97,18 @@ pub async fn serve_echo(tcp: TcpStream, leftover: Bytes, max_message: usize) {
     run(tcp, leftover, &outbox, &mut Handler::Echo, max_message).await;
 }
 
-async fn run(mut tcp: TcpStream, leftover: Bytes, outbox: &Outbox, handler: &mut Handler, max_message: usize) {
+async fn run(
+    mut tcp: TcpStream,
+    leftover: Bytes,
+    outbox: &Outbox,
+    handler: &mut Handler,
+    max_message: usize,
+) {
     let mut decoder = ws::Decoder::new(max_message);
     let mut inbuf = BytesMut::from(&leftover[..]);
+    // `leftover` may be a slice of hyper's whole read buffer: let it go now, or every
+    // connection keeps that buffer for life.
+    drop(leftover);
     let mut out = BytesMut::new();
     let mut closing = false;
     let mut client_closed = false;
@@ -94,7 +119,9 @@ async fn run(mut tcp: TcpStream, leftover: Bytes, outbox: &Outbox, handler: &mut
 
     let end = loop {
         if closing && out.is_empty() {
-            break End::Closed { linger: !client_closed };
+            break End::Closed {
+                linger: !client_closed,
+            };
         }
         if undecoded && !closing {
             undecoded = false;
@@ -116,11 +143,14 @@ async fn run(mut tcp: TcpStream, leftover: Bytes, outbox: &Outbox, handler: &mut
                 if closing {
                     break;
                 }
-                if let Some((code, reason, by_client)) = on_message(msg, handler, &mut out).await {
+                // Boxed, like every future awaited only while there is traffic: the task's
+                // own state is what an idle connection pays for.
+                let closing_now = Box::pin(on_message(msg, handler, &mut out)).await;
+                if let Some((code, reason, by_client)) = closing_now {
                     // Replies queued before the close (an error explaining it) go first.
                     outbox.take(&mut items);
                     if let Handler::Session(s) = handler {
-                        encode(&mut out, &mut items, s).await;
+                        Box::pin(encode(&mut out, &mut items, s)).await;
                     }
                     ws::close_frame(&mut out, code, reason);
                     closing = true;
@@ -129,25 +159,45 @@ async fn run(mut tcp: TcpStream, leftover: Bytes, outbox: &Outbox, handler: &mut
             }
             continue;
         }
-        tokio::select! {
-            biased;
-            r = tcp.writable(), if !out.is_empty() => {
+        // One hand-rolled poll instead of `select!` over `readable()`/`writable()`
+        // futures: the task then holds no waiter nodes while it sleeps, which is most of
+        // what an idle connection's task would otherwise weigh.
+        let want_frames = out.len() < WRITE_HIGH_WATER;
+        let event = poll_fn(|cx| {
+            if !out.is_empty() {
+                if let Poll::Ready(r) = tcp.poll_write_ready(cx) {
+                    return Poll::Ready(Event::Writable(r));
+                }
+            }
+            if !closing && outbox.poll_wait(cx, want_frames).is_ready() {
+                return Poll::Ready(Event::Outbox);
+            }
+            // No more commands while the client is not reading what it asked for.
+            if !closing && want_frames {
+                if let Poll::Ready(r) = tcp.poll_read_ready(cx) {
+                    return Poll::Ready(Event::Readable(r));
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        match event {
+            Event::Writable(r) => {
                 if r.is_err() || write_some(&tcp, &mut out).is_err() {
                     break End::Gone;
                 }
             }
-            _ = outbox.wait(out.len() < WRITE_HIGH_WATER), if !closing => {
+            Event::Outbox => {
                 let close = outbox.take(&mut items);
                 if let Handler::Session(s) = handler {
-                    encode(&mut out, &mut items, s).await;
+                    Box::pin(encode(&mut out, &mut items, s)).await;
                 }
                 if let Some(why) = close {
                     ws::close_frame(&mut out, why.code, why.reason);
                     closing = true;
                 }
             }
-            // No more commands while the client is not reading what it asked for.
-            r = tcp.readable(), if !closing && out.len() < WRITE_HIGH_WATER => {
+            Event::Readable(r) => {
                 if r.is_err() {
                     break End::Gone;
                 }
@@ -160,16 +210,16 @@ async fn run(mut tcp: TcpStream, leftover: Bytes, outbox: &Outbox, handler: &mut
     };
 
     if let End::Closed { linger } = end {
-        let _ = tcp.shutdown().await;
-        if linger {
-            // Wait for the client's close frame or EOF, so the client sees a clean close.
-            let _ = tokio::time::timeout(CLOSE_LINGER, drain_until_eof(&tcp)).await;
-        }
+        Box::pin(finish_close(&mut tcp, linger)).await;
     }
 }
 
 /// Handles one client message; returns a close to send, if the connection must end.
-async fn on_message(msg: Message, handler: &mut Handler, out: &mut BytesMut) -> Option<(u16, &'static str, bool)> {
+async fn on_message(
+    msg: Message,
+    handler: &mut Handler,
+    out: &mut BytesMut,
+) -> Option<(u16, &'static str, bool)> {
     match msg {
         Message::Ping(payload) => ws::pong(out, &payload),
         Message::Pong => {}
@@ -276,6 +326,15 @@ fn write_some(tcp: &TcpStream, out: &mut BytesMut) -> std::io::Result<()> {
     }
     *out = BytesMut::new();
     Ok(())
+}
+
+/// After our close frame: shut down our side and, when we initiated the close, wait for the
+/// client's close frame or EOF so that it sees a clean close.
+async fn finish_close(tcp: &mut TcpStream, linger: bool) {
+    let _ = tcp.shutdown().await;
+    if linger {
+        let _ = tokio::time::timeout(CLOSE_LINGER, drain_until_eof(tcp)).await;
+    }
 }
 
 async fn drain_until_eof(tcp: &TcpStream) {

@@ -12,9 +12,9 @@ use roomcast_proto::{
     PresenceStatsResult, PushBody, RefreshResult, SubscribeResult,
 };
 
+use super::keepalive::Peer;
 use crate::auth::{now_secs, Claims, TokenError};
 use crate::channel::Channel;
-use super::keepalive::Peer;
 use crate::hub::{ConnEntry, ConnId, RoomEvent};
 use crate::node::{internal, Node};
 
@@ -56,7 +56,10 @@ struct RateLimit {
 
 impl RateLimit {
     fn new(rate: u32) -> RateLimit {
-        RateLimit { tokens: rate as f32 * 2.0, last: tokio::time::Instant::now() }
+        RateLimit {
+            tokens: rate as f32 * 2.0,
+            last: tokio::time::Instant::now(),
+        }
     }
 
     fn allow(&mut self, rate: u32) -> bool {

@@ -61,7 +61,10 @@ pub struct Decoder {
 
 impl Decoder {
     pub fn new(max_message: usize) -> Decoder {
-        Decoder { max_message, fragments: None }
+        Decoder {
+            max_message,
+            fragments: None,
+        }
     }
 
     /// Decodes every complete frame at the start of `buf` (unmasking in place) and returns
@@ -82,14 +85,23 @@ impl Decoder {
         Ok(at)
     }
 
-    fn frame(&mut self, fin: bool, opcode: u8, payload: &[u8], out: &mut Vec<Message>) -> Result<(), Violation> {
+    fn frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: &[u8],
+        out: &mut Vec<Message>,
+    ) -> Result<(), Violation> {
         match opcode {
             OP_PING => out.push(Message::Ping(payload.to_vec())),
             OP_PONG => out.push(Message::Pong),
             OP_CLOSE => out.push(parse_close(payload)?),
             OP_TEXT | OP_BINARY => {
                 if self.fragments.is_some() {
-                    return Err(violation(close::PROTOCOL, "new message inside a fragmented one"));
+                    return Err(violation(
+                        close::PROTOCOL,
+                        "new message inside a fragmented one",
+                    ));
                 }
                 if fin {
                     out.push(complete(opcode, payload.to_vec())?);
@@ -133,7 +145,10 @@ fn parse_header(buf: &[u8], max_message: usize) -> Result<Option<(usize, FrameHe
     }
     let (b0, b1) = (buf[0], buf[1]);
     if b0 & 0x70 != 0 {
-        return Err(violation(close::PROTOCOL, "reserved bits set without an extension"));
+        return Err(violation(
+            close::PROTOCOL,
+            "reserved bits set without an extension",
+        ));
     }
     let fin = b0 & 0x80 != 0;
     let opcode = b0 & 0x0F;
@@ -161,7 +176,10 @@ fn parse_header(buf: &[u8], max_message: usize) -> Result<Option<(usize, FrameHe
     };
     if opcode >= OP_CLOSE {
         if !fin || len > 125 {
-            return Err(violation(close::PROTOCOL, "control frames are short and not fragmented"));
+            return Err(violation(
+                close::PROTOCOL,
+                "control frames are short and not fragmented",
+            ));
         }
     } else if len > max_message as u64 {
         return Err(violation(close::TOO_BIG, "message too big"));
@@ -171,7 +189,15 @@ fn parse_header(buf: &[u8], max_message: usize) -> Result<Option<(usize, FrameHe
     }
     let mask = buf[at..at + 4].try_into().expect("4 bytes");
     at += 4;
-    Ok(Some((at, FrameHeader { fin, opcode, mask, len: len as usize })))
+    Ok(Some((
+        at,
+        FrameHeader {
+            fin,
+            opcode,
+            mask,
+            len: len as usize,
+        },
+    )))
 }
 
 fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
@@ -182,7 +208,9 @@ fn apply_mask(payload: &mut [u8], mask: [u8; 4]) {
 
 fn complete(opcode: u8, data: Vec<u8>) -> Result<Message, Violation> {
     if opcode == OP_TEXT {
-        String::from_utf8(data).map(Message::Text).map_err(|_| violation(close::INVALID_DATA, "text is not UTF-8"))
+        String::from_utf8(data)
+            .map(Message::Text)
+            .map_err(|_| violation(close::INVALID_DATA, "text is not UTF-8"))
     } else {
         Ok(Message::Binary(data))
     }
@@ -293,7 +321,11 @@ mod tests {
         assert_eq!(n, bytes.len());
         assert_eq!(
             msgs,
-            vec![Message::Text("hello".into()), Message::Ping(b"p".to_vec()), Message::Close(Some(1000), "bye".into())]
+            vec![
+                Message::Text("hello".into()),
+                Message::Ping(b"p".to_vec()),
+                Message::Close(Some(1000), "bye".into())
+            ]
         );
         let whole = frame(true, OP_TEXT, &[b'x'; 300]);
         let (msgs, n) = decode_all(&mut d, &whole[..100]).unwrap();
@@ -306,9 +338,16 @@ mod tests {
         let mut d = Decoder::new(1024);
         let mut bytes = frame(false, OP_TEXT, "h\u{e9}".as_bytes().split_at(2).0);
         bytes.extend(frame(true, OP_PING, b""));
-        bytes.extend(frame(true, OP_CONTINUATION, "h\u{e9}".as_bytes().split_at(2).1));
+        bytes.extend(frame(
+            true,
+            OP_CONTINUATION,
+            "h\u{e9}".as_bytes().split_at(2).1,
+        ));
         let (msgs, _) = decode_all(&mut d, &bytes).unwrap();
-        assert_eq!(msgs, vec![Message::Ping(vec![]), Message::Text("h\u{e9}".into())]);
+        assert_eq!(
+            msgs,
+            vec![Message::Ping(vec![]), Message::Text("h\u{e9}".into())]
+        );
         let mut d = Decoder::new(1024);
         let err = decode_all(&mut d, &frame(false, OP_TEXT, &[0xFF])).unwrap_err();
         assert_eq!(err.code, close::INVALID_DATA);
@@ -317,21 +356,42 @@ mod tests {
     #[test]
     fn violations_get_their_close_codes() {
         let cases: Vec<(Vec<u8>, u16)> = vec![
-            ({ let mut f = frame(true, OP_TEXT, b"x"); f[0] |= 0x40; f }, close::PROTOCOL),
-            ({ let mut f = frame(true, OP_TEXT, b"x"); f[1] &= 0x7F; f }, close::PROTOCOL),
+            (
+                {
+                    let mut f = frame(true, OP_TEXT, b"x");
+                    f[0] |= 0x40;
+                    f
+                },
+                close::PROTOCOL,
+            ),
+            (
+                {
+                    let mut f = frame(true, OP_TEXT, b"x");
+                    f[1] &= 0x7F;
+                    f
+                },
+                close::PROTOCOL,
+            ),
             (frame(true, 0x3, b""), close::PROTOCOL),
             (frame(false, OP_PING, b""), close::PROTOCOL),
             (frame(true, OP_PING, &[0; 126]), close::PROTOCOL),
             (frame(true, OP_CONTINUATION, b"x"), close::PROTOCOL),
             (frame(true, OP_CLOSE, &[3]), close::PROTOCOL),
             (frame(true, OP_CLOSE, &[0x03, 0xED]), close::PROTOCOL),
-            (frame(true, OP_CLOSE, &[0x03, 0xE8, 0xFF]), close::INVALID_DATA),
+            (
+                frame(true, OP_CLOSE, &[0x03, 0xE8, 0xFF]),
+                close::INVALID_DATA,
+            ),
             (frame(true, OP_TEXT, &[0xC0, 0x80]), close::INVALID_DATA),
             (frame(true, OP_TEXT, &[b'a'; 200]), close::TOO_BIG),
         ];
         for (bytes, code) in cases {
             let mut d = Decoder::new(100);
-            assert_eq!(decode_all(&mut d, &bytes).unwrap_err().code, code, "{bytes:?}");
+            assert_eq!(
+                decode_all(&mut d, &bytes).unwrap_err().code,
+                code,
+                "{bytes:?}"
+            );
         }
         let mut d = Decoder::new(100);
         let mut bytes = frame(false, OP_TEXT, &[b'a'; 60]);
@@ -340,7 +400,10 @@ mod tests {
         let mut d = Decoder::new(100);
         let mut bytes = frame(false, OP_TEXT, b"a");
         bytes.extend(frame(true, OP_TEXT, b"b"));
-        assert_eq!(decode_all(&mut d, &bytes).unwrap_err().code, close::PROTOCOL);
+        assert_eq!(
+            decode_all(&mut d, &bytes).unwrap_err().code,
+            close::PROTOCOL
+        );
     }
 
     #[test]

@@ -55,7 +55,11 @@ async fn websocket(State(node): State<Arc<Node>>, req: Request) -> Response {
     }
     let limit = node.config.max_connections;
     if limit > 0 && node.keepalive.len() >= limit {
-        return (StatusCode::SERVICE_UNAVAILABLE, "connection limit reached on this node").into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "connection limit reached on this node",
+        )
+            .into_response();
     }
     let (response, on_upgrade) = match handshake(req) {
         Ok(x) => x,
@@ -63,11 +67,13 @@ async fn websocket(State(node): State<Arc<Node>>, req: Request) -> Response {
     };
     // Tracked, so the node's drain waits for the connection.
     let tasks = node.tasks.clone();
-    tasks.spawn(async move {
-        if let Some((tcp, leftover)) = take_socket(on_upgrade).await {
+    let task = async move {
+        if let Some((tcp, leftover)) = Box::pin(take_socket(on_upgrade)).await {
             crate::gateway::serve(node, tcp, leftover).await;
         }
-    });
+    };
+    tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task size");
+    tasks.spawn(task);
     response
 }
 
@@ -76,10 +82,15 @@ fn bad(status: StatusCode, message: &'static str) -> Response {
 }
 
 /// Checks an RFC 6455 upgrade request and builds the 101 response.
+// The error is the response itself, built once per refused request: no need to box it.
+#[allow(clippy::result_large_err)]
 fn handshake(mut req: Request) -> Result<(Response, hyper::upgrade::OnUpgrade), Response> {
     let h = req.headers();
     if req.method() != Method::GET {
-        return Err(bad(StatusCode::METHOD_NOT_ALLOWED, "WebSocket upgrade needs GET"));
+        return Err(bad(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "WebSocket upgrade needs GET",
+        ));
     }
     let has_token = |name: header::HeaderName, token: &str| {
         h.get_all(name)
@@ -89,11 +100,23 @@ fn handshake(mut req: Request) -> Result<(Response, hyper::upgrade::OnUpgrade), 
             .any(|t| t.trim().eq_ignore_ascii_case(token))
     };
     if !has_token(header::UPGRADE, "websocket") || !has_token(header::CONNECTION, "upgrade") {
-        return Err(bad(StatusCode::BAD_REQUEST, "expected a WebSocket upgrade request"));
+        return Err(bad(
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket upgrade request",
+        ));
     }
-    if h.get(header::SEC_WEBSOCKET_VERSION).and_then(|v| v.to_str().ok()) != Some("13") {
-        let mut r = bad(StatusCode::UPGRADE_REQUIRED, "unsupported WebSocket version (13 is)");
-        r.headers_mut().insert(header::SEC_WEBSOCKET_VERSION, HeaderValue::from_static("13"));
+    if h.get(header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        != Some("13")
+    {
+        let mut r = bad(
+            StatusCode::UPGRADE_REQUIRED,
+            "unsupported WebSocket version (13 is)",
+        );
+        r.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
         return Err(r);
     }
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
@@ -131,15 +154,21 @@ async fn take_socket(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream
 
 /// Browsers send `Origin`; only listed origins (or, with no list, the server's own) may
 /// connect. Other clients send no `Origin` and are not affected.
+#[allow(clippy::result_large_err)]
 fn check_origin(allowed: &[String], h: &HeaderMap) -> Result<(), Response> {
     let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
         return Ok(());
     };
     let ok = if allowed.is_empty() {
-        let host = h.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let host = h
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         origin.split_once("://").map(|(_, rest)| rest) == Some(host)
     } else {
-        allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
+        allowed
+            .iter()
+            .any(|a| a == "*" || a.eq_ignore_ascii_case(origin))
     };
     if ok {
         Ok(())

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use roomcast_proto::Disconnect;
-use tokio::sync::Notify;
+use std::future::poll_fn;
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
 
 /// Something for the connection task to do.
 #[derive(Debug)]
@@ -32,8 +35,9 @@ struct State {
 
 pub struct Outbox {
     state: Mutex<State>,
-    /// Wakes the connection task when there is something to send.
-    notify: Notify,
+    /// Wakes the connection task when there is something to send. One waiter only (the
+    /// connection's task), so an `AtomicWaker` rather than a `Notify` and its waiter node.
+    waker: AtomicWaker,
     max_bytes: usize,
 }
 
@@ -44,7 +48,7 @@ impl Outbox {
     pub fn new(max_bytes: usize) -> Outbox {
         Outbox {
             state: Mutex::new(State::default()),
-            notify: Notify::new(),
+            waker: AtomicWaker::new(),
             max_bytes,
         }
     }
@@ -62,7 +66,7 @@ impl Outbox {
         s.queue.push_back(Out::Frame(frame));
         drop(s);
         if was_empty {
-            self.notify.notify_one();
+            self.waker.wake();
         }
     }
 
@@ -79,7 +83,7 @@ impl Outbox {
             s.queue = VecDeque::new();
             s.bytes = 0;
             drop(s);
-            self.notify.notify_one();
+            self.waker.wake();
             return false;
         }
         s.bytes += frame.len();
@@ -87,7 +91,7 @@ impl Outbox {
         s.queue.push_back(Out::Frame(frame));
         drop(s);
         if was_empty {
-            self.notify.notify_one();
+            self.waker.wake();
         }
         true
     }
@@ -106,7 +110,7 @@ impl Outbox {
             s.queue.push_back(item);
         }
         drop(s);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
     /// Asks the connection to close with `why` after what is already queued. The first
@@ -117,27 +121,30 @@ impl Outbox {
             s.close = Some(why);
         }
         drop(s);
-        self.notify.notify_one();
+        self.waker.wake();
     }
 
     pub fn is_closed(&self) -> bool {
         self.state.lock().expect("outbox lock").close.is_some()
     }
 
-    /// Waits until the outbox is closed or, when `frames` is true, has something queued.
+    /// Ready when the outbox is closed or, when `frames` is true, has something queued.
     /// (A connection whose socket is not keeping up waits with `frames` false: it takes no
     /// more until it has written what it has, but still learns at once that it must close.)
-    pub async fn wait(&self, frames: bool) {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let s = self.state.lock().expect("outbox lock");
-                if (frames && !s.queue.is_empty()) || s.close.is_some() {
-                    return;
-                }
-            }
-            notified.await;
+    pub fn poll_wait(&self, cx: &mut Context<'_>, frames: bool) -> Poll<()> {
+        // Register first, then look: a push between the two still wakes us.
+        self.waker.register(cx.waker());
+        let s = self.state.lock().expect("outbox lock");
+        if (frames && !s.queue.is_empty()) || s.close.is_some() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
+    }
+
+    /// `poll_wait` as a future.
+    pub async fn wait(&self, frames: bool) {
+        poll_fn(|cx| self.poll_wait(cx, frames)).await
     }
 
     /// Takes everything queued, and the close reason if one is set. After a slow close the

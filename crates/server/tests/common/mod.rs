@@ -149,6 +149,10 @@ impl Client {
         }
     }
 
+    pub fn ws_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
+        &mut self.ws
+    }
+
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.unwrap();
     }
