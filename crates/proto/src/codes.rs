@@ -71,6 +71,24 @@ disconnects! {
 }
 
 impl Disconnect {
+    /// The disconnects a server operator may ask for by code (server API `disconnect`,
+    /// carried between nodes by code): their reasons are the protocol's.
+    pub const OPERATOR: &'static [Disconnect] = &[
+        Disconnect::SHUTDOWN,
+        Disconnect::EXPIRED,
+        Disconnect::INSUFFICIENT_STATE,
+        Disconnect::FORCE_RECONNECT,
+        Disconnect::INVALID_TOKEN,
+        Disconnect::FORCE_NO_RECONNECT,
+        Disconnect::CONNECTION_LIMIT,
+        Disconnect::PERMISSION_DENIED,
+    ];
+
+    /// The operator disconnect with this code, if it is one.
+    pub fn operator(code: u16) -> Option<Disconnect> {
+        Self::OPERATOR.iter().find(|d| d.code == code).cloned()
+    }
+
     /// Whether the SDK reconnects after this code.
     pub fn reconnect(&self) -> bool {
         !(3500..4000).contains(&self.code)

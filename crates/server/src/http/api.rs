@@ -262,24 +262,22 @@ pub async fn call(
     }
 }
 
-/// A disconnect code given through the API: one of the protocol's known codes (so the
-/// reason is the protocol's), or a 4000-4999 application code whose reason is leaked as
-/// a static string only for the known set; unknown codes are refused.
+/// A disconnect code given through the API: one the protocol defines for operators (its
+/// reason is the protocol's); any other code is refused.
 fn custom_disconnect(d: &DisconnectCode) -> Result<Disconnect, ApiError> {
-    const KNOWN: &[Disconnect] = &[
-        Disconnect::FORCE_RECONNECT,
-        Disconnect::FORCE_NO_RECONNECT,
-        Disconnect::SHUTDOWN,
-        Disconnect::INVALID_TOKEN,
-        Disconnect::PERMISSION_DENIED,
-        Disconnect::CONNECTION_LIMIT,
-        Disconnect::EXPIRED,
-        Disconnect::INSUFFICIENT_STATE,
-    ];
-    KNOWN.iter().find(|k| k.code == d.code).cloned().ok_or_else(|| {
+    Disconnect::operator(d.code).ok_or_else(|| {
+        let known: Vec<String> = Disconnect::OPERATOR
+            .iter()
+            .map(|k| k.code.to_string())
+            .collect();
         ApiError::RefusedWith(
             ErrorCode::BAD_REQUEST,
-            format!("disconnect code {} ({}) is not one roomcast sends; use 3001, 3005, 3010, 3011, 3500, 3503, 3504 or 3507", d.code, d.reason),
+            format!(
+                "disconnect code {} ({}) is not one roomcast sends; use one of {}",
+                d.code,
+                d.reason,
+                known.join(", ")
+            ),
         )
     })
 }
