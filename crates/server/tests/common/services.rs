@@ -113,6 +113,18 @@ impl Redis {
         }
     }
 
+    /// Sends a signal (`STOP`, `CONT`) to it, by PID: SIGSTOP makes a silent stall (the
+    /// connections stay open, nothing moves).
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis running").id();
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(pid.to_string())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{sig} {pid}");
+    }
+
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
