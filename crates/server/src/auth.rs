@@ -22,6 +22,9 @@ pub struct Claims {
     /// Channels the server subscribes the connection to.
     #[serde(skip_serializing_if = "Vec::is_empty", default)]
     pub channels: Vec<String>,
+    /// In a subscription token: the channel it grants.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub channel: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub aud: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

@@ -312,3 +312,59 @@ async fn missing_pong_disconnects_with_no_pong() {
     }
     assert_eq!(quiet.closed_code().await, Some(3012));
 }
+
+#[tokio::test]
+async fn subscription_tokens_grant_private_channels() {
+    let s = TestServer::start_with(|c| {
+        c.namespaces.insert(
+            "private".into(),
+            NamespaceOptions {
+                allow_subscribe_for_client: false,
+                ..NamespaceOptions::default()
+            },
+        );
+    })
+    .await;
+    let sub_token = |user: &str, channel: &str, exp: u64| {
+        token_with(Claims {
+            sub: user.into(),
+            channel: Some(channel.into()),
+            exp: Some(exp),
+            ..Claims::default()
+        })
+    };
+    let later = now_secs() + 600;
+    let mut c = s.client("alice").await;
+    let r = c.call(json!({"subscribe": {"channel": "private:r"}})).await;
+    assert_eq!(error_code(&r), Some(103), "no token");
+    let other = sub_token("alice", "private:other", later);
+    let r = c
+        .call(json!({"subscribe": {"channel": "private:r", "token": other}}))
+        .await;
+    assert_eq!(error_code(&r), Some(103), "token for another channel");
+    let bobs = sub_token("bob", "private:r", later);
+    let r = c
+        .call(json!({"subscribe": {"channel": "private:r", "token": bobs}}))
+        .await;
+    assert_eq!(error_code(&r), Some(103), "token of another user");
+    let expired = sub_token("alice", "private:r", now_secs() - 5);
+    let r = c
+        .call(json!({"subscribe": {"channel": "private:r", "token": expired}}))
+        .await;
+    assert_eq!(
+        error_code(&r),
+        Some(109),
+        "expired: the SDK fetches a new one"
+    );
+    let good = sub_token("alice", "private:r", later);
+    let r = c
+        .call(json!({"subscribe": {"channel": "private:r", "token": good}}))
+        .await;
+    assert_eq!(r["subscribe"]["recoverable"], true, "{r}");
+    let fresh = sub_token("alice", "private:r", later + 600);
+    let r = c
+        .call(json!({"sub_refresh": {"channel": "private:r", "token": fresh}}))
+        .await;
+    assert_eq!(r["sub_refresh"]["expires"], true, "{r}");
+    assert!(r["sub_refresh"]["ttl"].as_u64().unwrap() > 1000);
+}

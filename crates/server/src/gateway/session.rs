@@ -141,7 +141,7 @@ impl Session {
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
             Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
             Method::Refresh(req) => return self.refresh(id, &req.token),
-            Method::SubRefresh(_) => self.error(id, ErrorCode::NOT_AVAILABLE),
+            Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token),
             Method::Empty => {}
         }
         Flow::Continue
@@ -273,13 +273,56 @@ impl Session {
         Flow::Continue
     }
 
+    /// Checks a subscription token: valid signature, this user, this channel, not expired.
+    fn verify_subscription(&self, token: &str, channel: &str) -> Result<(), ErrorCode> {
+        let user = &self.identity.as_ref().expect("connected").user;
+        match self.node.auth.verify(token) {
+            Ok(c) if c.sub == *user && c.channel.as_deref() == Some(channel) => Ok(()),
+            Ok(_) => Err(ErrorCode::PERMISSION_DENIED),
+            Err(TokenError::Expired) => Err(ErrorCode::TOKEN_EXPIRED),
+            Err(TokenError::Invalid(_)) => Err(ErrorCode::PERMISSION_DENIED),
+        }
+    }
+
+    /// A fresh subscription token for a channel the connection is subscribed to. (Expiry of
+    /// subscription tokens is checked at subscribe and refresh; an expired one does not end
+    /// a live subscription.)
+    fn sub_refresh(&mut self, id: u32, channel: &str, token: &str) {
+        if !self.subs.contains_key(channel) {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        match self.verify_subscription(token, channel) {
+            Ok(()) => {
+                let exp = self.node.auth.verify(token).ok().and_then(|c| c.exp);
+                let result = match exp {
+                    Some(exp) => {
+                        serde_json::json!({"expires": true, "ttl": exp.saturating_sub(now_secs()).max(1)})
+                    }
+                    None => serde_json::json!({}),
+                };
+                self.reply(encode_reply(id, "sub_refresh", &result));
+            }
+            Err(e) => self.error(id, e),
+        }
+    }
+
     async fn subscribe(&mut self, id: u32, req: SubscribeRequest) {
         let user = self.identity.as_ref().expect("connected").user.clone();
         let channel = match Channel::resolve(&self.node.config, &req.channel) {
             Ok(c) => c,
             Err(e) => return self.error(id, e),
         };
-        if !channel.options.allow_subscribe_for_client || !channel.admits(&user) {
+        // A subscription token (HS256, claims `sub`, `channel`, `exp`) grants a channel
+        // clients may not subscribe to on their own.
+        let granted = if req.token.is_empty() {
+            channel.options.allow_subscribe_for_client
+        } else {
+            match self.verify_subscription(&req.token, &req.channel) {
+                Ok(()) => true,
+                Err(e) => return self.error(id, e),
+            }
+        };
+        if !granted || !channel.admits(&user) {
             return self.error(id, ErrorCode::PERMISSION_DENIED);
         }
         if self.subs.contains_key(req.channel.as_str()) {
