@@ -206,10 +206,22 @@ async fn store_conformance_on_postgres_and_sqlite() {
         b.position("shared").await.unwrap()
     );
 
+    // One idempotency key sent to both nodes at once: stored once, both get its offset.
+    let key = suite::msg("shared", "k", Some("same-key"));
+    let key2 = suite::msg("shared", "k", Some("same-key"));
+    let (ra, rb) = tokio::join!(a.append(key), b.append(key2));
+    let (ra, rb) = (ra.unwrap(), rb.unwrap());
+    assert_eq!(ra.offset, rb.offset);
+    assert!(
+        ra.duplicate != rb.duplicate,
+        "exactly one of them stored it"
+    );
+    assert_eq!(a.position("shared").await.unwrap().offset, 201);
+
     // Reopening keeps offsets and the epoch.
     let (s, _c) = PostgresStore::connect(&db, ttl).await.unwrap();
     let r = s.append(suite::msg("shared", "again", None)).await.unwrap();
-    assert_eq!(r.offset, 201);
+    assert_eq!(r.offset, 202);
     assert_eq!(r.epoch, a.position("shared").await.unwrap().epoch);
 
     // The same suite on SQLite, so both backends answer to one definition.

@@ -107,6 +107,26 @@ fn redact(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test]
+    async fn unknown_store_schemes_and_bad_urls_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let hub = std::sync::Arc::new(super::Hub::new());
+        let mut config = super::Config {
+            data_dir: dir.path().into(),
+            store_url: Some("mysql://u:pw@h/db".into()),
+            ..super::Config::default()
+        };
+        let err = super::Backends::open(&config, &hub, "n")
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("postgres://"), "{err}");
+        assert!(!err.to_string().contains("pw"), "password redacted: {err}");
+        config.store_url = None;
+        config.redis_url = Some("not a url".into());
+        assert!(super::Backends::open(&config, &hub, "n").await.is_err());
+    }
+
     #[test]
     fn passwords_are_redacted() {
         assert_eq!(

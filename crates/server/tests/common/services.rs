@@ -239,8 +239,11 @@ impl Postgres {
             "initdb",
         );
         let port = free_port();
+        // fsync is off for speed unless ROOMCAST_TEST_PG_FSYNC=on (for honest throughput
+        // figures): these tests kill roomcast nodes, never PostgreSQL.
+        let fsync = std::env::var("ROOMCAST_TEST_PG_FSYNC").unwrap_or_else(|_| "off".into());
         let opts = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
+            "-p {port} -k {} -c listen_addresses=127.0.0.1 -c fsync={fsync} -c max_connections=200",
             data.display()
         );
         run(
