@@ -218,10 +218,18 @@ async fn store_conformance_on_postgres_and_sqlite() {
     );
     assert_eq!(a.position("shared").await.unwrap().offset, 201);
 
+    // A NUL in a room name (client input) fails that append only, not its batch.
+    let (bad, good) = tokio::join!(
+        a.append(suite::msg("nul\0room", "x", None)),
+        a.append(suite::msg("shared", "fine", None))
+    );
+    assert!(bad.is_err());
+    assert_eq!(good.unwrap().offset, 202);
+
     // Reopening keeps offsets and the epoch.
     let (s, _c) = PostgresStore::connect(&db, ttl).await.unwrap();
     let r = s.append(suite::msg("shared", "again", None)).await.unwrap();
-    assert_eq!(r.offset, 202);
+    assert_eq!(r.offset, 203);
     assert_eq!(r.epoch, a.position("shared").await.unwrap().epoch);
 
     // The same suite on SQLite, so both backends answer to one definition.

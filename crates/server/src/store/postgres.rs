@@ -384,6 +384,18 @@ impl Writer {
     }
 
     async fn commit(&mut self, appends: Vec<(NewMessage, Reply)>) {
+        // PostgreSQL text cannot hold NUL; such an append fails alone instead of failing
+        // the whole batch (a channel name is client input).
+        let (appends, refused): (Vec<_>, Vec<_>) =
+            appends.into_iter().partition(|(m, _)| storable(m));
+        for (_, reply) in refused {
+            let _ = reply.send(Err(StoreError::Backend(
+                "a NUL character cannot be stored".into(),
+            )));
+        }
+        if appends.is_empty() {
+            return;
+        }
         let ttl = self.idempotency_ttl;
         let base_epoch = self.base_epoch.clone();
         let result = match self.client().await {
@@ -425,6 +437,17 @@ impl Writer {
             }
         }
     }
+}
+
+/// Whether PostgreSQL can store the append's text columns (JSON payloads and infos are
+/// serialized with NUL escaped, so only the raw strings matter).
+fn storable(m: &NewMessage) -> bool {
+    let ok = |s: &str| !s.contains('\0');
+    ok(&m.room)
+        && ok(&m.user)
+        && ok(&m.client)
+        && ok(m.data.get())
+        && m.idempotency_key.as_deref().is_none_or(ok)
 }
 
 /// One group-commit transaction. Returns, for every append in order, whether it is new
