@@ -69,7 +69,15 @@ pub fn jwt(secret: &str, user: &str) -> String {
 /// thousands of these, and tungstenite's 128 KiB defaults would dominate its own memory.
 pub async fn open(src: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<Ws> {
     let sock = TcpSocket::new_v4()?;
-    sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
+    // From 127.0.0.1 the kernel picks the port at connect time, per destination, and may reuse
+    // loopback TIME_WAIT ports; an explicit bind(port 0) would search the whole port range on every
+    // connect once earlier runs left thousands in TIME_WAIT (seconds of system CPU per 10k joins).
+    // Other source addresses (runs past ~20k connections) need the bind, and SO_REUSEADDR lets it
+    // take ports still in TIME_WAIT.
+    if src != Ipv4Addr::LOCALHOST {
+        sock.set_reuseaddr(true)?;
+        sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
+    }
     let stream = sock.connect(addr).await.with_context(|| format!("connect {addr} from {src}"))?;
     stream.set_nodelay(true)?;
     let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
