@@ -13,7 +13,8 @@
 //!   the newest offset of each room it could not publish and, once Redis answers again,
 //!   publishes a *hint* (`room`, `top`) so other nodes fetch what they missed;
 //! - the **subscriber** owns the Pub/Sub connection: (re)connects, (re)subscribes every
-//!   watched room, reconciles watch/unwatch, and checks liveness: this node publishes a
+//!   watched room, reconciles watch/unwatch (per command, and every second against the
+//!   watched set as a safety net), and checks liveness: this node publishes a
 //!   probe on its own channel every second; if none has come back for `STALL`, the
 //!   connection is presumed dead and replaced, which is followed by a resync;
 //! - the **receiver** runs the per-room reorder (`cluster/reorder.rs`) between the bus and
@@ -68,6 +69,8 @@ const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
 const NODE_TTL: Duration = Duration::from_secs(10);
 /// TTL of this node's registry keys (users, channels), refreshed on heartbeat.
 pub const REGISTRY_TTL_SECS: u64 = 30;
+/// How often the subscriber checks its subscriptions against the watched rooms.
+const RECONCILE_EVERY: Duration = Duration::from_secs(1);
 /// Rooms remembered as owing a hint at most.
 const MAX_OWED: usize = 100_000;
 /// Pages (of `SWEEP_PAGE`) a sweep reads per room at most.
@@ -213,8 +216,9 @@ enum Inbound {
     Baseline(Arc<str>, u64),
     /// The room may have lost its last local subscriber.
     Forget(Arc<str>),
-    /// The subscription was (re)established: sweep every room from the store.
-    Resync,
+    /// The subscription was (re)established: sweep these rooms (`None`: every room) from
+    /// the store after what they delivered.
+    Resync(Option<Vec<Arc<str>>>),
 }
 
 /// One item for the publisher.
@@ -406,10 +410,13 @@ impl Bus for RedisBus {
             .entry(room.clone())
             .or_default() += 1;
         let (ack, done) = oneshot::channel();
-        self.commands
-            .send((room.clone(), ack))
-            .await
-            .map_err(|_| BusError::Backend("bus stopped".into()))?;
+        // Bounded waits: while Redis is away the subscriber takes no commands, and a full
+        // command queue must not hold a subscribe forever.
+        match timeout(COMMAND_TIMEOUT, self.commands.send((room.clone(), ack))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(BusError::Backend("bus stopped".into())),
+            Err(_) => tracing::warn!(%room, "redis subscriber busy; the resync will cover it"),
+        }
         // Once SUBSCRIBE is confirmed, every publication committed from now on reaches
         // this node. When Redis is away the wait ends early: the room is subscribed on
         // reconnect, and the resync then fills what was missed from the store.
@@ -441,7 +448,9 @@ impl Bus for RedisBus {
             }
         }
         let (ack, _done) = oneshot::channel();
-        let _ = self.commands.send((room.clone(), ack)).await;
+        // If this times out the room stays subscribed until the next reconnect, which
+        // subscribes only watched rooms; its events are dropped by the reorder meanwhile.
+        let _ = timeout(COMMAND_TIMEOUT, self.commands.send((room.clone(), ack))).await;
         let _ = self.inbox.send(Inbound::Forget(room)).await;
     }
 
@@ -662,10 +671,11 @@ async fn subscriber(
         backoff = Duration::from_millis(100);
         tracing::info!(rooms = subscribed.len(), "redis bus subscribed");
         // Anything published while the subscription was down is in the store.
-        if inbox.send(Inbound::Resync).await.is_err() {
+        if inbox.send(Inbound::Resync(None)).await.is_err() {
             return;
         }
         let mut last_probe = Instant::now();
+        let mut last_reconcile = Instant::now();
         let mut tick = interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -712,10 +722,68 @@ async fn subscriber(
                         tracing::warn!("no probe came back through redis; resubscribing");
                         break;
                     }
+                    if last_reconcile.elapsed() >= RECONCILE_EVERY {
+                        last_reconcile = Instant::now();
+                        match reconcile(&shared, &mut sink, &mut subscribed).await {
+                            Ok(added) if added.is_empty() => {}
+                            Ok(added) => {
+                                // Subscribed late (a watch command timed out): read what
+                                // those rooms may have missed.
+                                if inbox.send(Inbound::Resync(Some(added))).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Err(()) => {
+                                tracing::warn!("redis reconcile failed; reconnecting");
+                                break;
+                            }
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// Makes the Redis subscriptions match the watched rooms (a safety net behind the
+/// per-watch commands). Returns the rooms it subscribed.
+async fn reconcile(
+    shared: &Shared,
+    sink: &mut redis::aio::PubSubSink,
+    subscribed: &mut HashSet<Arc<str>>,
+) -> Result<Vec<Arc<str>>, ()> {
+    let watched: HashSet<Arc<str>> = shared
+        .watched
+        .lock()
+        .expect("watched lock")
+        .keys()
+        .cloned()
+        .collect();
+    let added: Vec<Arc<str>> = watched.difference(subscribed).cloned().collect();
+    let removed: Vec<Arc<str>> = subscribed.difference(&watched).cloned().collect();
+    for chunk in added.chunks(500) {
+        let names: Vec<String> = chunk.iter().map(|r| room_channel(r)).collect();
+        if !matches!(
+            timeout(COMMAND_TIMEOUT, sink.subscribe(&names)).await,
+            Ok(Ok(()))
+        ) {
+            return Err(());
+        }
+        subscribed.extend(chunk.iter().cloned());
+    }
+    for chunk in removed.chunks(500) {
+        let names: Vec<String> = chunk.iter().map(|r| room_channel(r)).collect();
+        if !matches!(
+            timeout(COMMAND_TIMEOUT, sink.unsubscribe(&names)).await,
+            Ok(Ok(()))
+        ) {
+            return Err(());
+        }
+        for r in chunk {
+            subscribed.remove(r);
+        }
+    }
+    Ok(added)
 }
 
 /// Handles one decoded message from Redis. Returns false when the node is stopping.
@@ -853,9 +921,14 @@ async fn receiver(
                     order.forget(&room);
                 }
             }
-            Inbound::Resync => {
+            Inbound::Resync(only) => {
                 let mut swept = 0usize;
-                for (room, after) in order.positions() {
+                let mut rooms = order.positions();
+                if let Some(only) = only {
+                    let only: HashSet<Arc<str>> = only.into_iter().collect();
+                    rooms.retain(|(r, _)| only.contains(r));
+                }
+                for (room, after) in rooms {
                     let mut after = after;
                     for _ in 0..SWEEP_PAGES {
                         let range = Range {
