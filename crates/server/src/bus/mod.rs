@@ -73,6 +73,17 @@ pub struct NodeStats {
     pub num_users: u64,
     pub num_channels: u64,
     pub uptime: u64,
+    /// Cluster bus counters: publications that arrived ahead of a missing one (held by the
+    /// reorder), publications read from the store to fill gaps, resyncs after the
+    /// subscription was replaced, publications not put on Redis (queue full).
+    #[serde(default)]
+    pub bus_early: u64,
+    #[serde(default)]
+    pub bus_gap_fills: u64,
+    #[serde(default)]
+    pub bus_resyncs: u64,
+    #[serde(default)]
+    pub bus_dropped: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -32,6 +32,7 @@
 //! (or a primary behind a proxy).
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -242,6 +243,10 @@ struct Shared {
     nodes: Mutex<HashMap<String, (NodeStats, Instant)>>,
     /// Publications not put on Redis because the publisher's queue was full.
     pub dropped: std::sync::atomic::AtomicU64,
+    /// Reorder counters, updated by the receiver (see `NodeStats`).
+    early: std::sync::atomic::AtomicU64,
+    gap_fills: std::sync::atomic::AtomicU64,
+    resyncs: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -262,6 +267,10 @@ impl Shared {
             num_users: users as u64,
             num_channels: self.hub.channels().len() as u64,
             uptime: self.started.elapsed().as_secs(),
+            bus_early: self.early.load(Relaxed),
+            bus_gap_fills: self.gap_fills.load(Relaxed),
+            bus_resyncs: self.resyncs.load(Relaxed),
+            bus_dropped: self.dropped.load(Relaxed),
         }
     }
 }
@@ -318,6 +327,9 @@ impl RedisBus {
             watched: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
             dropped: std::sync::atomic::AtomicU64::new(0),
+            early: std::sync::atomic::AtomicU64::new(0),
+            gap_fills: std::sync::atomic::AtomicU64::new(0),
+            resyncs: std::sync::atomic::AtomicU64::new(0),
         });
         let stop = CancellationToken::new();
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
@@ -891,6 +903,7 @@ async fn receiver(
                     let range = Range { since: Some(f.after), limit: f.limit, reverse: false };
                     match shared.store.range(&f.room, range).await {
                         Ok((msgs, _)) => {
+                            shared.gap_fills.fetch_add(msgs.len() as u64, Relaxed);
                             let msgs = msgs.into_iter().map(Arc::new).collect();
                             deliver(order.fill(&f.room, msgs, Instant::now()));
                         }
@@ -909,6 +922,7 @@ async fn receiver(
                         other => shared.hub.dispatch(&other),
                     }
                 }
+                shared.early.store(order.early, Relaxed);
             }
             Inbound::Hint(room, top) => order.hint(&room, top, now),
             Inbound::Baseline(room, offset) => {
@@ -922,6 +936,7 @@ async fn receiver(
                 }
             }
             Inbound::Resync(only) => {
+                shared.resyncs.fetch_add(1, Relaxed);
                 let mut swept = 0usize;
                 let mut rooms = order.positions();
                 if let Some(only) = only {

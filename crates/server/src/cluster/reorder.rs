@@ -98,6 +98,8 @@ pub struct Fetch {
 #[derive(Default)]
 pub struct Reorder {
     rooms: HashMap<Arc<str>, RoomOrder>,
+    /// Publications that arrived ahead of a missing one (for the `info` counters).
+    pub early: u64,
 }
 
 impl Reorder {
@@ -116,6 +118,9 @@ impl Reorder {
         let Some(r) = self.rooms.get_mut(&m.room) else {
             return Vec::new();
         };
+        if r.delivered.is_some_and(|d| m.offset > d + 1) {
+            self.early += 1;
+        }
         r.offer(m);
         let mut out = Vec::new();
         r.drain(&mut out, now);
@@ -222,6 +227,7 @@ mod tests {
         assert!(r.baseline(&room, 3, t).is_empty());
         assert_eq!(offs(&r.publication(m(5), t)), Vec::<u64>::new());
         assert_eq!(offs(&r.publication(m(4), t)), vec![4, 5]);
+        assert_eq!(r.early, 1);
         assert_eq!(
             offs(&r.publication(m(5), t)),
             Vec::<u64>::new(),
