@@ -407,6 +407,44 @@ async fn a_silent_redis_stall_is_detected_and_recovered_from_the_store() {
     eprintln!("caught up {:?} after Redis resumed", resumed.elapsed());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publication_missing_from_the_bus_is_filled_from_the_store() {
+    use roomcast::store::postgres::PostgresStore;
+    use roomcast::store::Store;
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let store_url = pg.fresh_db().await;
+    let nodes: Vec<Node> = (0..2)
+        .map(|_| Node::start(&redis.url(), &store_url))
+        .collect();
+    let mut sub = Subscriber::start(&nodes[1].ws_url(), "reader", "gap").await;
+    publish(nodes[0].addr, "gap", json!({"n": 1})).await;
+    sub.collect(1, Duration::from_secs(10)).await;
+    // A "node" that commits offset 2 and dies before publishing it: the store has it, the
+    // bus never carries it.
+    let (silent, _committed) = PostgresStore::connect(&store_url, Duration::from_secs(300))
+        .await
+        .unwrap();
+    let r = silent
+        .append(roomcast::store::conformance::msg("gap", "2", None))
+        .await
+        .unwrap();
+    assert_eq!(r.offset, 2);
+    assert_eq!(publish(nodes[0].addr, "gap", json!({"n": 3})).await, 3);
+    // Node 1 sees 3 without 2, waits briefly, reads 2 from the store, delivers 2 then 3.
+    sub.collect(3, Duration::from_secs(10)).await;
+    sub.assert_complete(3);
+    assert_eq!(sub.reconnects, 0);
+    let info = api(nodes[1].addr, "info", json!({})).await;
+    let fills: u64 = info["result"]["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["bus_gap_fills"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(fills >= 1, "the gap was filled from the store: {info}");
+}
+
 /// Polls `check` every 200 ms until it returns true or `within` passes.
 async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
