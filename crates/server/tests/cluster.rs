@@ -443,6 +443,36 @@ async fn a_publication_missing_from_the_bus_is_filled_from_the_store() {
         .map(|n| n["bus_gap_fills"].as_u64().unwrap_or(0))
         .sum();
     assert!(fills >= 1, "the gap was filled from the store: {info}");
+
+    // The tail case: a node commits and dies before publishing, and nothing is published
+    // after. The others notice its heartbeats stopped and catch up from the store.
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let beat = json!({"heartbeat": {"n": "ghost", "s": {"uid": "ghost", "name": "ghost",
+        "version": "0", "num_clients": 0, "num_users": 0, "num_channels": 0, "uptime": 0}}});
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("roomcast:control")
+        .arg(beat.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(5),
+        "the ghost node is known",
+        async || {
+            let v = api(nodes[1].addr, "info", json!({})).await;
+            v["result"]["nodes"].as_array().map(Vec::len) == Some(3)
+        },
+    )
+    .await;
+    let r = silent
+        .append(roomcast::store::conformance::msg("gap", "4", None))
+        .await
+        .unwrap();
+    assert_eq!(r.offset, 4);
+    sub.collect(4, Duration::from_secs(20)).await;
+    sub.assert_complete(4);
+    assert_eq!(sub.reconnects, 0);
 }
 
 /// Polls `check` every 200 ms until it returns true or `within` passes.

@@ -348,6 +348,7 @@ impl RedisBus {
             shared.clone(),
             conn.clone(),
             out_tx.clone(),
+            inbox_tx.clone(),
             stop.clone(),
         ));
         Ok(RedisBus {
@@ -982,6 +983,7 @@ async fn heartbeat(
     shared: Arc<Shared>,
     mut conn: ConnectionManager,
     out: mpsc::Sender<Outgoing>,
+    inbox: mpsc::Sender<Inbound>,
     stop: CancellationToken,
 ) {
     let mut tick = interval(PROBE_EVERY);
@@ -1005,11 +1007,24 @@ async fn heartbeat(
             continue;
         }
         last_beat = Some(Instant::now());
+        let mut gone = false;
         shared
             .nodes
             .lock()
             .expect("nodes lock")
-            .retain(|_, (_, seen)| seen.elapsed() < NODE_TTL);
+            .retain(|id, (_, seen)| {
+                let alive = seen.elapsed() < NODE_TTL;
+                if !alive {
+                    tracing::warn!(node = %id, "node went silent; catching up from the store");
+                    gone = true;
+                }
+                alive
+            });
+        // A node that died between a commit and its publish left publications only the
+        // store has; if nothing is published after them, no gap would reveal them.
+        if gone && inbox.send(Inbound::Resync(None)).await.is_err() {
+            return;
+        }
         let stats = shared.stats();
         let beat = Envelope::Heartbeat {
             n: shared.node.clone(),
