@@ -26,8 +26,10 @@ impl Fleet {
     pub fn start(target: &Target, plan: &FleetPlan) -> Result<Fleet> {
         let per = plan.per_process.max(1);
         let n_groups = plan.members.div_ceil(per).max(1);
-        // ~28k ephemeral ports per source address towards one server port: one address per 20k.
-        let src_ips = plan.members.div_ceil(20_000).max(1);
+        // ~28k ephemeral ports per source address towards one server port, but bind(port 0) (needed
+        // for any source other than 127.0.0.1) searches the range and slows as it fills: one source
+        // address per 10k members keeps each range mostly free.
+        let src_ips = plan.members.div_ceil(10_000).max(1);
         let mut groups = Vec::new();
         let chunk = plan.members.div_ceil(n_groups);
         for g in 0..n_groups {

@@ -24,7 +24,7 @@ pub struct GroupJob {
     pub first: u32,
     pub count: u32,
     pub rooms: u32,
-    /// Members spread over 127.0.0.1 ..= 127.0.0.<src_ips>, ~28k ephemeral ports each.
+    /// Members spread over 127.0.0.1 ..= 127.0.0.<src_ips>, ~28k ephemeral ports each (see Fleet).
     pub src_ips: u32,
     pub join_concurrency: usize,
 }
