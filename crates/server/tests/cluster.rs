@@ -475,6 +475,42 @@ async fn a_publication_missing_from_the_bus_is_filled_from_the_store() {
     assert_eq!(sub.reconnects, 0);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_fails_publishes_cleanly_then_the_node_reconnects() {
+    if std::env::var_os("ROOMCAST_TEST_POSTGRES").is_some() {
+        return; // an external server is not ours to restart
+    }
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let store = pg.fresh_db().await;
+    let nodes: Vec<Node> = (0..2).map(|_| Node::start(&redis.url(), &store)).collect();
+    let mut sub = Subscriber::start(&nodes[1].ws_url(), "reader", "pg").await;
+    assert_eq!(publish(nodes[0].addr, "pg", json!({"n": 1})).await, 1);
+    pg.restart();
+    // Publishes fail with an error (never hang, never crash the node) until the store's
+    // connections are back; then they succeed and continue the same stream.
+    let mut acked = vec![1u64];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while acked.len() < 5 {
+        assert!(Instant::now() < deadline, "publishing never recovered");
+        let body = json!({"channel": "pg", "data": {"n": acked.len()}}).to_string();
+        let (status, v) = api_raw(nodes[0].addr, "publish", Some(API_KEY), &body).await;
+        match v["result"]["offset"].as_u64() {
+            Some(o) => acked.push(o),
+            None => {
+                assert!(
+                    status == 200 && v["error"]["code"].is_u64() || status >= 500,
+                    "a failed publish is an error reply: {status} {v}"
+                );
+                sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    assert_eq!(acked, vec![1, 2, 3, 4, 5]);
+    sub.collect(5, Duration::from_secs(20)).await;
+    sub.assert_complete(5);
+}
+
 /// Polls `check` every 200 ms until it returns true or `within` passes.
 async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let deadline = Instant::now() + within;
