@@ -22,7 +22,9 @@ use tokio::time::{sleep, Instant};
 /// Publishes through a node's server API; returns the offset.
 async fn publish(addr: std::net::SocketAddr, channel: &str, data: Value) -> u64 {
     let body = json!({"channel": channel, "data": data}).to_string();
-    let (status, v) = api_raw(addr, "publish", Some(API_KEY), &body).await;
+    let (status, v) = tokio::time::timeout(WAIT, api_raw(addr, "publish", Some(API_KEY), &body))
+        .await
+        .expect("publish answered in time");
     assert_eq!(status, 200, "publish: {v}");
     v["result"]["offset"]
         .as_u64()
@@ -30,7 +32,11 @@ async fn publish(addr: std::net::SocketAddr, channel: &str, data: Value) -> u64 
 }
 
 async fn api(addr: std::net::SocketAddr, method: &str, body: Value) -> Value {
-    let (status, v) = api_raw(addr, method, Some(API_KEY), &body.to_string()).await;
+    let body = body.to_string();
+    let call = api_raw(addr, method, Some(API_KEY), &body);
+    let (status, v) = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("API answered in time");
     assert_eq!(status, 200, "{method}: {v}");
     v
 }
@@ -494,7 +500,10 @@ async fn postgres_restart_fails_publishes_cleanly_then_the_node_reconnects() {
     while acked.len() < 5 {
         assert!(Instant::now() < deadline, "publishing never recovered");
         let body = json!({"channel": "pg", "data": {"n": acked.len()}}).to_string();
-        let (status, v) = api_raw(nodes[0].addr, "publish", Some(API_KEY), &body).await;
+        let call = api_raw(nodes[0].addr, "publish", Some(API_KEY), &body);
+        let (status, v) = tokio::time::timeout(WAIT, call)
+            .await
+            .expect("publish answered in time");
         match v["result"]["offset"].as_u64() {
             Some(o) => acked.push(o),
             None => {
