@@ -191,21 +191,9 @@ impl Envelope {
     }
 }
 
-/// A disconnect code from the bus, as one of the protocol's known disconnects.
+/// A disconnect code from the bus, as one of the protocol's operator disconnects.
 fn known_disconnect(code: u16) -> Disconnect {
-    [
-        Disconnect::FORCE_RECONNECT,
-        Disconnect::FORCE_NO_RECONNECT,
-        Disconnect::SHUTDOWN,
-        Disconnect::INVALID_TOKEN,
-        Disconnect::PERMISSION_DENIED,
-        Disconnect::CONNECTION_LIMIT,
-        Disconnect::EXPIRED,
-        Disconnect::INSUFFICIENT_STATE,
-    ]
-    .into_iter()
-    .find(|d| d.code == code)
-    .unwrap_or(Disconnect::FORCE_NO_RECONNECT)
+    Disconnect::operator(code).unwrap_or(Disconnect::FORCE_NO_RECONNECT)
 }
 
 /// Work for the receiver.
