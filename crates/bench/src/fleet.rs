@@ -43,10 +43,18 @@ impl Fleet {
                 src_ips,
                 join_concurrency: (plan.join_concurrency / n_groups as usize).max(8),
             };
-            groups.push(if n_groups == 1 { group::spawn_local(job) } else { group::spawn_worker(job)? });
+            groups.push(if n_groups == 1 {
+                group::spawn_local(job)
+            } else {
+                group::spawn_worker(job)?
+            });
         }
         let latest = vec![Snapshot::default(); groups.len()];
-        Ok(Fleet { groups, latest, members: plan.members })
+        Ok(Fleet {
+            groups,
+            latest,
+            members: plan.members,
+        })
     }
 
     pub fn processes(&self) -> usize {
@@ -54,7 +62,10 @@ impl Fleet {
     }
 
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.groups.iter().filter_map(|g| g.child.as_ref().and_then(|c| c.id())).collect()
+        self.groups
+            .iter()
+            .filter_map(|g| g.child.as_ref().and_then(|c| c.id()))
+            .collect()
     }
 
     /// Takes in whatever progress has arrived and returns the sum over groups.
@@ -74,7 +85,11 @@ impl Fleet {
     }
 
     /// Waits until every member has joined or given up, calling `tick` with progress; bounded by `limit`.
-    pub async fn wait_joined(&mut self, limit: Duration, mut tick: impl FnMut(&Snapshot)) -> Result<Snapshot> {
+    pub async fn wait_joined(
+        &mut self,
+        limit: Duration,
+        mut tick: impl FnMut(&Snapshot),
+    ) -> Result<Snapshot> {
         let t0 = Instant::now();
         loop {
             let s = self.progress();
@@ -83,7 +98,11 @@ impl Fleet {
                 return Ok(s);
             }
             if t0.elapsed() > limit {
-                bail!("only {} of {} members joined within {limit:?}", s.joined, self.members);
+                bail!(
+                    "only {} of {} members joined within {limit:?}",
+                    s.joined,
+                    self.members
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -51,7 +51,11 @@ pub enum GroupEvent {
 }
 
 /// Runs a group until it is told to stop; reports progress every 200 ms.
-pub async fn run(job: GroupJob, mut cmds: mpsc::Receiver<GroupCmd>, events: mpsc::Sender<GroupEvent>) {
+pub async fn run(
+    job: GroupJob,
+    mut cmds: mpsc::Receiver<GroupCmd>,
+    events: mpsc::Sender<GroupEvent>,
+) {
     let shared = Arc::new(Shared {
         target: job.target.clone(),
         live: Live::default(),
@@ -67,7 +71,11 @@ pub async fn run(job: GroupJob, mut cmds: mpsc::Receiver<GroupCmd>, events: mpsc
             room: idx % job.rooms.max(1),
             src: Ipv4Addr::new(127, 0, 0, 1 + (idx % job.src_ips.clamp(1, 250)) as u8),
         };
-        handles.push(tokio::spawn(member::run(shared.clone(), me, cmd_rx.clone())));
+        handles.push(tokio::spawn(member::run(
+            shared.clone(),
+            me,
+            cmd_rx.clone(),
+        )));
     }
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let mut storms = 0;
@@ -122,7 +130,11 @@ pub fn spawn_local(job: GroupJob) -> Handle {
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (ev_tx, ev_rx) = mpsc::channel(64);
     tokio::spawn(run(job, cmd_rx, ev_tx));
-    Handle { cmds: cmd_tx, events: ev_rx, child: None }
+    Handle {
+        cmds: cmd_tx,
+        events: ev_rx,
+        child: None,
+    }
 }
 
 /// Starts `roomcast-bench worker` and bridges its stdin/stdout to channels.
@@ -167,13 +179,18 @@ pub fn spawn_worker(job: GroupJob) -> Result<Handle> {
             }
         }
     });
-    Ok(Handle { cmds: cmd_tx, events: ev_rx, child: Some(child) })
+    Ok(Handle {
+        cmds: cmd_tx,
+        events: ev_rx,
+        child: Some(child),
+    })
 }
 
 /// Entry point of `roomcast-bench worker`: first stdin line is the job, later lines are commands.
 pub async fn worker_main() -> Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let job: GroupJob = serde_json::from_str(&lines.next_line().await?.context("no job on stdin")?)?;
+    let job: GroupJob =
+        serde_json::from_str(&lines.next_line().await?.context("no job on stdin")?)?;
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (ev_tx, mut ev_rx) = mpsc::channel(64);
     tokio::spawn(run(job, cmd_rx, ev_tx));
@@ -192,7 +209,8 @@ pub async fn worker_main() -> Result<()> {
     let mut out = tokio::io::stdout();
     while let Some(ev) = ev_rx.recv().await {
         let done = matches!(ev, GroupEvent::Done(_));
-        out.write_all((serde_json::to_string(&ev)? + "\n").as_bytes()).await?;
+        out.write_all((serde_json::to_string(&ev)? + "\n").as_bytes())
+            .await?;
         out.flush().await?;
         if done {
             break;

@@ -25,13 +25,26 @@ pub struct HttpConn {
 
 impl HttpConn {
     pub async fn connect(addr: SocketAddr) -> Result<HttpConn> {
-        let stream = TcpStream::connect(addr).await.with_context(|| format!("connect {addr}"))?;
+        let stream = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connect {addr}"))?;
         stream.set_nodelay(true)?;
-        Ok(HttpConn { addr, stream, buf: Vec::with_capacity(4096), must_reconnect: false, connections: 1 })
+        Ok(HttpConn {
+            addr,
+            stream,
+            buf: Vec::with_capacity(4096),
+            must_reconnect: false,
+            connections: 1,
+        })
     }
 
     /// Sends a POST with a JSON body and returns (status, body).
-    pub async fn post(&mut self, path: &str, headers: &[(&str, &str)], body: &str) -> Result<(u16, Vec<u8>)> {
+    pub async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Result<(u16, Vec<u8>)> {
         if self.must_reconnect {
             let fresh = HttpConn::connect(self.addr).await?;
             self.stream = fresh.stream;
@@ -58,9 +71,13 @@ impl HttpConn {
                 let mut len = None;
                 for h in resp.headers.iter() {
                     if h.name.eq_ignore_ascii_case("content-length") {
-                        len = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse::<usize>().ok());
+                        len = std::str::from_utf8(h.value)
+                            .ok()
+                            .and_then(|v| v.trim().parse::<usize>().ok());
                     }
-                    if h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close") {
+                    if h.name.eq_ignore_ascii_case("connection")
+                        && h.value.eq_ignore_ascii_case(b"close")
+                    {
                         self.must_reconnect = true;
                     }
                     if h.name.eq_ignore_ascii_case("transfer-encoding") {
@@ -92,21 +109,34 @@ impl HttpConn {
 
 /// Path with query string for a signed Pusher `POST /apps/<id>/<what>` (`events` or `batch_events`,
 /// auth version 1.0).
-pub fn pusher_path(what: &str, app_id: &str, key: &str, secret: &str, body: &str, unix_secs: u64) -> String {
+pub fn pusher_path(
+    what: &str,
+    app_id: &str,
+    key: &str,
+    secret: &str,
+    body: &str,
+    unix_secs: u64,
+) -> String {
     let path = format!("/apps/{app_id}/{what}");
     let md5 = hex(&Md5::digest(body.as_bytes()));
     // Parameters in lexicographic order, as the signature requires.
-    let query = format!("auth_key={key}&auth_timestamp={unix_secs}&auth_version=1.0&body_md5={md5}");
+    let query =
+        format!("auth_key={key}&auth_timestamp={unix_secs}&auth_version=1.0&body_md5={md5}");
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
     mac.update(format!("POST\n{path}\n{query}").as_bytes());
-    format!("{path}?{query}&auth_signature={}", hex(&mac.finalize().into_bytes()))
+    format!(
+        "{path}?{query}&auth_signature={}",
+        hex(&mac.finalize().into_bytes())
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]

@@ -154,7 +154,11 @@ pub fn parse_client_frame(buf: &mut BytesMut) -> Option<(u8, Bytes)> {
     if buf.len() < at + mask_len + len {
         return None;
     }
-    let mask: [u8; 4] = if masked { buf[at..at + 4].try_into().ok()? } else { [0; 4] };
+    let mask: [u8; 4] = if masked {
+        buf[at..at + 4].try_into().ok()?
+    } else {
+        [0; 4]
+    };
     at += mask_len;
     buf.advance(at);
     let mut payload = buf.split_to(len);
@@ -225,7 +229,10 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]

@@ -29,7 +29,11 @@ use target::{Kind, Target};
 use tokio::io::AsyncBufReadExt;
 
 #[derive(Parser)]
-#[command(name = "roomcast-bench", version, about = "Load generator for roomcast and its peers")]
+#[command(
+    name = "roomcast-bench",
+    version,
+    about = "Load generator for roomcast and its peers"
+)]
 struct Cli {
     /// Tokio worker threads (default: one per core).
     #[arg(long, global = true)]
@@ -64,7 +68,9 @@ fn main() -> ExitCode {
     let outcome = rt.block_on(async move {
         match cli.cmd {
             Cmd::Run(args) => run(*args).await,
-            Cmd::LimitServer { listen, reuseport } => limit::serve(&listen, reuseport).await.map(|_| true),
+            Cmd::LimitServer { listen, reuseport } => {
+                limit::serve(&listen, reuseport).await.map(|_| true)
+            }
             Cmd::Worker => group::worker_main().await.map(|_| true),
         }
     });
@@ -96,8 +102,14 @@ async fn start_limit(t: &mut Target, processes: u32) -> Result<Vec<tokio::proces
             .context("start limit server")?;
         let out = child.stdout.take().context("limit stdout")?;
         let mut lines = tokio::io::BufReader::new(out).lines();
-        let line = lines.next_line().await?.context("limit server printed nothing")?;
-        listen = line.strip_prefix("LISTEN ").context("unexpected limit server output")?.to_string();
+        let line = lines
+            .next_line()
+            .await?
+            .context("limit server printed nothing")?;
+        listen = line
+            .strip_prefix("LISTEN ")
+            .context("unexpected limit server output")?
+            .to_string();
         t.pids.push(child.id().context("limit pid")?);
         children.push(child);
     }
@@ -109,7 +121,10 @@ async fn start_limit(t: &mut Target, processes: u32) -> Result<Vec<tokio::proces
 async fn run(args: plan::RunArgs) -> Result<bool> {
     let mut targets = args.targets()?;
     let mut own = Vec::new();
-    for t in targets.iter_mut().filter(|t| t.kind == Kind::Limit && t.addr.is_none()) {
+    for t in targets
+        .iter_mut()
+        .filter(|t| t.kind == Kind::Limit && t.addr.is_none())
+    {
         own.extend(start_limit(t, args.limit_processes).await?);
     }
     let cases = args.cases(&targets);
@@ -121,8 +136,15 @@ async fn run(args: plan::RunArgs) -> Result<bool> {
             target.name,
             case.members,
             case.rooms,
-            case.publish.as_ref().map(|p| format!(", rate/room {:?}, window {}{}", p.rate_per_room, p.window,
-                if p.via_http { ", via HTTP API" } else { "" })).unwrap_or_default()
+            case.publish
+                .as_ref()
+                .map(|p| format!(
+                    ", rate/room {:?}, window {}{}",
+                    p.rate_per_room,
+                    p.window,
+                    if p.via_http { ", via HTTP API" } else { "" }
+                ))
+                .unwrap_or_default()
         );
         let r = match scenario::run(target, case).await {
             Ok(r) => r,
@@ -154,7 +176,10 @@ async fn run(args: plan::RunArgs) -> Result<bool> {
         std::fs::write(path, serde_json::to_string_pretty(&doc)?)?;
         eprintln!("results: {}", path.display());
     }
-    let dir = args.plots.clone().unwrap_or_else(|| PathBuf::from("bench-results"));
+    let dir = args
+        .plots
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("bench-results"));
     if !args.no_plots {
         for p in plot::write_all(&doc.runs, &dir)? {
             eprintln!("plot: {}", p.display());

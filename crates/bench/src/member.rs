@@ -68,8 +68,14 @@ pub async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receiver<Cmd>)
                         shared.live.recover_failed.fetch_add(1, Relaxed);
                     }
                     if after_storm {
-                        let ms = wire::now_ns().saturating_sub(shared.drop_at_ns.load(Relaxed)) / 1_000_000;
-                        shared.hists.recover.lock().unwrap().saturating_record(ms.max(1));
+                        let ms = wire::now_ns().saturating_sub(shared.drop_at_ns.load(Relaxed))
+                            / 1_000_000;
+                        shared
+                            .hists
+                            .recover
+                            .lock()
+                            .unwrap()
+                            .saturating_record(ms.max(1));
                     }
                 }
                 if j.position.is_some() {
@@ -81,7 +87,11 @@ pub async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receiver<Cmd>)
                 ws
             }
             Err(_) => {
-                let c = if first { &shared.live.join_failed } else { &shared.live.lost };
+                let c = if first {
+                    &shared.live.join_failed
+                } else {
+                    &shared.live.lost
+                };
                 c.fetch_add(1, Relaxed);
                 wait_stop(&mut cmd).await;
                 return tracker;
@@ -161,7 +171,12 @@ fn on_delivery(
     // Recovered publications are late by design; they are counted, not timed.
     if live {
         let us = now.saturating_sub(d.payload.t) / 1000;
-        shared.hists.latency.lock().unwrap().saturating_record(us.max(1));
+        shared
+            .hists
+            .latency
+            .lock()
+            .unwrap()
+            .saturating_record(us.max(1));
     }
 }
 
@@ -188,7 +203,12 @@ async fn join_with_retries(
         match join_once(shared, me, pos).await {
             Ok(ok) => {
                 let us = t0.elapsed().as_micros() as u64;
-                shared.hists.join.lock().unwrap().saturating_record(us.max(1));
+                shared
+                    .hists
+                    .join
+                    .lock()
+                    .unwrap()
+                    .saturating_record(us.max(1));
                 return Ok(ok);
             }
             Err(e) => last = Some(e),
@@ -197,7 +217,11 @@ async fn join_with_retries(
     Err(last.expect("at least one attempt"))
 }
 
-async fn join_once(shared: &Shared, me: &Member, pos: Option<&Position>) -> Result<(Ws, wire::Joined)> {
+async fn join_once(
+    shared: &Shared,
+    me: &Member,
+    pos: Option<&Position>,
+) -> Result<(Ws, wire::Joined)> {
     let t = &shared.target;
     let mut ws = wire::open(me.src, t.addr(), &wire::path(t, me.room, false)).await?;
     let user = format!("m{}", me.idx);

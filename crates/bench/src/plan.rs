@@ -21,7 +21,11 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1)]
     pub limit_processes: u32,
     /// Comma-separated subset of idle,fanout,storm,accept.
-    #[arg(long, default_value = "idle,fanout,storm,accept", value_delimiter = ',')]
+    #[arg(
+        long,
+        default_value = "idle,fanout,storm,accept",
+        value_delimiter = ','
+    )]
     pub scenarios: Vec<String>,
     /// Every scenario, small and fast (CI smoke run: correctness only, no timing asserted).
     #[arg(long)]
@@ -90,7 +94,11 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn targets(&self) -> Result<Vec<Target>> {
-        let mut ts: Vec<Target> = self.target.iter().map(|s| Target::parse(s)).collect::<Result<_>>()?;
+        let mut ts: Vec<Target> = self
+            .target
+            .iter()
+            .map(|s| Target::parse(s))
+            .collect::<Result<_>>()?;
         if !self.no_limit && !ts.iter().any(|t| t.kind == Kind::Limit) {
             ts.push(Target::parse("kind=limit")?);
         }
@@ -139,38 +147,89 @@ impl RunArgs {
             per_process,
             join_concurrency: a.join_concurrency,
         };
-        let paced = |rate| Some(Publish { rate_per_room: Some(rate), window: a.window.max(256), payload: a.payload, via_http: false });
+        let paced = |rate| {
+            Some(Publish {
+                rate_per_room: Some(rate),
+                window: a.window.max(256),
+                payload: a.payload,
+                via_http: false,
+            })
+        };
         let mut out = Vec::new();
         if self.wants("idle") {
             let rooms = a.idle_members.div_ceil(a.idle_room_size.max(1));
             for t in all {
-                out.push((t.clone(), base("idle", a.idle_members, rooms, None, false, a.per_process)));
+                out.push((
+                    t.clone(),
+                    base("idle", a.idle_members, rooms, None, false, a.per_process),
+                ));
             }
         }
         // Heaviest last: a peer that falls over in the biggest fan-out cannot spoil the other cases.
         let targets = &fanning;
         if self.wants("accept") {
             let members = a.accept_rooms * a.accept_room_size;
-            let unpaced = |via_http| Some(Publish { rate_per_room: None, window: a.window, payload: a.payload, via_http });
+            let unpaced = |via_http| {
+                Some(Publish {
+                    rate_per_room: None,
+                    window: a.window,
+                    payload: a.payload,
+                    via_http,
+                })
+            };
             for t in targets {
-                out.push((t.clone(), base("accept", members, a.accept_rooms, unpaced(false), false, 15_000)));
+                out.push((
+                    t.clone(),
+                    base(
+                        "accept",
+                        members,
+                        a.accept_rooms,
+                        unpaced(false),
+                        false,
+                        15_000,
+                    ),
+                ));
                 if t.kind == Kind::Roomcast {
                     let mut named = t.clone();
                     named.name = format!("{}-http", t.name);
-                    out.push((named, base("accept", members, a.accept_rooms, unpaced(true), false, 15_000)));
+                    out.push((
+                        named,
+                        base(
+                            "accept",
+                            members,
+                            a.accept_rooms,
+                            unpaced(true),
+                            false,
+                            15_000,
+                        ),
+                    ));
                 }
             }
         }
         if self.wants("storm") {
             for t in targets.iter().filter(|t| t.recovers()) {
-                let c = base("storm", a.storm_members, a.storm_rooms, paced(a.storm_rate), true, 15_000);
+                let c = base(
+                    "storm",
+                    a.storm_members,
+                    a.storm_rooms,
+                    paced(a.storm_rate),
+                    true,
+                    15_000,
+                );
                 out.push((t.clone(), c));
             }
         }
         if self.wants("fanout") {
             for &size in &a.sizes {
                 for t in targets {
-                    let c = base("fanout", size * a.rooms, a.rooms, paced(a.rate), false, 15_000);
+                    let c = base(
+                        "fanout",
+                        size * a.rooms,
+                        a.rooms,
+                        paced(a.rate),
+                        false,
+                        15_000,
+                    );
                     out.push((t.clone(), c));
                 }
             }

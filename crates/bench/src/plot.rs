@@ -39,7 +39,9 @@ pub fn write_all(runs: &[RunResult], dir: &Path) -> Result<Vec<PathBuf>> {
     for (scenario, size) in keys {
         let sel: Vec<&RunResult> = runs
             .iter()
-            .filter(|r| r.scenario == scenario && r.params.room_size == size && !r.latency_cdf.is_empty())
+            .filter(|r| {
+                r.scenario == scenario && r.params.room_size == size && !r.latency_cdf.is_empty()
+            })
             .collect();
         let p = dir.join(format!("latency-cdf-{scenario}-{size}.svg"));
         latency_cdf(&sel, scenario, &p)?;
@@ -66,7 +68,10 @@ fn latency_cdf(runs: &[&RunResult], scenario: &str, path: &Path) -> Result<()> {
         .flat_map(|r| r.latency_cdf.iter().map(|(_, v)| *v as f64 / 1000.0))
         .fold(1.0_f64, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption(format!("{scenario}: publish-to-receipt latency (CDF)"), ("sans-serif", 22))
+        .caption(
+            format!("{scenario}: publish-to-receipt latency (CDF)"),
+            ("sans-serif", 22),
+        )
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(70)
@@ -89,9 +94,20 @@ fn latency_cdf(runs: &[&RunResult], scenario: &str, path: &Path) -> Result<()> {
         .map_err(e)?;
     for (i, r) in runs.iter().enumerate() {
         let c = color(i);
-        let pts = r.latency_cdf.iter().map(|(q, v)| (nines(*q), (*v as f64 / 1000.0).max(0.01)));
-        let label = format!("{} ({} x {} @ {}/s)", r.target, r.params.rooms, r.params.room_size,
-            r.params.rate_per_room.map(|v| format!("{v:.0}")).unwrap_or_else(|| "max".into()));
+        let pts = r
+            .latency_cdf
+            .iter()
+            .map(|(q, v)| (nines(*q), (*v as f64 / 1000.0).max(0.01)));
+        let label = format!(
+            "{} ({} x {} @ {}/s)",
+            r.target,
+            r.params.rooms,
+            r.params.room_size,
+            r.params
+                .rate_per_room
+                .map(|v| format!("{v:.0}"))
+                .unwrap_or_else(|| "max".into())
+        );
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))
             .map_err(e)?
@@ -112,15 +128,31 @@ fn latency_cdf(runs: &[&RunResult], scenario: &str, path: &Path) -> Result<()> {
 fn deliveries_vs_size(runs: &[&RunResult], path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
-    let max_size = runs.iter().map(|r| r.params.room_size).max().unwrap_or(1).max(2) as f64;
-    let min_size = runs.iter().map(|r| r.params.room_size).min().unwrap_or(1).max(1) as f64;
+    let max_size = runs
+        .iter()
+        .map(|r| r.params.room_size)
+        .max()
+        .unwrap_or(1)
+        .max(2) as f64;
+    let min_size = runs
+        .iter()
+        .map(|r| r.params.room_size)
+        .min()
+        .unwrap_or(1)
+        .max(1) as f64;
     let max_d = runs.iter().map(|r| r.deliveries_per_s).fold(1.0, f64::max);
     let mut chart = ChartBuilder::on(&root)
-        .caption("fanout: deliveries per second against room size", ("sans-serif", 22))
+        .caption(
+            "fanout: deliveries per second against room size",
+            ("sans-serif", 22),
+        )
         .margin(16)
         .x_label_area_size(44)
         .y_label_area_size(80)
-        .build_cartesian_2d((min_size / 1.5..max_size * 1.5).log_scale(), 0.0..max_d * 1.15)
+        .build_cartesian_2d(
+            (min_size / 1.5..max_size * 1.5).log_scale(),
+            0.0..max_d * 1.15,
+        )
         .map_err(e)?;
     chart
         .configure_mesh()
@@ -146,7 +178,9 @@ fn deliveries_vs_size(runs: &[&RunResult], path: &Path) -> Result<()> {
             .map_err(e)?
             .label(t.to_string())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart.draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled()))).map_err(e)?;
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
+            .map_err(e)?;
     }
     chart
         .configure_series_labels()

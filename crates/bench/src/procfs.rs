@@ -39,7 +39,12 @@ pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
 
 /// The 1-minute load average: a case that starts on a busy machine says so in its result.
 pub fn loadavg() -> Option<f64> {
-    fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Kernel TCP socket buffer memory in KiB, machine-wide (`TCP: ... mem N` pages in /proc/net/sockstat).
@@ -67,7 +72,9 @@ pub fn machine() -> String {
         .unwrap_or("unknown CPU")
         .trim()
         .to_string();
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
     let mem = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = mem
         .lines()
@@ -77,7 +84,10 @@ pub fn machine() -> String {
         .map(|kib| kib / 1024.0 / 1024.0)
         .unwrap_or(0.0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    format!("{model}, {cores} cores, {mem_gib:.1} GiB RAM, Linux {}", kernel.trim())
+    format!(
+        "{model}, {cores} cores, {mem_gib:.1} GiB RAM, Linux {}",
+        kernel.trim()
+    )
 }
 
 /// Current UTC time as `YYYY-MM-DD HH:MM:SS UTC`, without a date crate.
@@ -97,7 +107,12 @@ pub fn utc_now() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 #[cfg(test)]

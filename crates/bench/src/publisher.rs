@@ -53,7 +53,10 @@ pub struct PubResult {
 
 /// Runs until `stop` turns true, then drains acks and returns what happened.
 pub async fn run(job: PubJob, stop: watch::Receiver<bool>) -> PubResult {
-    let mut res = PubResult { room: job.room, ..Default::default() };
+    let mut res = PubResult {
+        room: job.room,
+        ..Default::default()
+    };
     let mut hist = stats::histogram();
     let outcome = if job.via_http || job.target.kind == Kind::Pusher {
         run_http(&job, stop, &mut res, &mut hist).await
@@ -69,7 +72,8 @@ pub async fn run(job: PubJob, stop: watch::Receiver<bool>) -> PubResult {
 
 /// How many publishes are due `elapsed` into the run.
 fn due(rate: Option<f64>, elapsed: Duration) -> u64 {
-    rate.map(|r| (elapsed.as_secs_f64() * r) as u64).unwrap_or(u64::MAX)
+    rate.map(|r| (elapsed.as_secs_f64() * r) as u64)
+        .unwrap_or(u64::MAX)
 }
 
 async fn run_ws(
@@ -79,7 +83,12 @@ async fn run_ws(
     hist: &mut hdrhistogram::Histogram<u64>,
 ) -> Result<()> {
     let t = &job.target;
-    let mut ws = wire::open(Ipv4Addr::LOCALHOST, t.addr(), &wire::path(t, job.room, true)).await?;
+    let mut ws = wire::open(
+        Ipv4Addr::LOCALHOST,
+        t.addr(),
+        &wire::path(t, job.room, true),
+    )
+    .await?;
     wire::hello(&mut ws, t, &format!("p{}", job.room)).await?;
     // (sequence, send instant) of unacknowledged publishes, oldest first.
     let mut inflight: VecDeque<(u64, Instant)> = VecDeque::new();
@@ -165,18 +174,28 @@ async fn run_http(
         while res.sent < due(job.rate, t0.elapsed()) && !*stop.borrow() {
             // Pusher's REST API takes up to 10 events per batch request, delivered in order; that is
             // how a Pusher backend publishes at high rates. roomcast's API publishes one at a time.
-            let room_max = if t.kind == Kind::Pusher { PUSHER_BATCH } else { 1 };
-            let due_now = due(job.rate, t0.elapsed()).saturating_sub(res.sent).clamp(1, room_max);
+            let room_max = if t.kind == Kind::Pusher {
+                PUSHER_BATCH
+            } else {
+                1
+            };
+            let due_now = due(job.rate, t0.elapsed())
+                .saturating_sub(res.sent)
+                .clamp(1, room_max);
             let first = res.sent + 1;
-            let bodies: Vec<String> =
-                (first..first + due_now).map(|seq| wire::payload(job.room, seq, job.payload_size)).collect();
+            let bodies: Vec<String> = (first..first + due_now)
+                .map(|seq| wire::payload(job.room, seq, job.payload_size))
+                .collect();
             res.sent += due_now;
             let sent_at = Instant::now();
             let outcome = match t.kind {
                 Kind::Pusher => {
                     let ch = wire::channel(job.room);
                     let (path, req) = if bodies.len() == 1 {
-                        ("events", serde_json::json!({"name":"m","channels":[ch],"data":bodies[0]}))
+                        (
+                            "events",
+                            serde_json::json!({"name":"m","channels":[ch],"data":bodies[0]}),
+                        )
                     } else {
                         let batch: Vec<_> = bodies
                             .iter()
@@ -195,7 +214,11 @@ async fn run_http(
                     conn.post(&path, &[], &req).await
                 }
                 _ => {
-                    let req = format!("{{\"channel\":\"{}\",\"data\":{}}}", wire::channel(job.room), bodies[0]);
+                    let req = format!(
+                        "{{\"channel\":\"{}\",\"data\":{}}}",
+                        wire::channel(job.room),
+                        bodies[0]
+                    );
                     let key = t.api_key.as_deref().unwrap_or_default();
                     conn.post("/api/publish", &[("X-API-Key", key)], &req).await
                 }
@@ -213,7 +236,10 @@ async fn run_http(
             let refused = status != 200 || reply.windows(8).any(|w| w == b"\"error\":");
             if refused {
                 if res.failed.is_empty() {
-                    eprintln!("publish refused ({status}): {}", String::from_utf8_lossy(&reply));
+                    eprintln!(
+                        "publish refused ({status}): {}",
+                        String::from_utf8_lossy(&reply)
+                    );
                 }
                 res.failed.extend(first..=res.sent);
             } else {

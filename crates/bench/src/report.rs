@@ -127,7 +127,11 @@ impl RunResult {
                 p.push(format!("{v} {name}"));
             }
         }
-        p.extend(self.publish_errors.iter().map(|e| format!("publisher: {e}")));
+        p.extend(
+            self.publish_errors
+                .iter()
+                .map(|e| format!("publisher: {e}")),
+        );
         self.problems = p;
     }
 }
@@ -149,7 +153,15 @@ fn ratio(v: f64, base: Option<f64>) -> String {
 
 fn us(p: &Option<Percentiles>) -> String {
     p.as_ref()
-        .map(|p| format!("{}/{}/{}/{}", fmt_us(p.p50), fmt_us(p.p90), fmt_us(p.p99), fmt_us(p.p999)))
+        .map(|p| {
+            format!(
+                "{}/{}/{}/{}",
+                fmt_us(p.p50),
+                fmt_us(p.p90),
+                fmt_us(p.p99),
+                fmt_us(p.p999)
+            )
+        })
         .unwrap_or_else(|| "-".into())
 }
 
@@ -164,7 +176,8 @@ fn fmt_us(v: u64) -> String {
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|v| format!("{v:.digits$}")).unwrap_or_else(|| "-".into())
+    v.map(|v| format!("{v:.digits$}"))
+        .unwrap_or_else(|| "-".into())
 }
 
 /// A plain-text (and Markdown-compatible) table per run; ratios are to the `limit` run of the same
@@ -178,10 +191,22 @@ pub fn summary(runs: &[RunResult]) -> String {
     let _ = writeln!(s, "|{}", "---|".repeat(15));
     for r in runs {
         let base = runs.iter().find(|b| {
-            b.target == "limit" && b.scenario == r.scenario && b.params.room_size == r.params.room_size
+            b.target == "limit"
+                && b.scenario == r.scenario
+                && b.params.room_size == r.params.room_size
         });
-        let key = if r.scenario == "accept" { r.acks_per_s } else { r.deliveries_per_s };
-        let base_key = base.map(|b| if r.scenario == "accept" { b.acks_per_s } else { b.deliveries_per_s });
+        let key = if r.scenario == "accept" {
+            r.acks_per_s
+        } else {
+            r.deliveries_per_s
+        };
+        let base_key = base.map(|b| {
+            if r.scenario == "accept" {
+                b.acks_per_s
+            } else {
+                b.deliveries_per_s
+            }
+        });
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} x {} | {} | {} | {} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} |",

@@ -73,7 +73,9 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let pb = bar(case.members.into(), &label);
     let t_join_ns = crate::wire::now_ns();
     let join_limit = Duration::from_secs(60 + u64::from(case.members) / 200);
-    let joined = fleet.wait_joined(join_limit, |s| pb.set_position(s.joined + s.join_failed)).await?;
+    let joined = fleet
+        .wait_joined(join_limit, |s| pb.set_position(s.joined + s.join_failed))
+        .await?;
     // Up to the last successful join, not to when the 100 ms progress poll noticed it.
     let join_secs = joined.last_join_ns.saturating_sub(t_join_ns) as f64 / 1e9;
     pb.finish_and_clear();
@@ -131,7 +133,11 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
             let s = fleet.progress();
             let secs = t0.elapsed().as_secs_f64();
             pb.set_position(secs as u64);
-            pb.set_message(format!("{:.0} deliveries/s, {} recovered", s.delivered as f64 / secs, s.recovered));
+            pb.set_message(format!(
+                "{:.0} deliveries/s, {} recovered",
+                s.delivered as f64 / secs,
+                s.recovered
+            ));
             if case.storm && !stormed && t0.elapsed() >= case.duration / 3 {
                 stormed = true;
                 fleet.drop_all().await;
@@ -143,7 +149,8 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         }
         pb.finish_and_clear();
         // Drain: wait for deliveries to stop growing (bounded), so late ones are not called missing.
-        let expect_total: u64 = pubs.iter().map(|p| p.acked).sum::<u64>() * u64::from(r.params.room_size);
+        let expect_total: u64 =
+            pubs.iter().map(|p| p.acked).sum::<u64>() * u64::from(r.params.room_size);
         let t_drain = Instant::now();
         let mut last = (fleet.progress().delivered, Instant::now());
         while t_drain.elapsed() < Duration::from_secs(30) {
@@ -165,7 +172,11 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     // 4. Stop and count.
     let expected: Vec<Expect> = pubs
         .iter()
-        .map(|p| Expect { room: p.room, sent: p.sent, excluded: p.failed.clone() })
+        .map(|p| Expect {
+            room: p.room,
+            sent: p.sent,
+            excluded: p.failed.clone(),
+        })
         .collect();
     let mut worker_cpu = 0.0;
     for pid in fleet.worker_pids() {
@@ -195,14 +206,22 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
             r.published += p.sent;
             r.acked += p.acked;
             r.publish_failed += p.failed.len() as u64;
-            r.publish_errors.extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
+            r.publish_errors
+                .extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
         }
         r.ack_us = Percentiles::of(&stats::to_buckets(&ack));
         r.acks_per_s = r.acked as f64 / case.duration.as_secs_f64();
         let span = g.snap.last_delivery_ns.saturating_sub(t_pub_ns) as f64 / 1e9;
-        r.deliveries_per_s = if span > 0.0 { r.deliveries as f64 / span } else { 0.0 };
+        r.deliveries_per_s = if span > 0.0 {
+            r.deliveries as f64 / span
+        } else {
+            0.0
+        };
         // A server that died mid-run would make its CPU time go backwards: report none then.
-        let alive = target.pids.iter().all(|p| procfs::cpu_seconds(*p).is_some());
+        let alive = target
+            .pids
+            .iter()
+            .all(|p| procfs::cpu_seconds(*p).is_some());
         if !target.pids.is_empty() && alive {
             r.server_cpu_s = Some(cpu1 - cpu0);
             if r.deliveries > 0 {
@@ -210,7 +229,8 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
             }
         }
     }
-    r.bench_cpu_s = bench_cpu0.and_then(|c0| procfs::cpu_seconds(me).map(|c1| c1 - c0 + worker_cpu));
+    r.bench_cpu_s =
+        bench_cpu0.and_then(|c0| procfs::cpu_seconds(me).map(|c1| c1 - c0 + worker_cpu));
     r.judge();
     Ok(r)
 }

@@ -15,7 +15,9 @@ pub fn histogram() -> Histogram<u64> {
 pub type Buckets = Vec<(u64, u64)>;
 
 pub fn to_buckets(h: &Histogram<u64>) -> Buckets {
-    h.iter_recorded().map(|v| (v.value_iterated_to(), v.count_at_value())).collect()
+    h.iter_recorded()
+        .map(|v| (v.value_iterated_to(), v.count_at_value()))
+        .collect()
 }
 
 pub fn merge_into(h: &mut Histogram<u64>, b: &Buckets) {

@@ -56,7 +56,9 @@ impl Target {
         };
         let mut kind = None;
         for kv in spec.split(',').filter(|s| !s.is_empty()) {
-            let (k, v) = kv.split_once('=').with_context(|| format!("`{kv}` is not key=value"))?;
+            let (k, v) = kv
+                .split_once('=')
+                .with_context(|| format!("`{kv}` is not key=value"))?;
             match k {
                 "kind" => {
                     kind = Some(match v {
@@ -70,7 +72,11 @@ impl Target {
                 "name" => t.name = v.to_string(),
                 "addr" => t.addr = Some(v.parse().with_context(|| format!("bad addr `{v}`"))?),
                 "pid" => {
-                    t.pids = v.split('+').map(str::parse).collect::<Result<_, _>>().context("bad pid")?
+                    t.pids = v
+                        .split('+')
+                        .map(str::parse)
+                        .collect::<Result<_, _>>()
+                        .context("bad pid")?
                 }
                 "secret" => t.secret = Some(v.to_string()),
                 "api_key" => t.api_key = Some(v.to_string()),
@@ -96,7 +102,9 @@ impl Target {
         if t.addr.is_none() && t.kind != Kind::Limit {
             bail!("target {} needs addr=HOST:PORT", t.name);
         }
-        if t.kind == Kind::Pusher && (t.app_id.is_none() || t.app_key.is_none() || t.secret.is_none()) {
+        if t.kind == Kind::Pusher
+            && (t.app_id.is_none() || t.app_key.is_none() || t.secret.is_none())
+        {
             bail!("pusher target needs app_id=, key= and secret=");
         }
         Ok(t)
@@ -120,7 +128,10 @@ mod tests {
     #[test]
     fn parses_specs() {
         let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,pid=1+2,secret=s").unwrap();
-        assert_eq!((t.kind, t.pids.clone(), t.name.as_str()), (Kind::Roomcast, vec![1, 2], "roomcast"));
+        assert_eq!(
+            (t.kind, t.pids.clone(), t.name.as_str()),
+            (Kind::Roomcast, vec![1, 2], "roomcast")
+        );
         assert!(Target::parse("kind=roomcast,addr=10.0.0.1:80").is_err());
         assert!(Target::parse("kind=limit").unwrap().addr.is_none());
     }

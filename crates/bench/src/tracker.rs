@@ -55,7 +55,9 @@ impl Tracker {
             let w = (s / 64) as usize;
             w < self.bits.len() && self.bits[w] & (1 << (s % 64)) != 0
         };
-        (1..=sent).filter(|s| !has(*s) && !excluded.contains(s)).count() as u64
+        (1..=sent)
+            .filter(|s| !has(*s) && !excluded.contains(s))
+            .count() as u64
     }
 }
 

@@ -31,7 +31,10 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 /// Wall-clock nanoseconds; publisher and members may be different processes on one machine, so the
 /// shared clock is the system clock, not a per-process `Instant`.
 pub fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 pub fn channel(room: u32) -> String {
@@ -76,14 +79,23 @@ pub async fn open(src: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<Ws> {
     // take ports still in TIME_WAIT.
     if src != Ipv4Addr::LOCALHOST {
         sock.set_reuseaddr(true)?;
-        sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("bind {src}"))?;
+        sock.bind(SocketAddr::new(src.into(), 0))
+            .with_context(|| format!("bind {src}"))?;
     }
-    let stream = sock.connect(addr).await.with_context(|| format!("connect {addr} from {src}"))?;
+    let stream = sock
+        .connect(addr)
+        .await
+        .with_context(|| format!("connect {addr} from {src}"))?;
     stream.set_nodelay(true)?;
-    let cfg = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(0);
-    let (ws, _) =
-        tokio_tungstenite::client_async_with_config(format!("ws://{addr}{path}"), stream, Some(cfg))
-            .await?;
+    let cfg = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        format!("ws://{addr}{path}"),
+        stream,
+        Some(cfg),
+    )
+    .await?;
     Ok(ws)
 }
 
@@ -124,7 +136,10 @@ pub enum Incoming {
     /// The server pinged; send this text back.
     Ping(&'static str),
     /// A publish was acknowledged (id is None for FIFO acks of the limit server).
-    Ack { id: Option<u64>, ok: bool },
+    Ack {
+        id: Option<u64>,
+        ok: bool,
+    },
     Other,
 }
 
@@ -168,10 +183,16 @@ async fn join_inner(
                 sub["offset"] = p.offset.into();
                 sub["epoch"] = p.epoch.clone().into();
             }
-            ws.send(Message::text(serde_json::json!({"id":2,"subscribe":sub}).to_string())).await?;
+            ws.send(Message::text(
+                serde_json::json!({"id":2,"subscribe":sub}).to_string(),
+            ))
+            .await?;
             // Pushes that follow the reply come after the recovered publications it carries.
             let mut after = Joined::default();
-            let reply = expect(ws, target, &mut after, |v| v.get("id") == Some(&Value::from(2))).await?;
+            let reply = expect(ws, target, &mut after, |v| {
+                v.get("id") == Some(&Value::from(2))
+            })
+            .await?;
             check_error(&reply, "subscribe")?;
             let r = &reply["subscribe"];
             joined.position = Some(Position {
@@ -194,7 +215,8 @@ async fn join_inner(
         }
         Kind::SocketIo => {
             hello(ws, target, user).await?;
-            ws.send(Message::text(format!("420[\"join\",\"{ch}\"]"))).await?;
+            ws.send(Message::text(format!("420[\"join\",\"{ch}\"]")))
+                .await?;
             // `expect` returns at the join ack "430[]" (the Node adapter acks after socket.join).
             expect(ws, target, &mut joined, |_| false).await?;
         }
@@ -212,11 +234,20 @@ async fn join_inner(
 pub async fn hello(ws: &mut Ws, target: &Target, user: &str) -> Result<()> {
     match target.kind {
         Kind::Roomcast => {
-            let token = target.secret.as_deref().map(|s| jwt(s, user)).unwrap_or_default();
-            ws.send(Message::text(serde_json::json!({"id":1,"connect":{"token":token}}).to_string()))
-                .await?;
+            let token = target
+                .secret
+                .as_deref()
+                .map(|s| jwt(s, user))
+                .unwrap_or_default();
+            ws.send(Message::text(
+                serde_json::json!({"id":1,"connect":{"token":token}}).to_string(),
+            ))
+            .await?;
             let mut ignored = Joined::default();
-            let reply = expect(ws, target, &mut ignored, |v| v.get("id") == Some(&Value::from(1))).await?;
+            let reply = expect(ws, target, &mut ignored, |v| {
+                v.get("id") == Some(&Value::from(1))
+            })
+            .await?;
             check_error(&reply, "connect")
         }
         Kind::SocketIo => {
@@ -302,7 +333,9 @@ pub async fn next_text(ws: &mut Ws) -> Result<String> {
 pub fn publish_frame(kind: Kind, room: u32, id: u64, payload: &str) -> String {
     let ch = channel(room);
     match kind {
-        Kind::Roomcast => format!("{{\"id\":{id},\"publish\":{{\"channel\":\"{ch}\",\"data\":{payload}}}}}"),
+        Kind::Roomcast => {
+            format!("{{\"id\":{id},\"publish\":{{\"channel\":\"{ch}\",\"data\":{payload}}}}}")
+        }
         Kind::Limit => payload.to_string(),
         Kind::SocketIo => format!("42{id}[\"pub\",\"{ch}\",{payload}]"),
         Kind::Pusher => unreachable!("pusher publishes over HTTP"),
@@ -355,9 +388,15 @@ pub fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
                     continue;
                 };
                 if let Some(p) = f.push.and_then(|p| p.publication) {
-                    out.push(Incoming::Delivery(Delivery { payload: p.data, offset: p.offset }));
+                    out.push(Incoming::Delivery(Delivery {
+                        payload: p.data,
+                        offset: p.offset,
+                    }));
                 } else if f.id.is_some() && (f.publish.is_some() || f.error.is_some()) {
-                    out.push(Incoming::Ack { id: f.id, ok: f.error.is_none() });
+                    out.push(Incoming::Ack {
+                        id: f.id,
+                        ok: f.error.is_none(),
+                    });
                 } else {
                     out.push(Incoming::Other);
                 }
@@ -367,17 +406,27 @@ pub fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
             Incoming::Ack { id: None, ok: true }
         } else {
             match serde_json::from_str::<Payload>(text) {
-                Ok(payload) => Incoming::Delivery(Delivery { payload, offset: None }),
+                Ok(payload) => Incoming::Delivery(Delivery {
+                    payload,
+                    offset: None,
+                }),
                 Err(_) => Incoming::Other,
             }
         }),
         Kind::SocketIo => out.push(decode_socketio(text)),
         Kind::Pusher => out.push(match serde_json::from_str::<PusherEvent>(text) {
-            Ok(e) if e.event == "pusher:ping" => Incoming::Ping(r#"{"event":"pusher:pong","data":{}}"#),
+            Ok(e) if e.event == "pusher:ping" => {
+                Incoming::Ping(r#"{"event":"pusher:pong","data":{}}"#)
+            }
             Ok(e) if e.event == "m" => e
                 .data
                 .and_then(|d| serde_json::from_str::<Payload>(&d).ok())
-                .map(|payload| Incoming::Delivery(Delivery { payload, offset: None }))
+                .map(|payload| {
+                    Incoming::Delivery(Delivery {
+                        payload,
+                        offset: None,
+                    })
+                })
                 .unwrap_or(Incoming::Other),
             _ => Incoming::Other,
         }),
@@ -391,14 +440,20 @@ fn decode_socketio(text: &str) -> Incoming {
     if let Some(rest) = text.strip_prefix("42[") {
         // 42["m",{payload}]
         return match serde_json::from_str::<(IgnoredAny, Payload)>(&text[2..]) {
-            Ok((_, payload)) if !rest.is_empty() => Incoming::Delivery(Delivery { payload, offset: None }),
+            Ok((_, payload)) if !rest.is_empty() => Incoming::Delivery(Delivery {
+                payload,
+                offset: None,
+            }),
             _ => Incoming::Other,
         };
     }
     if let Some(rest) = text.strip_prefix("43") {
         let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
         if let Ok(id) = digits.parse() {
-            return Incoming::Ack { id: Some(id), ok: true };
+            return Incoming::Ack {
+                id: Some(id),
+                ok: true,
+            };
         }
     }
     Incoming::Other
@@ -413,10 +468,28 @@ mod tests {
         let text = "{\"push\":{\"channel\":\"room1\",\"pub\":{\"data\":{\"r\":1,\"s\":7,\"t\":5,\"p\":\"xx\"},\"offset\":9}}}\n{}\n{\"id\":4,\"publish\":{}}\n{\"id\":5,\"error\":{\"code\":103}}";
         let mut out = vec![];
         decode(Kind::Roomcast, text, &mut out);
-        assert!(matches!(out[0], Incoming::Delivery(Delivery { payload: Payload { s: 7, .. }, offset: Some(9) })));
+        assert!(matches!(
+            out[0],
+            Incoming::Delivery(Delivery {
+                payload: Payload { s: 7, .. },
+                offset: Some(9)
+            })
+        ));
         assert!(matches!(out[1], Incoming::Ping("{}")));
-        assert!(matches!(out[2], Incoming::Ack { id: Some(4), ok: true }));
-        assert!(matches!(out[3], Incoming::Ack { id: Some(5), ok: false }));
+        assert!(matches!(
+            out[2],
+            Incoming::Ack {
+                id: Some(4),
+                ok: true
+            }
+        ));
+        assert!(matches!(
+            out[3],
+            Incoming::Ack {
+                id: Some(5),
+                ok: false
+            }
+        ));
     }
 
     #[test]
@@ -429,7 +502,13 @@ mod tests {
         let pusher = serde_json::json!({"event":"m","channel":"room3","data":p}).to_string();
         decode(Kind::Pusher, &pusher, &mut out);
         decode(Kind::Limit, &p, &mut out);
-        assert!(matches!(out[0], Incoming::Delivery(Delivery { payload: Payload { r: 3, s: 8, .. }, .. })));
+        assert!(matches!(
+            out[0],
+            Incoming::Delivery(Delivery {
+                payload: Payload { r: 3, s: 8, .. },
+                ..
+            })
+        ));
         assert!(matches!(out[1], Incoming::Ack { id: Some(17), .. }));
         assert!(matches!(out[2], Incoming::Delivery(_)));
         assert!(matches!(out[3], Incoming::Delivery(_)));
