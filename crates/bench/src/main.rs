@@ -5,6 +5,7 @@
 //! so that every figure has a ratio to what the machine can do at all. `limit-server` and `worker` are
 //! the roles the binary re-executes itself in. See BENCHMARKS.md for the commands and results.
 
+mod codec;
 mod fleet;
 mod group;
 mod http;
