@@ -60,6 +60,7 @@ fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
     anyhow!("plot: {err:?}")
 }
 
+/// Legend bottom right: a latency CDF rises to the top left, so that corner is the empty one.
 fn latency_cdf(runs: &[&RunResult], scenario: &str, path: &Path) -> Result<()> {
     let root = SVGBackend::new(path, (960, 600)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
@@ -116,7 +117,7 @@ fn latency_cdf(runs: &[&RunResult], scenario: &str, path: &Path) -> Result<()> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(SeriesLabelPosition::LowerRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
