@@ -5,7 +5,8 @@
 //! concurrent publishers on different nodes get contiguous, unique offsets; a client of a
 //! node killed with -9 recovers everything on another node; a Redis restart loses nothing;
 //! presence and user operations are cluster-wide; the store conformance suite passes on
-//! PostgreSQL (and SQLite).
+//! PostgreSQL (and SQLite); on a 3-master Redis Cluster the bus uses sharded Pub/Sub, so a
+//! room's channel lives on one shard only.
 
 mod common;
 #[path = "common/services.rs"]
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use services::{Node, Postgres, Redis};
+use services::{Node, Postgres, Redis, RedisCluster};
 use tokio::time::{sleep, Instant};
 
 /// Publishes through a node's server API; returns the offset.
@@ -313,6 +314,120 @@ async fn three_nodes_concurrent_publishers_contiguous_offsets_in_order_everywher
         .map(|p| p["offset"].as_u64().unwrap())
         .collect();
     assert_eq!(offs, (1..=total).collect::<Vec<_>>());
+}
+
+/// The last non-empty line of `redis-cli` output, as a number (`PUBSUB SHARDNUMSUB ch`
+/// prints the channel, then its count).
+fn last_number(out: &str) -> u64 {
+    out.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or_else(|| panic!("a number in {out:?}"))
+}
+
+/// `calls=` of one command in `INFO commandstats` (0 when never called).
+fn command_calls(commandstats: &str, command: &str) -> u64 {
+    commandstats
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_sharded_pubsub_three_nodes_in_order_on_one_shard() {
+    let rc = RedisCluster::start();
+    let pg = Postgres::start();
+    let store = pg.fresh_db().await;
+    let nodes: Vec<Node> = (0..3).map(|_| Node::start(&rc.url(), &store)).collect();
+    let mut subs = Vec::new();
+    for node in &nodes {
+        subs.push(Subscriber::start(&node.ws_url(), "reader", "chat").await);
+    }
+    let per_node = 50u64;
+    let mut publishers = Vec::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let addr = node.addr;
+        publishers.push(tokio::spawn(async move {
+            for j in 0..per_node {
+                publish(addr, "chat", json!({"node": i, "n": j})).await;
+            }
+        }));
+    }
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let total = per_node * nodes.len() as u64;
+    for s in &mut subs {
+        s.collect(total, Duration::from_secs(30)).await;
+        s.assert_complete(total);
+        assert_eq!(s.reconnects, 0, "no subscriber needed to recover");
+    }
+
+    // Sharded: the room's channel is subscribed (by all three nodes) on exactly one
+    // master, and nothing uses cluster-wide PUBLISH/SUBSCRIBE.
+    let channel = "roomcast:room:chat";
+    let counts: Vec<u64> = rc
+        .ports
+        .iter()
+        .map(|p| last_number(&rc.cli(*p, &["PUBSUB", "SHARDNUMSUB", channel])))
+        .collect();
+    eprintln!("SHARDNUMSUB {channel} per master: {counts:?}");
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    assert_eq!(
+        sorted,
+        vec![0, 0, 3],
+        "one shard holds the room's subscriptions"
+    );
+    let owner = rc.ports[counts.iter().position(|n| *n == 3).unwrap()];
+    for p in &rc.ports {
+        let stats = rc.cli(*p, &["INFO", "commandstats"]);
+        assert_eq!(command_calls(&stats, "publish"), 0, "no PUBLISH on {p}");
+        assert_eq!(command_calls(&stats, "subscribe"), 0, "no SUBSCRIBE on {p}");
+        assert_eq!(
+            last_number(&rc.cli(*p, &["PUBSUB", "NUMSUB", channel])),
+            0,
+            "no plain subscription on {p}"
+        );
+        if *p == owner {
+            assert!(
+                command_calls(&stats, "spublish") >= total,
+                "the owner shard took every publication: {stats}"
+            );
+        }
+    }
+
+    // Presence (hash-tagged keys, Lua), the node list (control channel) and the
+    // channels registry (one key per node, on different shards) are cluster-wide.
+    let p = api(nodes[1].addr, "presence_stats", json!({"channel": "chat"})).await;
+    assert_eq!(p["result"]["num_clients"], 3, "presence: {p}");
+    eventually(Duration::from_secs(10), "info lists 3 nodes", async || {
+        let v = api(nodes[0].addr, "info", json!({})).await;
+        v["result"]["nodes"].as_array().map(Vec::len) == Some(3)
+    })
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "channels counts 3 in chat",
+        async || {
+            let v = api(nodes[0].addr, "channels", json!({})).await;
+            v["result"]["channels"]["chat"]["num_clients"] == json!(3)
+        },
+    )
+    .await;
+
+    // The last local subscriber leaving unsubscribes the shard (SUNSUBSCRIBE).
+    for s in subs {
+        s.client.close().await;
+    }
+    eventually(Duration::from_secs(10), "room unsubscribed", async || {
+        last_number(&rc.cli(owner, &["PUBSUB", "SHARDNUMSUB", channel])) == 0
+    })
+    .await;
+    drop(nodes);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

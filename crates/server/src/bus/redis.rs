@@ -28,8 +28,26 @@
 //! This node's own events go straight to the receiver too (and their echo from Redis is
 //! ignored), so local subscribers do not depend on Redis at all.
 //!
-//! Redis Cluster's sharded Pub/Sub is not used yet: the bus speaks to one standalone Redis
-//! (or a primary behind a proxy).
+//! **Redis Cluster.** `redis_url` chooses the mode by its scheme: `redis://` (or `rediss://`)
+//! is one standalone Redis (or a primary behind a proxy), exactly as before;
+//! `redis+cluster://[user:password@]host:port[,host:port...]` is a Redis Cluster, given by
+//! one or more seed nodes (the rest of the topology is read from them). On a cluster:
+//! - room, node and control channels use **sharded** Pub/Sub (`SPUBLISH`, `SSUBSCRIBE`,
+//!   `SUNSUBSCRIBE`): a publication reaches only the shard that owns its channel's slot,
+//!   never the whole cluster. The subscriber holds one cluster connection (RESP3, pushes
+//!   delivered to a channel) that subscribes each channel on its owning shard;
+//! - the publisher still takes whatever is queued as one batch, groups it by hash slot
+//!   and sends one pipeline per slot, all slots concurrently: one round trip per slot per
+//!   batch, never per recipient or per message;
+//! - keys used together carry a hash tag so they stay on one shard: a node's registry
+//!   (`roomcast:node:{<id>}:channels` / `:users`, written in one MULTI) and a room's
+//!   presence (`roomcast:presence:{r:<room>}` / `roomcast:presence-exp:{r:<room>}`, used
+//!   together by Lua); reads across nodes' registries go one request per node, concurrently;
+//! - a disconnection of any shard's connection is treated like a lost subscription on
+//!   standalone Redis: the connection is replaced, everything resubscribed, and the
+//!   watched rooms swept from the store. The liveness probe travels on this node's own
+//!   channel, so it checks the shard that owns that channel (a silent stall of another
+//!   shard is caught by the reorder's gap detection when later publications arrive).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -39,6 +57,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::Slot;
+use redis::{PushInfo, PushKind, RedisResult};
 use roomcast_proto::{ClientInfo, Disconnect};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -92,14 +113,259 @@ fn control_channel() -> String {
     format!("{PREFIX}control")
 }
 
-/// Registry key of a node's channels (room -> local subscribers).
+/// Registry key of a node's channels (room -> local subscribers). Hash-tagged with the
+/// node id, like `users_key`: both are written in one MULTI, so they share a cluster slot.
 pub fn channels_key(node: &str) -> String {
-    format!("{PREFIX}node:{node}:channels")
+    format!("{PREFIX}node:{{{node}}}:channels")
 }
 
 /// Registry key of a node's users (user -> local connections).
 pub fn users_key(node: &str) -> String {
-    format!("{PREFIX}node:{node}:users")
+    format!("{PREFIX}node:{{{node}}}:users")
+}
+
+/// The URL scheme that selects Redis Cluster mode.
+pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+
+/// Where Redis is: one standalone server, or a cluster's seed nodes.
+#[derive(Clone)]
+pub enum Target {
+    Single(redis::Client),
+    /// Seed node URLs (`redis://[creds@]host:port`).
+    Cluster(Vec<String>),
+}
+
+impl Target {
+    /// `redis://...` / `rediss://...`: standalone; `redis+cluster://[creds@]h:p[,h:p...]`:
+    /// a Redis Cluster (see the module docs).
+    pub fn parse(url: &str) -> Result<Target, BusError> {
+        let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) else {
+            return Ok(Target::Single(redis::Client::open(url).map_err(redis_err)?));
+        };
+        let rest = rest.split(['/', '?']).next().unwrap_or_default();
+        let (creds, hosts) = match rest.rsplit_once('@') {
+            Some((c, h)) => (format!("{c}@"), h),
+            None => (String::new(), rest),
+        };
+        let nodes: Vec<String> = hosts
+            .split(',')
+            .map(str::trim)
+            .filter(|h| !h.is_empty())
+            .map(|h| format!("redis://{creds}{h}"))
+            .collect();
+        if nodes.is_empty() {
+            return Err(BusError::Backend(format!(
+                "{CLUSTER_SCHEME} needs at least one host:port"
+            )));
+        }
+        // Validates the node addresses now rather than on first use.
+        cluster_client(&nodes, None).map_err(redis_err)?;
+        Ok(Target::Cluster(nodes))
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Target::Cluster(_))
+    }
+
+    /// A multiplexed, self-reconnecting connection for commands and publishes.
+    pub async fn connect(&self) -> Result<RedisConn, BusError> {
+        match self {
+            Target::Single(client) => Ok(RedisConn::Single(manager(client).await?)),
+            Target::Cluster(nodes) => {
+                let client = cluster_client(nodes, None).map_err(redis_err)?;
+                let conn = timeout(COMMAND_TIMEOUT * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| BusError::Backend("connecting to redis cluster timed out".into()))?
+                    .map_err(redis_err)?;
+                Ok(RedisConn::Cluster(conn))
+            }
+        }
+    }
+
+    /// A fresh subscription connection (no channels yet).
+    async fn subscription(&self) -> RedisResult<Subscription> {
+        match self {
+            Target::Single(client) => {
+                let (sink, stream) = client.get_async_pubsub().await?.split();
+                Ok(Subscription::Single(sink, stream))
+            }
+            Target::Cluster(nodes) => {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let client = cluster_client(nodes, Some(tx))?;
+                let conn = client.get_async_connection().await?;
+                Ok(Subscription::Cluster(conn, rx))
+            }
+        }
+    }
+}
+
+fn cluster_client(
+    nodes: &[String],
+    push: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> RedisResult<redis::cluster::ClusterClient> {
+    let mut b = redis::cluster::ClusterClientBuilder::new(nodes.to_vec())
+        .connection_timeout(COMMAND_TIMEOUT)
+        .response_timeout(COMMAND_TIMEOUT)
+        .retries(1);
+    if let Some(tx) = push {
+        b = b
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(tx);
+    }
+    b.build()
+}
+
+/// A command connection to standalone Redis or to a cluster (which routes each command
+/// to the shard owning its key; a pipeline must stay within one slot).
+#[derive(Clone)]
+pub enum RedisConn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Publishes `msgs` in order per channel: standalone, one pipeline of PUBLISH; on a
+/// cluster, one pipeline of SPUBLISH per hash slot, the slots concurrently.
+async fn publish_all<'a>(
+    conn: &mut RedisConn,
+    msgs: impl Iterator<Item = (&'a str, &'a [u8])>,
+) -> RedisResult<()> {
+    match conn {
+        RedisConn::Single(_) => {
+            let mut pipe = redis::pipe();
+            for (channel, payload) in msgs {
+                pipe.publish(channel, payload).ignore();
+            }
+            pipe.query_async::<()>(conn).await
+        }
+        RedisConn::Cluster(c) => {
+            let mut pipes: HashMap<Slot, redis::Pipeline> = HashMap::new();
+            for (channel, payload) in msgs {
+                pipes
+                    .entry(Slot::for_key(channel))
+                    .or_insert_with(redis::pipe)
+                    .cmd("SPUBLISH")
+                    .arg(channel)
+                    .arg(payload)
+                    .ignore();
+            }
+            let sends = pipes.into_values().map(|pipe| {
+                let mut c = c.clone();
+                async move { pipe.query_async::<()>(&mut c).await }
+            });
+            futures_util::future::try_join_all(sends).await.map(drop)
+        }
+    }
+}
+
+/// Groups channels by hash slot (sharded subscribe commands must stay within one slot).
+fn by_slot(channels: &[String]) -> Vec<Vec<&str>> {
+    let mut groups: HashMap<Slot, Vec<&str>> = HashMap::new();
+    for c in channels {
+        groups.entry(Slot::for_key(c)).or_default().push(c);
+    }
+    groups.into_values().collect()
+}
+
+/// The Pub/Sub side: a standalone SUBSCRIBE connection, or a cluster connection with
+/// sharded subscriptions whose messages arrive as RESP3 pushes.
+enum Subscription {
+    Single(redis::aio::PubSubSink, redis::aio::PubSubStream),
+    Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
+}
+
+impl Subscription {
+    async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Subscription::Single(sink, _) => sink.subscribe(channels).await,
+            Subscription::Cluster(conn, _) => {
+                for group in by_slot(channels) {
+                    conn.ssubscribe(group).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+        match self {
+            Subscription::Single(sink, _) => sink.unsubscribe(channels).await,
+            Subscription::Cluster(conn, _) => {
+                for group in by_slot(channels) {
+                    conn.sunsubscribe(group).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The next message (channel, payload); `None` when the connection was lost (on a
+    /// cluster: any shard's connection dropped, so messages may have been missed).
+    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+        match self {
+            Subscription::Single(_, stream) => {
+                let msg = stream.next().await?;
+                Some((
+                    msg.get_channel_name().to_owned(),
+                    msg.get_payload_bytes().to_vec(),
+                ))
+            }
+            Subscription::Cluster(_, rx) => loop {
+                let push = rx.recv().await?;
+                match push.kind {
+                    PushKind::SMessage | PushKind::Message => {
+                        let mut data = push.data.into_iter();
+                        if let (
+                            Some(redis::Value::BulkString(channel)),
+                            Some(redis::Value::BulkString(payload)),
+                        ) = (data.next(), data.next())
+                        {
+                            let channel = String::from_utf8_lossy(&channel).into_owned();
+                            return Some((channel, payload));
+                        }
+                    }
+                    PushKind::Disconnection => return None,
+                    _ => {}
+                }
+            },
+        }
+    }
 }
 
 /// What travels on the bus: compact JSON, one object per Redis message. Externally
@@ -272,7 +538,7 @@ pub struct RedisBus {
     /// To the subscriber: reconcile a room's subscription, answer when done.
     commands: mpsc::Sender<(Arc<str>, oneshot::Sender<()>)>,
     /// Registry reads (`channels`).
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// Stops the tasks.
     stop: CancellationToken,
 }
@@ -305,8 +571,8 @@ impl RedisBus {
         hub: Arc<Hub>,
         store: Arc<dyn Store>,
     ) -> Result<RedisBus, BusError> {
-        let client = redis::Client::open(url).map_err(redis_err)?;
-        let conn = manager(&client).await?;
+        let target = Target::parse(url)?;
+        let conn = target.connect().await?;
         let shared = Arc::new(Shared {
             node,
             hub,
@@ -327,7 +593,7 @@ impl RedisBus {
         tokio::spawn(receiver(shared.clone(), inbox_rx, stop.clone()));
         tokio::spawn(subscriber(
             shared.clone(),
-            client,
+            target,
             cmd_rx,
             inbox_tx.clone(),
             stop.clone(),
@@ -519,17 +785,31 @@ impl Bus for RedisBus {
         if others.is_empty() {
             return Some(totals);
         }
-        let mut pipe = redis::pipe();
-        for id in &others {
-            pipe.hgetall(channels_key(id));
-        }
         let mut conn = self.conn.clone();
-        match timeout(
-            COMMAND_TIMEOUT,
-            pipe.query_async::<Vec<HashMap<String, u64>>>(&mut conn),
-        )
-        .await
-        {
+        let read = async {
+            if conn.is_cluster() {
+                // Each node's key is on its own shard: one request per node, concurrently.
+                let reads = others.iter().map(|id| {
+                    let mut c = conn.clone();
+                    let key = channels_key(id);
+                    async move {
+                        redis::cmd("HGETALL")
+                            .arg(key)
+                            .query_async::<HashMap<String, u64>>(&mut c)
+                            .await
+                    }
+                });
+                futures_util::future::try_join_all(reads).await
+            } else {
+                let mut pipe = redis::pipe();
+                for id in &others {
+                    pipe.hgetall(channels_key(id));
+                }
+                pipe.query_async::<Vec<HashMap<String, u64>>>(&mut conn)
+                    .await
+            }
+        };
+        match timeout(COMMAND_TIMEOUT, read).await {
             Ok(Ok(maps)) => {
                 for m in maps {
                     for (room, n) in m {
@@ -545,11 +825,7 @@ impl Bus for RedisBus {
 }
 
 /// Sends queued items as pipelines; hints about what could not be sent.
-async fn publisher(
-    mut conn: ConnectionManager,
-    mut rx: mpsc::Receiver<Outgoing>,
-    stop: CancellationToken,
-) {
+async fn publisher(mut conn: RedisConn, mut rx: mpsc::Receiver<Outgoing>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(PIPELINE);
     // Rooms whose publications did not reach Redis, with the newest such offset.
     let mut owed: HashMap<Arc<str>, u64> = HashMap::new();
@@ -565,20 +841,23 @@ async fn publisher(
                 Err(_) => break,
             }
         }
-        let mut pipe = redis::pipe();
-        for item in &batch {
-            pipe.publish(&item.channel, &item.payload).ignore();
-        }
         let hints: Vec<(Arc<str>, u64)> = owed.iter().map(|(r, o)| (r.clone(), *o)).collect();
-        for (room, top) in &hints {
-            let env = Envelope::Hint {
-                n: String::new(),
-                r: room.to_string(),
-                o: *top,
-            };
-            pipe.publish(room_channel(room), env.encode()).ignore();
-        }
-        match timeout(COMMAND_TIMEOUT, pipe.query_async::<()>(&mut conn)).await {
+        let hint_msgs: Vec<(String, Vec<u8>)> = hints
+            .iter()
+            .map(|(room, top)| {
+                let env = Envelope::Hint {
+                    n: String::new(),
+                    r: room.to_string(),
+                    o: *top,
+                };
+                (room_channel(room), env.encode())
+            })
+            .collect();
+        let msgs = batch
+            .iter()
+            .map(|i| (i.channel.as_str(), i.payload.as_slice()))
+            .chain(hint_msgs.iter().map(|(c, p)| (c.as_str(), p.as_slice())));
+        match timeout(COMMAND_TIMEOUT, publish_all(&mut conn, msgs)).await {
             Ok(Ok(())) => {
                 for (room, top) in hints {
                     if owed.get(&room) == Some(&top) {
@@ -608,7 +887,7 @@ async fn publisher(
 /// Owns the Pub/Sub connection: subscriptions, liveness, reconnects.
 async fn subscriber(
     shared: Arc<Shared>,
-    client: redis::Client,
+    target: Target,
     mut commands: mpsc::Receiver<(Arc<str>, oneshot::Sender<()>)>,
     inbox: mpsc::Sender<Inbound>,
     stop: CancellationToken,
@@ -620,7 +899,7 @@ async fn subscriber(
         if stop.is_cancelled() {
             return;
         }
-        let pubsub = match timeout(COMMAND_TIMEOUT, client.get_async_pubsub()).await {
+        let mut subs = match timeout(COMMAND_TIMEOUT, target.subscription()).await {
             Ok(Ok(p)) => p,
             failed => {
                 match failed {
@@ -635,7 +914,6 @@ async fn subscriber(
                 continue;
             }
         };
-        let (mut sink, mut stream) = pubsub.split();
         // Subscribe the fixed channels and every watched room.
         let rooms: Vec<Arc<str>> = shared
             .watched
@@ -648,7 +926,7 @@ async fn subscriber(
         let mut ok = matches!(
             timeout(
                 COMMAND_TIMEOUT,
-                sink.subscribe(&[own.as_str(), control.as_str()])
+                subs.subscribe(&[own.clone(), control.clone()])
             )
             .await,
             Ok(Ok(()))
@@ -659,7 +937,7 @@ async fn subscriber(
             }
             let names: Vec<String> = chunk.iter().map(|r| room_channel(r)).collect();
             ok = matches!(
-                timeout(COMMAND_TIMEOUT, sink.subscribe(&names)).await,
+                timeout(COMMAND_TIMEOUT, subs.subscribe(&names)).await,
                 Ok(Ok(()))
             );
             subscribed.extend(chunk.iter().cloned());
@@ -688,10 +966,10 @@ async fn subscriber(
                     let has = subscribed.contains(&room);
                     let result = if want && !has {
                         subscribed.insert(room.clone());
-                        timeout(COMMAND_TIMEOUT, sink.subscribe(room_channel(&room))).await
+                        timeout(COMMAND_TIMEOUT, subs.subscribe(&[room_channel(&room)])).await
                     } else if !want && has {
                         subscribed.remove(&room);
-                        timeout(COMMAND_TIMEOUT, sink.unsubscribe(room_channel(&room))).await
+                        timeout(COMMAND_TIMEOUT, subs.unsubscribe(&[room_channel(&room)])).await
                     } else {
                         Ok(Ok(()))
                     };
@@ -701,14 +979,12 @@ async fn subscriber(
                     }
                     let _ = ack.send(());
                 }
-                msg = stream.next() => {
-                    let Some(msg) = msg else {
+                msg = subs.next() => {
+                    let Some((channel, payload)) = msg else {
                         tracing::warn!("redis pubsub connection lost; reconnecting");
                         break;
                     };
-                    let channel = msg.get_channel_name().to_owned();
-                    let payload = msg.get_payload_bytes();
-                    match serde_json::from_slice::<Envelope>(payload) {
+                    match serde_json::from_slice::<Envelope>(&payload) {
                         Ok(Envelope::Probe { n }) if n == shared.node => last_probe = Instant::now(),
                         Ok(env) => {
                             if !handle(&shared, &inbox, env).await {
@@ -725,7 +1001,7 @@ async fn subscriber(
                     }
                     if last_reconcile.elapsed() >= RECONCILE_EVERY {
                         last_reconcile = Instant::now();
-                        match reconcile(&shared, &mut sink, &mut subscribed).await {
+                        match reconcile(&shared, &mut subs, &mut subscribed).await {
                             Ok(added) if added.is_empty() => {}
                             Ok(added) => {
                                 // Subscribed late (a watch command timed out): read what
@@ -750,7 +1026,7 @@ async fn subscriber(
 /// per-watch commands). Returns the rooms it subscribed.
 async fn reconcile(
     shared: &Shared,
-    sink: &mut redis::aio::PubSubSink,
+    subs: &mut Subscription,
     subscribed: &mut HashSet<Arc<str>>,
 ) -> Result<Vec<Arc<str>>, ()> {
     let watched: HashSet<Arc<str>> = shared
@@ -765,7 +1041,7 @@ async fn reconcile(
     for chunk in added.chunks(500) {
         let names: Vec<String> = chunk.iter().map(|r| room_channel(r)).collect();
         if !matches!(
-            timeout(COMMAND_TIMEOUT, sink.subscribe(&names)).await,
+            timeout(COMMAND_TIMEOUT, subs.subscribe(&names)).await,
             Ok(Ok(()))
         ) {
             return Err(());
@@ -775,7 +1051,7 @@ async fn reconcile(
     for chunk in removed.chunks(500) {
         let names: Vec<String> = chunk.iter().map(|r| room_channel(r)).collect();
         if !matches!(
-            timeout(COMMAND_TIMEOUT, sink.unsubscribe(&names)).await,
+            timeout(COMMAND_TIMEOUT, subs.unsubscribe(&names)).await,
             Ok(Ok(()))
         ) {
             return Err(());
@@ -969,7 +1245,7 @@ async fn receiver(
 /// Probes, heartbeats and the registry.
 async fn heartbeat(
     shared: Arc<Shared>,
-    mut conn: ConnectionManager,
+    mut conn: RedisConn,
     out: mpsc::Sender<Outgoing>,
     inbox: mpsc::Sender<Inbound>,
     stop: CancellationToken,
@@ -1052,6 +1328,27 @@ async fn heartbeat(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls_list_their_seed_nodes() {
+        match Target::parse("redis+cluster://u:pw@127.0.0.1:7000,127.0.0.1:7001/").unwrap() {
+            Target::Cluster(nodes) => assert_eq!(
+                nodes,
+                ["redis://u:pw@127.0.0.1:7000", "redis://u:pw@127.0.0.1:7001"]
+            ),
+            Target::Single(_) => panic!("a cluster"),
+        }
+        assert!(!Target::parse("redis://127.0.0.1:6379")
+            .unwrap()
+            .is_cluster());
+        assert!(Target::parse("redis+cluster://").is_err());
+        assert!(Target::parse("not a url").is_err());
+        // Keys used together share a hash slot.
+        assert_eq!(
+            Slot::for_key(channels_key("n1")),
+            Slot::for_key(users_key("n1"))
+        );
+    }
 
     #[test]
     fn envelopes_with_raw_payloads_round_trip() {

@@ -26,7 +26,8 @@ use crate::store::{Committed, Store};
 
 /// The store, bus and presence a node runs with, chosen from its configuration:
 /// `store_url` (`postgres://...`; unset: SQLite in the data directory) and `redis_url`
-/// (`redis://...`; unset: the in-process bus and presence of a single node).
+/// (`redis://...` for one Redis, `redis+cluster://host:port[,host:port...]` for a Redis
+/// Cluster with sharded Pub/Sub; unset: the in-process bus and presence of a single node).
 pub struct Backends {
     pub store: Arc<dyn Store>,
     pub committed: Committed,
@@ -70,8 +71,9 @@ impl Backends {
                     let bus = RedisBus::start(url, node_id.to_owned(), hub.clone(), store.clone())
                         .await
                         .with_context(|| format!("connecting the bus to {name}"))?;
-                    let client = redis::Client::open(url).context("redis URL")?;
-                    let conn = crate::bus::redis::manager(&client)
+                    let target = crate::bus::redis::Target::parse(url).context("redis URL")?;
+                    let conn = target
+                        .connect()
                         .await
                         .with_context(|| format!("connecting presence to {name}"))?;
                     tracing::info!(redis = %name, "cluster bus and presence on redis");

@@ -1,7 +1,9 @@
 //! Presence in Redis: who is in a room, across every node.
 //!
-//! Per room, a hash `roomcast:presence:<room>` (client id -> client info JSON) and a sorted
-//! set `roomcast:presence-exp:<room>` (client id -> expiry, Unix seconds). Reads drop
+//! Per room, a hash `roomcast:presence:{r:<room>}` (client id -> client info JSON) and a
+//! sorted set `roomcast:presence-exp:{r:<room>}` (client id -> expiry, Unix seconds). The
+//! `{r:<room>}` hash tag keeps a room's two keys on one Redis Cluster shard (the Lua
+//! scripts use both); the refresh pipelines are split per slot on a cluster. Reads drop
 //! expired entries first (one Lua script, so a read never returns a dead entry). Each node
 //! keeps its own entries in memory and re-adds them every `REFRESH` with a new expiry
 //! `TTL` ahead, so the entries of a node that dies without cleaning up are gone at most
@@ -13,11 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
+use redis::cluster_routing::Slot;
 use roomcast_proto::ClientInfo;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::redis::RedisConn;
 use crate::presence::Presence;
 
 /// How long an entry lives without a refresh.
@@ -29,11 +32,11 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 const REFRESH_CHUNK: usize = 1000;
 
 fn hash_key(room: &str) -> String {
-    format!("roomcast:presence:{room}")
+    format!("roomcast:presence:{{r:{room}}}")
 }
 
 fn exp_key(room: &str) -> String {
-    format!("roomcast:presence-exp:{room}")
+    format!("roomcast:presence-exp:{{r:{room}}}")
 }
 
 const ADD: &str = r"
@@ -56,7 +59,7 @@ fn now_secs() -> u64 {
 }
 
 pub struct RedisPresence {
-    conn: ConnectionManager,
+    conn: RedisConn,
     /// This node's entries, re-added on every refresh (room -> client -> info).
     local: Arc<Mutex<HashMap<String, HashMap<String, ClientInfo>>>>,
     add: redis::Script,
@@ -66,7 +69,7 @@ pub struct RedisPresence {
 
 impl RedisPresence {
     /// Starts presence over `conn`, with its refresh task.
-    pub fn start(conn: ConnectionManager) -> Arc<RedisPresence> {
+    pub fn start(conn: RedisConn) -> Arc<RedisPresence> {
         let p = Arc::new(RedisPresence {
             conn,
             local: Arc::new(Mutex::new(HashMap::new())),
@@ -113,7 +116,7 @@ impl Drop for RedisPresence {
 
 /// Re-adds this node's entries every `REFRESH`.
 async fn refresh(
-    mut conn: ConnectionManager,
+    mut conn: RedisConn,
     local: Arc<Mutex<HashMap<String, HashMap<String, ClientInfo>>>>,
     stop: CancellationToken,
 ) {
@@ -136,9 +139,12 @@ async fn refresh(
             })
             .collect();
         let expiry = now_secs() + TTL.as_secs();
-        for chunk in entries.chunks(REFRESH_CHUNK) {
-            let mut pipe = redis::pipe();
+        'chunks: for chunk in entries.chunks(REFRESH_CHUNK) {
+            // Standalone: one pipeline per chunk; cluster: one per hash slot.
+            let mut pipes: HashMap<Option<Slot>, redis::Pipeline> = HashMap::new();
             for (room, client, json) in chunk {
+                let slot = conn.is_cluster().then(|| Slot::for_key(hash_key(room)));
+                let pipe = pipes.entry(slot).or_insert_with(redis::pipe);
                 // The script's body, inlined as plain commands (a pipeline of EVALSHA
                 // would need the script loaded first).
                 pipe.hset(hash_key(room), client, json).ignore();
@@ -148,9 +154,11 @@ async fn refresh(
                 pipe.expire(exp_key(room), (TTL.as_secs() + 5) as i64)
                     .ignore();
             }
-            if let Err(e) = with_timeout(pipe.query_async::<()>(&mut conn)).await {
-                tracing::warn!(error = %e, "presence refresh failed");
-                break;
+            for pipe in pipes.into_values() {
+                if let Err(e) = with_timeout(pipe.query_async::<()>(&mut conn)).await {
+                    tracing::warn!(error = %e, "presence refresh failed");
+                    break 'chunks;
+                }
             }
         }
     }

@@ -1,4 +1,4 @@
-//! Private Redis and PostgreSQL servers for the cluster tests, on free loopback ports in
+//! Private Redis (standalone or a 3-master Redis Cluster) and PostgreSQL servers for the cluster tests, on free loopback ports in
 //! temporary directories, and `roomcast serve` processes joined to them.
 //!
 //! Nothing must be running beforehand. When `redis-server` or PostgreSQL's `initdb` /
@@ -311,6 +311,116 @@ impl Drop for Postgres {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .status();
+        }
+    }
+}
+
+/// A private 3-master Redis Cluster (no replicas, no persistence): three `redis-server
+/// --cluster-enabled yes` processes on free loopback ports, joined by `redis-cli --cluster
+/// create`, ready once every master reports `cluster_state:ok`.
+pub struct RedisCluster {
+    pub ports: Vec<u16>,
+    children: Vec<Child>,
+    dir: tempfile::TempDir,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let server = find("redis-server", &[], "redis-server");
+        let cli = find("redis-cli", &[], "redis-tools");
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = RedisCluster {
+            ports: Vec::new(),
+            children: Vec::new(),
+            dir,
+        };
+        for _ in 0..3 {
+            // Cluster bus port = port + 10000: pick ports whose bus port is free too.
+            let port = (0..50)
+                .map(|_| free_port())
+                .find(|p| {
+                    *p < 55_535
+                        && !c.ports.contains(p)
+                        && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+                })
+                .expect("a free port pair for a cluster node");
+            let child = Command::new(&server)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(c.dir.path().join(format!("nodes-{port}.conf")))
+                .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+                .args(["--daemonize", "no"])
+                .arg("--dir")
+                .arg(c.dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("redis-server starts");
+            c.children.push(child);
+            c.ports.push(port);
+            wait_for_port(port, "redis-server (cluster)", Duration::from_secs(10));
+        }
+        let mut create = Command::new(&cli);
+        create.arg("--cluster").arg("create");
+        for p in &c.ports {
+            create.arg(format!("127.0.0.1:{p}"));
+        }
+        let out = create
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = c
+                .ports
+                .iter()
+                .all(|p| c.cli(*p, &["CLUSTER", "INFO"]).contains("cluster_state:ok"));
+            if ok {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "redis cluster not ok within 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        c
+    }
+
+    /// Runs `redis-cli -p port args...` and returns its output.
+    pub fn cli(&self, port: u16, args: &[&str]) -> String {
+        let cli = find("redis-cli", &[], "redis-tools");
+        let out = Command::new(cli)
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The roomcast URL for it: `redis+cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let hosts: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis+cluster://{}", hosts.join(","))
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
         }
     }
 }
