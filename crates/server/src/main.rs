@@ -164,7 +164,13 @@ fn main() -> anyhow::Result<()> {
                 let app = roomcast::http::echo_router(max_message_size);
                 let stop = tokio_util::sync::CancellationToken::new();
                 let tasks = tokio_util::task::TaskTracker::new();
-                let serve = roomcast::server::accept_loop(listener, app, stop.clone(), tasks, Duration::from_secs(1));
+                let serve = roomcast::server::accept_loop(
+                    listener,
+                    app,
+                    stop.clone(),
+                    tasks,
+                    Duration::from_secs(1),
+                );
                 tokio::select! {
                     _ = serve => {}
                     _ = tokio::signal::ctrl_c() => stop.cancel(),

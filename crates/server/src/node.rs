@@ -67,6 +67,34 @@ impl Node {
         Ok(r)
     }
 
+    /// `publish` for several publications of one sender, committed together (offsets in
+    /// the order given).
+    pub async fn publish_batch(
+        &self,
+        items: Vec<(String, Box<RawValue>)>,
+        sender: &ClientInfo,
+    ) -> Vec<Result<Appended, StoreError>> {
+        let msgs = items
+            .into_iter()
+            .map(|(room, data)| NewMessage {
+                room,
+                data,
+                user: sender.user.clone(),
+                client: sender.client.clone(),
+                info: Some(sender.clone()),
+                idempotency_key: None,
+            })
+            .collect();
+        let results = self.store.append_batch(msgs).await;
+        let fresh = results
+            .iter()
+            .filter(|r| matches!(r, Ok(a) if !a.duplicate))
+            .count();
+        self.published
+            .fetch_add(fresh as u64, std::sync::atomic::Ordering::Relaxed);
+        results
+    }
+
     /// History with the protocol's semantics: `limit` 0 returns only the position, a
     /// negative limit as many as allowed; `since` with another epoch is an unrecoverable
     /// position.

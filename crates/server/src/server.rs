@@ -83,7 +83,10 @@ impl Server {
             bus,
             hub,
             presence,
-            keepalive: Arc::new(Keepalive::new(config.ping_interval_secs, config.pong_timeout_secs)),
+            keepalive: Arc::new(Keepalive::new(
+                config.ping_interval_secs,
+                config.pong_timeout_secs,
+            )),
             id,
             started: Instant::now(),
             shutdown: CancellationToken::new(),
@@ -92,7 +95,8 @@ impl Server {
             config,
         });
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));
-        node.tasks.spawn(node.keepalive.clone().run(node.shutdown.clone()));
+        node.tasks
+            .spawn(node.keepalive.clone().run(node.shutdown.clone()));
         let app = crate::http::router(node.clone());
         let serve = tokio::spawn(accept_loop(
             listener,

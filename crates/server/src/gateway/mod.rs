@@ -139,13 +139,11 @@ async fn run(
                 // Nothing half-received: give the buffer back.
                 inbuf = BytesMut::new();
             }
-            for msg in msgs.drain(..) {
-                if closing {
-                    break;
-                }
+            if !msgs.is_empty() {
                 // Boxed, like every future awaited only while there is traffic: the task's
                 // own state is what an idle connection pays for.
-                let closing_now = Box::pin(on_message(msg, handler, &mut out)).await;
+                let closing_now = Box::pin(on_messages(&mut msgs, handler, &mut out)).await;
+                msgs.clear();
                 if let Some((code, reason, by_client)) = closing_now {
                     // Replies queued before the close (an error explaining it) go first.
                     outbox.take(&mut items);
@@ -215,58 +213,90 @@ async fn run(
 }
 
 /// Handles one client message; returns a close to send, if the connection must end.
-async fn on_message(
-    msg: Message,
+/// Handles the messages of one read, in order; returns a close to send, if the connection
+/// must end. Text messages that arrived together are handled together, so that pipelined
+/// publishes share one commit.
+async fn on_messages(
+    msgs: &mut Vec<Message>,
     handler: &mut Handler,
     out: &mut BytesMut,
 ) -> Option<(u16, &'static str, bool)> {
-    match msg {
-        Message::Ping(payload) => ws::pong(out, &payload),
-        Message::Pong => {}
-        Message::Close(code, _) => return Some((code.unwrap_or(ws::close::NORMAL), "", true)),
-        Message::Text(text) => match handler {
-            Handler::Echo => {
+    let mut texts: Vec<String> = Vec::new();
+    for msg in msgs.drain(..) {
+        let msg = match (msg, &*handler) {
+            (Message::Text(text), Handler::Session(_)) => {
+                texts.push(text);
+                continue;
+            }
+            (other, _) => other,
+        };
+        if let Some(close) = run_texts(&mut texts, handler).await {
+            return Some(close);
+        }
+        match msg {
+            Message::Ping(payload) => ws::pong(out, &payload),
+            Message::Pong => {}
+            Message::Close(code, _) => return Some((code.unwrap_or(ws::close::NORMAL), "", true)),
+            Message::Text(text) => {
+                // Echo (the session's texts were gathered above).
                 ws::text_header(out, text.len());
                 out.extend_from_slice(text.as_bytes());
             }
-            Handler::Session(s) => {
-                // Boxed: the session's futures are large and exist only while a frame is
-                // handled, not for the whole life of an idle connection.
-                if let Err(why) = Box::pin(handle_frame(s, &text)).await {
+            Message::Binary(data) => match handler {
+                Handler::Echo => {
+                    ws::binary_header(out, data.len());
+                    out.extend_from_slice(&data);
+                }
+                Handler::Session(_) => {
+                    let why = Disconnect::BAD_REQUEST;
                     return Some((why.code, why.reason, false));
                 }
-            }
-        },
-        Message::Binary(data) => match handler {
-            Handler::Echo => {
-                ws::binary_header(out, data.len());
-                out.extend_from_slice(&data);
-            }
-            Handler::Session(_) => {
-                let why = Disconnect::BAD_REQUEST;
-                return Some((why.code, why.reason, false));
-            }
-        },
+            },
+        }
     }
-    None
+    run_texts(&mut texts, handler).await
 }
 
-/// Decodes and runs every command of a text message.
-async fn handle_frame(session: &mut Session, text: &str) -> Result<(), Disconnect> {
-    let commands = decode_commands(text).map_err(|e| {
-        tracing::debug!(error = %e, "malformed frame");
-        Disconnect::BAD_REQUEST
-    })?;
-    for cmd in commands {
-        let (id, method) = cmd.into_method().map_err(|_| Disconnect::BAD_REQUEST)?;
-        if matches!(method, Method::Empty) {
-            session.pong();
-            continue;
-        }
-        if let Flow::Close(d) = session.handle(id, method).await {
-            return Err(d);
+/// Runs gathered text messages through the session.
+async fn run_texts(
+    texts: &mut Vec<String>,
+    handler: &mut Handler,
+) -> Option<(u16, &'static str, bool)> {
+    if texts.is_empty() {
+        return None;
+    }
+    let Handler::Session(s) = handler else {
+        return None;
+    };
+    let result = handle_texts(s, texts).await;
+    texts.clear();
+    result.err().map(|why| (why.code, why.reason, false))
+}
+
+/// Decodes and runs the commands of several text messages. Consecutive publishes are
+/// committed together; every other command runs on its own, in order.
+async fn handle_texts(session: &mut Session, texts: &[String]) -> Result<(), Disconnect> {
+    let mut publishes = Vec::new();
+    for text in texts {
+        let commands = decode_commands(text).map_err(|e| {
+            tracing::debug!(error = %e, "malformed frame");
+            Disconnect::BAD_REQUEST
+        })?;
+        for cmd in commands {
+            let (id, method) = cmd.into_method().map_err(|_| Disconnect::BAD_REQUEST)?;
+            match method {
+                Method::Empty => session.pong(),
+                Method::Publish(p) if id != 0 && session.is_connected() => publishes.push((id, p)),
+                other => {
+                    session.publish_batch(std::mem::take(&mut publishes)).await;
+                    if let Flow::Close(d) = session.handle(id, other).await {
+                        return Err(d);
+                    }
+                }
+            }
         }
     }
+    session.publish_batch(publishes).await;
     Ok(())
 }
 

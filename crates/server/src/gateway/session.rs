@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use roomcast_proto::command::{ConnectRequest, HistoryRequest, SubscribeRequest};
+use roomcast_proto::command::{ConnectRequest, HistoryRequest, PublishRequest, SubscribeRequest};
 use roomcast_proto::{
     encode_empty_reply, encode_error, encode_error_message, encode_push, encode_reply, ClientInfo,
     ConnectResult, Disconnect, ErrorCode, HistoryResult, Method, PresenceResult,
@@ -94,6 +94,10 @@ impl Session {
         }
     }
 
+    pub fn is_connected(&self) -> bool {
+        self.identity.is_some()
+    }
+
     pub fn conn_id(&self) -> ConnId {
         self.conn
     }
@@ -133,7 +137,7 @@ impl Session {
                 self.unsubscribe(&req.channel).await;
                 self.reply(encode_empty_reply(id, "unsubscribe"));
             }
-            Method::Publish(req) => self.publish(id, &req.channel, req.data).await,
+            Method::Publish(req) => self.commit_publishes(vec![(id, req)]).await,
             Method::Presence(req) => self.presence(id, &req.channel, false).await,
             Method::PresenceStats(req) => self.presence(id, &req.channel, true).await,
             Method::History(req) => self.history(id, req).await,
@@ -476,32 +480,60 @@ impl Session {
         }
     }
 
-    async fn publish(
-        &mut self,
-        id: u32,
-        channel_name: &str,
-        data: Box<serde_json::value::RawValue>,
-    ) {
-        let identity = self.identity.clone().expect("connected");
-        let channel = match Channel::resolve(&self.node.config, channel_name) {
-            Ok(c) => c,
-            Err(e) => return self.error(id, e),
+    /// Pipelined publishes (consecutive `publish` commands read together): each is checked
+    /// and refused on its own, the allowed ones are committed together, in order, and each
+    /// gets its reply.
+    pub async fn publish_batch(&mut self, commands: Vec<(u32, PublishRequest)>) {
+        if commands.is_empty() {
+            return;
+        }
+        let mut allowed = Vec::with_capacity(commands.len());
+        for (id, req) in commands {
+            if self.budget.allow(self.node.config.commands_per_second) {
+                allowed.push((id, req));
+            } else {
+                self.error(id, ErrorCode::TOO_MANY_REQUESTS);
+            }
+        }
+        self.commit_publishes(allowed).await;
+    }
+
+    /// Checks each publish, commits the allowed ones together, replies to each.
+    async fn commit_publishes(&mut self, commands: Vec<(u32, PublishRequest)>) {
+        let Some(identity) = self.identity.clone() else {
+            return;
         };
+        let mut ids = Vec::with_capacity(commands.len());
+        let mut items = Vec::with_capacity(commands.len());
+        for (id, req) in commands {
+            match self.may_publish(&identity.user, &req.channel) {
+                Ok(()) => {
+                    ids.push(id);
+                    items.push((req.channel, req.data));
+                }
+                Err(e) => self.error(id, e),
+            }
+        }
+        let results = self.node.publish_batch(items, &identity).await;
+        for (id, r) in ids.into_iter().zip(results) {
+            match r {
+                Ok(_) => self.reply(encode_empty_reply(id, "publish")),
+                Err(e) => self.error(id, internal(e)),
+            }
+        }
+    }
+
+    fn may_publish(&self, user: &str, channel_name: &str) -> Result<(), ErrorCode> {
+        let channel = Channel::resolve(&self.node.config, channel_name)?;
         let allowed = if self.subs.contains_key(channel_name) {
             channel.options.allow_publish_for_subscriber || channel.options.allow_publish_for_client
         } else {
             channel.options.allow_publish_for_client
         };
-        if !allowed || !channel.admits(&identity.user) {
-            return self.error(id, ErrorCode::PERMISSION_DENIED);
-        }
-        match self
-            .node
-            .publish(channel_name, data, Some(&identity), None)
-            .await
-        {
-            Ok(_) => self.reply(encode_empty_reply(id, "publish")),
-            Err(e) => self.error(id, internal(e)),
+        if allowed && channel.admits(user) {
+            Ok(())
+        } else {
+            Err(ErrorCode::PERMISSION_DENIED)
         }
     }
 

@@ -108,6 +108,16 @@ pub type Committed = mpsc::Receiver<Vec<Arc<Message>>>;
 pub trait Store: Send + Sync + 'static {
     /// Assigns the room's next offset and commits the message durably.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
+    /// Appends several messages, offsets in the order given (per room), results in the same
+    /// order. Implementations queue them all before waiting, so one sender's pipelined
+    /// publishes share a group commit instead of paying one each.
+    async fn append_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            out.push(self.append(m).await);
+        }
+        out
+    }
     /// Reads part of a room's stream and its position, in one consistent read.
     async fn range(&self, room: &str, range: Range)
         -> Result<(Vec<Message>, Position), StoreError>;

@@ -196,6 +196,24 @@ impl Store for SqliteStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    async fn append_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        // Queue everything first (in order), then wait: the writer commits them together.
+        let mut waiting = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let (tx, rx) = oneshot::channel();
+            let queued = self.writer.send(Request::Append(m, tx)).await.is_ok();
+            waiting.push(queued.then_some(rx));
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(match rx {
+                Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+                None => Err(StoreError::Closed),
+            });
+        }
+        out
+    }
+
     async fn range(
         &self,
         room: &str,
