@@ -18,7 +18,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use roomcast_proto::{ClientInfo, Publication};
 use serde_json::value::RawValue;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 pub mod postgres;
 pub mod sqlite;
@@ -103,6 +103,33 @@ pub enum StoreError {
 
 /// Committed messages, in commit order, for the node's dispatcher to publish.
 pub type Committed = mpsc::Receiver<Vec<Arc<Message>>>;
+
+/// The reply channel of one queued append.
+pub(crate) type AppendReply = oneshot::Sender<Result<Appended, StoreError>>;
+
+/// Queues appends to a writer task or thread, in order, then waits for every result: the
+/// shared front half of the SQLite and PostgreSQL stores, whose writers commit whatever is
+/// queued together. `wrap` builds the writer's request from a message and its reply channel.
+pub(crate) async fn queue_appends<R>(
+    writer: &mpsc::Sender<R>,
+    msgs: Vec<NewMessage>,
+    wrap: impl Fn(NewMessage, AppendReply) -> R,
+) -> Vec<Result<Appended, StoreError>> {
+    let mut waiting = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        let (tx, rx) = oneshot::channel();
+        let queued = writer.send(wrap(m, tx)).await.is_ok();
+        waiting.push(queued.then_some(rx));
+    }
+    let mut out = Vec::with_capacity(waiting.len());
+    for rx in waiting {
+        out.push(match rx {
+            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+            None => Err(StoreError::Closed),
+        });
+    }
+    out
+}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

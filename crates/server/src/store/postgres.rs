@@ -237,30 +237,13 @@ fn big(n: u64) -> i64 {
 #[async_trait]
 impl Store for PostgresStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        self.writer
-            .send(Request::Append(msg, tx))
-            .await
-            .map_err(|_| StoreError::Closed)?;
-        rx.await.map_err(|_| StoreError::Closed)?
+        let mut results = super::queue_appends(&self.writer, vec![msg], Request::Append).await;
+        results.pop().unwrap_or(Err(StoreError::Closed))
     }
 
     async fn append_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
-        // Queue everything first (in order), then wait: the writer commits them together.
-        let mut waiting = Vec::with_capacity(msgs.len());
-        for m in msgs {
-            let (tx, rx) = oneshot::channel();
-            let queued = self.writer.send(Request::Append(m, tx)).await.is_ok();
-            waiting.push(queued.then_some(rx));
-        }
-        let mut out = Vec::with_capacity(waiting.len());
-        for rx in waiting {
-            out.push(match rx {
-                Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
-                None => Err(StoreError::Closed),
-            });
-        }
-        out
+        // Queued together, committed together.
+        super::queue_appends(&self.writer, msgs, Request::Append).await
     }
 
     async fn range(
