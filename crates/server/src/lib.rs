@@ -18,5 +18,8 @@ pub mod presence;
 pub mod server;
 pub mod store;
 
+/// This build's version, as connect replies and the `info` API report it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use config::Config;
 pub use server::Server;

@@ -516,7 +516,7 @@ impl Shared {
         NodeStats {
             uid: self.node.clone(),
             name: self.node.clone(),
-            version: crate::gateway::session::VERSION.into(),
+            version: crate::VERSION.into(),
             num_clients: clients as u64,
             num_users: users as u64,
             num_channels: self.hub.channels().len() as u64,

@@ -17,8 +17,7 @@ use crate::auth::{now_secs, Claims, TokenError};
 use crate::channel::Channel;
 use crate::hub::{ConnEntry, ConnId, RoomEvent};
 use crate::node::{internal, Node};
-
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::VERSION;
 
 /// What the pump does after a command.
 #[derive(Debug, PartialEq)]

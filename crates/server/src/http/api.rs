@@ -215,7 +215,7 @@ pub async fn call(
             Ok(ok(json!({ "nodes": [{
                 "uid": node.id,
                 "name": node.id,
-                "version": crate::gateway::session::VERSION,
+                "version": crate::VERSION,
                 "num_clients": clients,
                 "num_users": users,
                 "num_channels": node.hub.channels().len(),

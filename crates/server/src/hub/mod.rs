@@ -165,16 +165,6 @@ impl Hub {
             .collect()
     }
 
-    /// Every local connection (for shutdown).
-    pub fn all_conns(&self) -> Vec<ConnEntry> {
-        self.users
-            .lock()
-            .expect("users lock")
-            .values()
-            .flat_map(|c| c.values().cloned())
-            .collect()
-    }
-
     /// Number of local connections and of distinct users.
     pub fn counts(&self) -> (usize, usize) {
         let users = self.users.lock().expect("users lock");

@@ -124,10 +124,6 @@ impl Outbox {
         self.waker.wake();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.state.lock().expect("outbox lock").close.is_some()
-    }
-
     /// Ready when the outbox is closed or, when `frames` is true, has something queued.
     /// (A connection whose socket is not keeping up waits with `frames` false: it takes no
     /// more until it has written what it has, but still learns at once that it must close.)

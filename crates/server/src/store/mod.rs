@@ -23,8 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 pub mod postgres;
 pub mod sqlite;
 
-/// The shared behaviour suite; public (hidden) so integration tests can run it against a
+/// The shared behaviour suite; public behind the `conformance` feature (enabled for the
+/// integration tests only, so it never ships in the binary) so they can run it against a
 /// real PostgreSQL they start.
+#[cfg(any(test, feature = "conformance"))]
 #[doc(hidden)]
 pub mod conformance;
 
