@@ -1,80 +1,17 @@
 //! The `roomcast` binary as an operator runs it: crash (kill -9) right after acknowledged
 //! publishes, and a graceful drain on SIGTERM. Nothing acknowledged may be lost.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use roomcast_testkit::*;
 use serde_json::json;
 
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
+/// Starts `roomcast serve` on a free port on the data directory `dir`.
+fn spawn(dir: &std::path::Path) -> Node {
+    Node::builder().data_dir(dir).start()
 }
 
-/// Starts `roomcast serve` on a free port and waits for its "listening on" line.
-fn spawn(dir: &std::path::Path) -> Proc {
-    spawn_with(dir, None).0
-}
-
-/// Same, optionally under an open-files limit (soft and hard); also returns the server's
-/// log lines as they come.
-fn spawn_with(
-    dir: &std::path::Path,
-    nofile: Option<u32>,
-) -> (Proc, std::sync::mpsc::Receiver<String>) {
-    let bin = env!("CARGO_BIN_EXE_roomcast");
-    let mut cmd = match nofile {
-        None => Command::new(bin),
-        Some(n) => {
-            let mut c = Command::new("bash");
-            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
-            c
-        }
-    };
-    let mut child = cmd
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            API_KEY,
-            "--token-hmac-secret",
-            SECRET,
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("ROOMCAST_LOG", "roomcast=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("roomcast binary runs");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                    tx.send(addr).unwrap();
-                    sent = true;
-                }
-            }
-            let _ = lines_tx.send(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server reported its address");
-    (Proc { child, addr }, lines)
-}
-
-async fn history(addr: SocketAddr, channel: &str) -> Vec<(u64, serde_json::Value)> {
+async fn history(addr: std::net::SocketAddr, channel: &str) -> Vec<(u64, serde_json::Value)> {
     let (status, v) = api_raw(
         addr,
         "history",
@@ -121,8 +58,7 @@ async fn kill_9_after_acknowledged_publishes_loses_nothing() {
         acked.extend(t.await.unwrap());
     }
     // SIGKILL right after the last acknowledgement: no drain, no flush.
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 
     let mut p = spawn(dir.path());
     let stored = history(p.addr, "c").await;
@@ -141,8 +77,7 @@ async fn kill_9_after_acknowledged_publishes_loses_nothing() {
     )
     .await;
     assert_eq!(v["result"]["offset"], 201);
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,11 +104,7 @@ async fn sigterm_drains_connections_with_shutdown_code_and_keeps_acked_publicati
             }
         }
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    p.signal("TERM");
     let mut close = None;
     while close.is_none() {
         match c.next().await {
@@ -187,9 +118,7 @@ async fn sigterm_drains_connections_with_shutdown_code_and_keeps_acked_publicati
         Some(3001),
         "clients are told to reconnect elsewhere"
     );
-    let exit = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || p.wait()).await.unwrap();
     assert!(exit.success(), "exits cleanly after the drain: {exit:?}");
 
     let mut p = spawn(dir.path());
@@ -204,14 +133,14 @@ async fn sigterm_drains_connections_with_shutdown_code_and_keeps_acked_publicati
     for (i, (_, data)) in stored.iter().enumerate() {
         assert_eq!(data, &json!(i), "in the order they were sent");
     }
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut p, lines) = spawn_with(dir.path(), Some(64));
+    let mut p = Node::builder().data_dir(dir.path()).nofile(64).start();
+    let lines = p.logs();
     // Far more sockets than the server has descriptors left.
     let mut socks = Vec::new();
     for _ in 0..120 {
@@ -237,6 +166,5 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(ok, "the server recovered after the descriptors were freed");
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 }

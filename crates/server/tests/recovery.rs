@@ -1,11 +1,9 @@
 //! Recovery without loss: a client that comes back with its last offset and epoch gets
 //! everything it missed, in order, once; while publications keep coming, too.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use roomcast_testkit::*;
 use serde_json::{json, Value};
 
 fn offsets(pubs: &Value) -> Vec<u64> {
