@@ -12,14 +12,7 @@ fn spawn(dir: &std::path::Path) -> Node {
 }
 
 async fn history(addr: std::net::SocketAddr, channel: &str) -> Vec<(u64, serde_json::Value)> {
-    let (status, v) = api_raw(
-        addr,
-        "history",
-        Some(API_KEY),
-        &json!({"channel": channel, "limit": -1}).to_string(),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+    let v = api(addr, "history", json!({"channel": channel, "limit": -1})).await;
     v["result"]["publications"]
         .as_array()
         .unwrap()
@@ -40,15 +33,7 @@ async fn kill_9_after_acknowledged_publishes_loses_nothing() {
             let mut acked = Vec::new();
             for i in 0..50 {
                 let data = json!({"t": t, "i": i});
-                let (status, v) = api_raw(
-                    addr,
-                    "publish",
-                    Some(API_KEY),
-                    &json!({"channel": "c", "data": data}).to_string(),
-                )
-                .await;
-                assert_eq!(status, 200, "{v}");
-                acked.push((v["result"]["offset"].as_u64().unwrap(), data));
+                acked.push((publish(addr, "c", data.clone()).await, data));
             }
             acked
         }));
@@ -69,14 +54,7 @@ async fn kill_9_after_acknowledged_publishes_loses_nothing() {
         "every acknowledged publication is in history with its offset"
     );
     // The stream continues after the last offset.
-    let (_, v) = api_raw(
-        p.addr,
-        "publish",
-        Some(API_KEY),
-        &json!({"channel": "c", "data": 1}).to_string(),
-    )
-    .await;
-    assert_eq!(v["result"]["offset"], 201);
+    assert_eq!(p.publish("c", json!(1)).await, 201);
     p.kill();
 }
 

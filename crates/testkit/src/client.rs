@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::WAIT;
+use crate::{token, WAIT};
 
 /// What the server sent: a reply/push object, or the close frame's code.
 #[derive(Debug)]
@@ -38,6 +38,14 @@ impl Client {
             closed: None,
             auto_pong: true,
         }
+    }
+
+    /// Opens `url` and connects as `user` with a valid token; asserts the connect reply.
+    pub async fn connect(url: &str, user: &str) -> Client {
+        let mut c = Client::open(url).await;
+        let reply = c.call(json!({"connect": {"token": token(user)}})).await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        c
     }
 
     pub fn ws_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {

@@ -84,6 +84,11 @@ impl NodeBuilder {
         self.arg("--redis").arg(url)
     }
 
+    /// `--nats URL`: the bus on NATS (the broker's flag; presence stays on `--redis`).
+    pub fn nats(self, url: &str) -> Self {
+        self.arg("--nats").arg(url)
+    }
+
     /// `--store URL`: the shared message store.
     pub fn store(self, url: &str) -> Self {
         self.arg("--store").arg(url)

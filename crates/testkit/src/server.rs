@@ -2,9 +2,9 @@
 //! the test's secret and API key, and whatever else the test tunes in its [`Config`].
 
 use roomcast::{Config, Server};
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::{api, publish, token, Client, API_KEY, SECRET};
+use crate::{api, publish, Client, API_KEY, SECRET};
 
 /// A running in-process node; [`TestServer::stop`] drains it (dropping it just aborts).
 pub struct TestServer {
@@ -51,10 +51,7 @@ impl TestServer {
 
     /// A client connected (with a valid token) as `user`.
     pub async fn client(&self, user: &str) -> Client {
-        let mut c = Client::open(&self.ws_url()).await;
-        let reply = c.call(json!({"connect": {"token": token(user)}})).await;
-        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
-        c
+        Client::connect(&self.ws_url(), user).await
     }
 
     /// Calls a server API method; asserts HTTP 200 and returns the body.

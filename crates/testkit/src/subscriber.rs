@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::time::Instant;
 
-use crate::{token, Client, Event};
+use crate::{Client, Event};
 
 /// A subscriber that keeps every offset it receives and, when its connection closes,
 /// reconnects (to `url`) and recovers from its last offset, as an SDK does.
@@ -22,11 +22,7 @@ pub struct Subscriber {
 
 impl Subscriber {
     pub async fn start(url: &str, user: &str, channel: &str) -> Subscriber {
-        let mut client = Client::open(url).await;
-        let r = client
-            .call(json!({"connect": {"token": token(user)}}))
-            .await;
-        assert!(r.get("connect").is_some(), "connect: {r}");
+        let mut client = Client::connect(url, user).await;
         let s = client.subscribe(channel).await;
         Subscriber {
             client,
@@ -46,11 +42,7 @@ impl Subscriber {
     pub async fn recover(&mut self, url: &str) {
         self.url = url.to_owned();
         self.reconnects += 1;
-        let mut client = Client::open(url).await;
-        let r = client
-            .call(json!({"connect": {"token": token("recovering")}}))
-            .await;
-        assert!(r.get("connect").is_some(), "connect: {r}");
+        let mut client = Client::connect(url, "recovering").await;
         let r = client
             .call(
                 json!({"subscribe": {"channel": self.channel, "recover": true,
