@@ -1,5 +1,6 @@
 //! The `roomcast` binary as an operator runs it: crash (kill -9) right after acknowledged
-//! publishes, and a graceful drain on SIGTERM. Nothing acknowledged may be lost.
+//! publishes, and a graceful drain on SIGTERM (nothing acknowledged may be lost); out of
+//! file descriptors; the `--ready-fd` line supervisors start it by.
 
 use std::time::Duration;
 
@@ -145,4 +146,53 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     }
     assert!(ok, "the server recovered after the descriptors were freed");
     p.kill();
+}
+
+/// `--ready-fd` on a descriptor other than stdout (here fd 3, a file the shell opened):
+/// one JSON line naming the bound address and the process, and the address serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_line_on_another_descriptor_names_the_bound_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    /// Kills the node by its PID also when an assertion fails.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = std::process::Command::new("bash")
+        .args(["-c", "exec \"$0\" \"$@\" 3>\"$READY\""])
+        .arg(roomcast_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--ready-fd", "3"])
+        .args(["--api-key", API_KEY, "--token-hmac-secret", SECRET])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("READY", &ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Kill(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let text = std::fs::read_to_string(&ready).unwrap_or_default();
+        if text.ends_with('\n') {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ready line: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line.lines().count(), 1, "one line: {line:?}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["pid"], child.0.id());
+    assert_eq!(v["version"], roomcast::VERSION);
+    let addr: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+    assert_ne!(addr.port(), 0, "the bound port, not the configured 0");
+    let info = api(addr, "info", json!({})).await;
+    assert!(info["result"]["nodes"].is_array(), "{info}");
 }
