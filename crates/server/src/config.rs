@@ -84,6 +84,11 @@ pub struct Config {
     pub history_max_limit: u64,
     /// Bytes queued for one connection before it is disconnected as slow.
     pub outbox_max_bytes: usize,
+    /// Seconds a connection's socket may accept nothing while there is something to send
+    /// before the connection is dropped; also the longest a closing connection (slow, no
+    /// pong, ...) waits for its peer to take the close frame. Keeps peers that stop reading
+    /// from holding file descriptors, presence and registry entries.
+    pub write_timeout_secs: u64,
     /// Largest incoming WebSocket message.
     pub max_message_size: usize,
     /// Most channels one connection may subscribe to.
@@ -131,6 +136,7 @@ impl Default for Config {
             recovery_max_bytes: 16 << 20,
             history_max_limit: 10_000,
             outbox_max_bytes: 1 << 20,
+            write_timeout_secs: 10,
             max_message_size: 64 << 10,
             max_channels_per_connection: 128,
             max_connections_per_user: 100,
@@ -199,6 +205,9 @@ impl Config {
                 "pong_timeout_secs ({}) must be shorter than ping_interval_secs ({})",
                 self.pong_timeout_secs, self.ping_interval_secs
             ));
+        }
+        if self.write_timeout_secs == 0 {
+            return bad("write_timeout_secs must be at least 1".into());
         }
         if self.max_message_size < 1024 {
             return bad("max_message_size must be at least 1024 bytes".into());

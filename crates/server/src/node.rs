@@ -29,7 +29,7 @@ pub struct Node {
     pub hub: Arc<Hub>,
     pub presence: Arc<dyn Presence>,
     /// Pings, pong deadlines, connect deadlines and token expiry of every connection.
-    pub keepalive: Arc<crate::gateway::keepalive::Keepalive>,
+    pub keepalive: Arc<crate::keepalive::Keepalive>,
     /// This node's id (in connect replies and the `info` API).
     pub id: String,
     pub started: Instant,

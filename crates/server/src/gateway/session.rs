@@ -12,10 +12,10 @@ use roomcast_proto::{
     PresenceStatsResult, PushBody, RefreshResult, SubscribeResult,
 };
 
-use super::keepalive::Peer;
 use crate::auth::{now_secs, Claims, TokenError};
 use crate::channel::Channel;
 use crate::hub::{ConnEntry, ConnId, RoomEvent};
+use crate::keepalive::Peer;
 use crate::node::{internal, Node};
 use crate::VERSION;
 
