@@ -153,6 +153,37 @@ impl Default for Config {
     }
 }
 
+/// What a client session reads of the configuration: the limits and defaults of the
+/// protocol and the channel namespaces. Built once per node (`Config::session`).
+#[derive(Debug, Clone, Default)]
+pub struct SessionConfig {
+    pub insecure: bool,
+    pub ping_interval_secs: u64,
+    pub recovery_max_publications: u64,
+    pub recovery_max_bytes: usize,
+    pub max_channels_per_connection: usize,
+    pub max_connections_per_user: usize,
+    pub commands_per_second: u32,
+    pub default_namespace: NamespaceOptions,
+    pub namespaces: HashMap<String, NamespaceOptions>,
+}
+
+impl crate::channel::Namespaces for SessionConfig {
+    fn namespace(&self, name: &str) -> Option<&NamespaceOptions> {
+        if name.is_empty() {
+            Some(&self.default_namespace)
+        } else {
+            self.namespaces.get(name)
+        }
+    }
+}
+
+impl crate::channel::Namespaces for Config {
+    fn namespace(&self, name: &str) -> Option<&NamespaceOptions> {
+        Config::namespace(self, name)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("reading config file {path}: {source}")]
@@ -191,6 +222,21 @@ impl Config {
             Some(&self.default_namespace)
         } else {
             self.namespaces.get(name)
+        }
+    }
+
+    /// The part of the configuration client sessions read.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            insecure: self.insecure,
+            ping_interval_secs: self.ping_interval_secs,
+            recovery_max_publications: self.recovery_max_publications,
+            recovery_max_bytes: self.recovery_max_bytes,
+            max_channels_per_connection: self.max_channels_per_connection,
+            max_connections_per_user: self.max_connections_per_user,
+            commands_per_second: self.commands_per_second,
+            default_namespace: self.default_namespace.clone(),
+            namespaces: self.namespaces.clone(),
         }
     }
 

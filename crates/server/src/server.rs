@@ -92,6 +92,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             published: AtomicU64::new(0),
+            session: config.session(),
             config,
         });
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));

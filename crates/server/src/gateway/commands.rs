@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use roomcast_proto::{decode_commands, Disconnect, Method};
 
-use super::session::{Flow, Session};
+use super::session::{Flow, Now, Session};
 use super::transport::Transport;
 use crate::hub::Out;
 
@@ -13,6 +13,8 @@ use crate::hub::Out;
 /// committed together; every other command runs on its own, in order. An error is the
 /// close the connection must end with.
 pub(super) async fn run(session: &mut Session, texts: &[String]) -> Result<(), Disconnect> {
+    // One clock reading for the batch: the commands of one read arrived together.
+    let now = Now::current();
     let mut publishes = Vec::new();
     for text in texts {
         let commands = decode_commands(text).map_err(|e| {
@@ -25,15 +27,17 @@ pub(super) async fn run(session: &mut Session, texts: &[String]) -> Result<(), D
                 Method::Empty => session.pong(),
                 Method::Publish(p) if id != 0 && session.is_connected() => publishes.push((id, p)),
                 other => {
-                    session.publish_batch(std::mem::take(&mut publishes)).await;
-                    if let Flow::Close(d) = session.handle(id, other).await {
+                    session
+                        .publish_batch(std::mem::take(&mut publishes), now)
+                        .await;
+                    if let Flow::Close(d) = session.handle(id, other, now).await {
                         return Err(d);
                     }
                 }
             }
         }
     }
-    session.publish_batch(publishes).await;
+    session.publish_batch(publishes, now).await;
     Ok(())
 }
 

@@ -33,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 use super::commands;
-use super::session::Session;
+use super::session::{Now, Session};
 use super::transport::{Format, Transport};
 use crate::hub::Outbox;
 use crate::keepalive::Peer;
@@ -142,7 +142,7 @@ impl Stall {
 pub async fn serve(node: Arc<Node>, tcp: TcpStream, leftover: Bytes) {
     let outbox = Arc::new(Outbox::new(node.config.outbox_max_bytes));
     let peer = Arc::new(Peer::new(outbox.clone()));
-    let session = Session::new(node.clone(), peer.clone());
+    let session = Session::new(node.clone(), peer.clone(), Now::current());
     let id = session.conn_id();
     node.keepalive.register(id, &peer);
     let mut handler = Handler::Session(Box::new(session));
