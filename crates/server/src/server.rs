@@ -1,6 +1,8 @@
 //! Starting and draining a node: bind the listener, wire the components, serve, and on
 //! shutdown stop accepting, close every connection with "shutdown", wait for their tasks,
-//! then finish pending store commits.
+//! then close in order: the store writer (pending commits finish), the dispatcher (every
+//! committed publication handed to the bus), the bus (queued publishes flushed to the
+//! broker, then the leave announcement), presence (this node's entries removed).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -131,9 +133,14 @@ impl Server {
         }
         let _ = tokio::time::timeout(grace, self.serve).await;
         self.node.store.close().await;
-        // The writer has stopped; the dispatcher ends when the committed queue drains.
-        drop(self.node);
+        // The writer has stopped; the dispatcher ends when the committed queue drains,
+        // having handed every committed publication to the bus.
         let _ = tokio::time::timeout(grace, self.dispatcher).await;
+        // Then the bus flushes them to the broker and announces this node is leaving,
+        // and presence drops this node's entries at once.
+        self.node.bus.close().await;
+        self.node.presence.close().await;
+        drop(self.node);
         tracing::info!("drained");
     }
 }
