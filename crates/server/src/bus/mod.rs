@@ -15,7 +15,8 @@
 //! - `envelope.rs`: the wire format between nodes, the same on every broker;
 //! - `ingest/`: `BrokerBus`, the cluster `Bus` over any broker (publisher, subscriber,
 //!   receiver with the per-room `reorder.rs`, heartbeat and node list);
-//! - `redis/`, `nats.rs`: the brokers.
+//! - `redis/`, `nats.rs`, `memory.rs` (in-process): the brokers;
+//! - `conformance.rs` (tests only): the behaviour suite every broker passes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -27,8 +28,13 @@ use serde::{Deserialize, Serialize};
 use crate::hub::{Hub, Out, RoomEvent};
 
 pub mod broker;
+/// The broker behaviour suite; public behind the `conformance` feature (enabled for the
+/// integration tests through the self dev-dependency), so it never ships in the binary.
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod envelope;
 pub mod ingest;
+pub mod memory;
 pub mod nats;
 pub mod redis;
 pub mod reorder;
