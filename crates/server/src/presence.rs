@@ -18,7 +18,8 @@ pub trait Presence: Send + Sync + 'static {
     /// Entries by client id.
     async fn get(&self, room: &str) -> HashMap<String, ClientInfo>;
     /// The node is draining: its entries are removed now (not after their TTL), and any
-    /// background refresh stops.
+    /// background refresh stops. A `remove` afterwards is harmless; an `add` racing the
+    /// drain expires on its own.
     async fn close(&self) {}
     /// Number of clients and of distinct users.
     async fn stats(&self, room: &str) -> (u32, u32) {

@@ -8,14 +8,17 @@
 //! tokens, and two rooms never share a subject.
 //!
 //! - **Publishing** goes through one long-lived client (it reconnects by itself). A batch
-//!   is queued on the client and then flushed: `publish` returns once the server has read
-//!   it (PING/PONG), so a failed or stalled server is an error the ingest turns into hints.
+//!   is queued on the client, then followed by a request to a subject nobody serves: the
+//!   server answers it ("no responders") only after it has processed everything before it
+//!   on the connection, so `publish` returns once the server has the batch, and a failed
+//!   or stalled server is an error the ingest turns into hints. (The client's `flush` only
+//!   writes the socket; it proves nothing.)
 //! - **Each subscription has its own client connection.** Core NATS resubscribes by itself
 //!   after a reconnect, but what was published in between is gone, and a slow consumer's
 //!   messages are dropped: on either event (and on a stall the ingest's probe detects) the
 //!   subscription ends, the ingest opens a new connection and sweeps the watched rooms
-//!   from the store. `subscribe` returns after a flush, so the server has the interest
-//!   before the ingest reads the room's baseline from the store.
+//!   from the store. `subscribe` returns after the same round trip, so the server has the
+//!   interest before the ingest reads the room's baseline from the store.
 //!
 //! Presence and the node registry stay in Redis (see `cluster/mod.rs` for why).
 
@@ -23,8 +26,10 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use async_nats::client::RequestErrorKind;
 use async_nats::{Client, ConnectOptions, Event};
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::stream::SelectAll;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
@@ -69,10 +74,25 @@ fn nats_err(e: impl std::fmt::Display) -> BusError {
     BusError::Backend(format!("nats: {e}"))
 }
 
+/// A round trip to the server: answered once it processed everything this connection
+/// sent before. The subject is this connection's own, so nobody serves it.
+async fn round_trip(client: &Client, subject: &str) -> Result<(), BusError> {
+    match client.request(subject.to_owned(), Bytes::new()).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(nats_err(e)),
+    }
+}
+
+fn sync_subject() -> String {
+    format!("roomcast.sync.{}", uuid::Uuid::new_v4().simple())
+}
+
 fn options(name: &str) -> ConnectOptions {
     ConnectOptions::new()
         .name(name)
         .connection_timeout(CONNECT_TIMEOUT)
+        .request_timeout(Some(CONNECT_TIMEOUT))
         .subscription_capacity(SUBSCRIPTION_CAPACITY)
         .reconnect_delay_callback(|attempts| {
             Duration::from_millis((attempts as u64 * 100).clamp(100, 1000))
@@ -83,6 +103,8 @@ pub struct NatsBroker {
     url: String,
     /// The publisher's connection.
     client: Client,
+    /// The publisher's round-trip subject.
+    sync: String,
 }
 
 impl NatsBroker {
@@ -97,6 +119,7 @@ impl NatsBroker {
         Ok(NatsBroker {
             url: url.to_owned(),
             client,
+            sync: sync_subject(),
         })
     }
 }
@@ -114,7 +137,7 @@ impl Broker for NatsBroker {
                 .await
                 .map_err(nats_err)?;
         }
-        self.client.flush().await.map_err(nats_err)
+        round_trip(&self.client, &self.sync).await
     }
 
     async fn subscription(&self) -> Result<Box<dyn Subscription>, BusError> {
@@ -138,6 +161,7 @@ impl Broker for NatsBroker {
             .map_err(nats_err)?;
         Ok(Box::new(NatsSubscription {
             client,
+            sync: sync_subject(),
             lost,
             rooms: HashMap::new(),
             streams: SelectAll::new(),
@@ -149,6 +173,8 @@ type Stream = futures_util::stream::BoxStream<'static, async_nats::Message>;
 
 struct NatsSubscription {
     client: Client,
+    /// This connection's round-trip subject.
+    sync: String,
     /// Cancelled when the connection dropped or messages were dropped.
     lost: CancellationToken,
     /// One token per subscribed subject: cancelling it ends (and drops, so unsubscribes)
@@ -176,7 +202,7 @@ impl Subscription for NatsSubscription {
             self.rooms.insert(name, done);
         }
         // The server has the interest once it answered a ping sent after the SUBs.
-        self.client.flush().await.map_err(nats_err)
+        round_trip(&self.client, &self.sync).await
     }
 
     async fn unsubscribe(&mut self, channels: &[Channel]) -> Result<(), BusError> {

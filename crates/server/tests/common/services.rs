@@ -55,6 +55,74 @@ fn wait_for_port(port: u16, what: &str, within: Duration) {
     panic!("{what} did not listen on 127.0.0.1:{port} within {within:?}");
 }
 
+/// Sends `kill -<sig> <pid>`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+/// A private `nats-server` (core NATS; the bus needs no JetStream), shaped like `Redis`.
+pub struct Nats {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl Nats {
+    pub fn start() -> Nats {
+        let mut n = Nats {
+            port: free_port(),
+            child: None,
+        };
+        n.spawn();
+        n
+    }
+
+    fn spawn(&mut self) {
+        let bin = find("nats-server", &[], "nats-server");
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        wait_for_port(self.port, "nats-server", Duration::from_secs(10));
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills it (SIGKILL, by PID) and waits for it to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `STOP` / `CONT`, by PID (a silent stall).
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().expect("nats running").id(), sig);
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A private `redis-server` (no persistence: a restart is also a flush).
 pub struct Redis {
     pub port: u16,
@@ -439,6 +507,11 @@ impl Node {
     }
 
     pub fn start_on(listen: SocketAddr, redis: &str, store: &str) -> Node {
+        Self::start_with(listen, redis, store, &[])
+    }
+
+    /// `start_on` with more `roomcast serve` arguments (`["--nats", url]`).
+    pub fn start_with(listen: SocketAddr, redis: &str, store: &str, extra: &[&str]) -> Node {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_roomcast"))
             .args(["serve", "--api-key", API_KEY, "--token-hmac-secret", SECRET])
@@ -447,6 +520,7 @@ impl Node {
             .arg("--data-dir")
             .arg(dir.path())
             .args(["--redis", redis, "--store", store])
+            .args(extra)
             .env("ROOMCAST_LOG", "roomcast=info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -482,6 +556,18 @@ impl Node {
 
     pub fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.addr)
+    }
+
+    /// Sends a signal (`TERM` for a graceful drain), by PID.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("node running").id();
+        signal(pid, sig);
+    }
+
+    /// Waits for it to exit (blocking).
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        c.wait().expect("wait for roomcast serve")
     }
 
     /// kill -9, by PID.
