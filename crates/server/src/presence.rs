@@ -47,6 +47,42 @@ pub trait Registry: Send + Sync + 'static {
     async fn remove(&self, node: &str);
 }
 
+/// The registry of nodes sharing one process (tests, in-process clusters).
+#[derive(Default)]
+pub struct LocalRegistry {
+    nodes: Mutex<HashMap<String, HashMap<String, usize>>>,
+}
+
+#[async_trait]
+impl Registry for LocalRegistry {
+    async fn refresh(
+        &self,
+        node: &str,
+        channels: &HashMap<String, usize>,
+        _users: &HashMap<String, usize>,
+    ) {
+        self.nodes
+            .lock()
+            .expect("registry lock")
+            .insert(node.to_owned(), channels.clone());
+    }
+
+    async fn channels(&self, nodes: &[String]) -> HashMap<String, u64> {
+        let all = self.nodes.lock().expect("registry lock");
+        let mut totals = HashMap::new();
+        for n in nodes {
+            for (room, count) in all.get(n).into_iter().flatten() {
+                *totals.entry(room.clone()).or_default() += *count as u64;
+            }
+        }
+        totals
+    }
+
+    async fn remove(&self, node: &str) {
+        self.nodes.lock().expect("registry lock").remove(node);
+    }
+}
+
 /// In-memory presence of a single node.
 #[derive(Default)]
 pub struct LocalPresence {

@@ -401,3 +401,6 @@ impl Bus for BrokerBus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
