@@ -156,6 +156,14 @@ mod tests {
         config.store_url = None;
         config.redis_url = Some("not a url".into());
         assert!(super::Backends::open(&config, &hub, "n").await.is_err());
+        // NATS carries the bus only: presence needs Redis beside it.
+        config.redis_url = None;
+        config.nats_url = Some("nats://127.0.0.1:1".into());
+        let err = super::Backends::open(&config, &hub, "n")
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("redis_url"), "{err}");
     }
 
     #[test]
