@@ -163,7 +163,7 @@ impl Broker for NatsBroker {
             client,
             sync: sync_subject(),
             lost,
-            rooms: HashMap::new(),
+            subjects: HashMap::new(),
             streams: SelectAll::new(),
         }))
     }
@@ -179,7 +179,7 @@ struct NatsSubscription {
     lost: CancellationToken,
     /// One token per subscribed subject: cancelling it ends (and drops, so unsubscribes)
     /// that subject's stream inside `streams`.
-    rooms: HashMap<String, CancellationToken>,
+    subjects: HashMap<String, CancellationToken>,
     streams: SelectAll<Stream>,
 }
 
@@ -188,7 +188,7 @@ impl Subscription for NatsSubscription {
     async fn subscribe(&mut self, channels: &[Channel]) -> Result<(), BusError> {
         for c in channels {
             let name = subject(c);
-            if self.rooms.contains_key(&name) {
+            if self.subjects.contains_key(&name) {
                 continue;
             }
             let sub = self
@@ -199,7 +199,7 @@ impl Subscription for NatsSubscription {
             let done = CancellationToken::new();
             self.streams
                 .push(sub.take_until(done.clone().cancelled_owned()).boxed());
-            self.rooms.insert(name, done);
+            self.subjects.insert(name, done);
         }
         // The server has the interest once it answered a ping sent after the SUBs.
         round_trip(&self.client, &self.sync).await
@@ -207,7 +207,7 @@ impl Subscription for NatsSubscription {
 
     async fn unsubscribe(&mut self, channels: &[Channel]) -> Result<(), BusError> {
         for c in channels {
-            if let Some(done) = self.rooms.remove(&subject(c)) {
+            if let Some(done) = self.subjects.remove(&subject(c)) {
                 done.cancel();
             }
         }
