@@ -107,6 +107,9 @@ pub struct Config {
     /// Redis URL (`redis://host:port`) of the cluster bus and presence. Unset: this node
     /// runs alone with its in-process bus and presence.
     pub redis_url: Option<String>,
+    /// NATS URL (`nats://host:port`) of the cluster bus. Presence and the node registry
+    /// stay in Redis, so it needs `redis_url` too. Unset: the bus is on Redis.
+    pub nats_url: Option<String>,
     /// Message store URL (`postgres://user:pass@host:port/db`), shared by the cluster.
     /// Unset: SQLite in `data_dir`.
     pub store_url: Option<String>,
@@ -144,6 +147,7 @@ impl Default for Config {
             commands_per_second: 100,
             allowed_origins: Vec::new(),
             redis_url: None,
+            nats_url: None,
             store_url: None,
             idempotency_ttl_secs: 300,
             shutdown_grace_secs: 10,

@@ -58,6 +58,9 @@ enum Command {
         /// Join a cluster: Redis URL of the bus and presence (`redis://host:port`).
         #[arg(long, env = "ROOMCAST_REDIS", hide_env_values = true)]
         redis: Option<String>,
+        /// Put the cluster bus on NATS (`nats://host:port`); presence stays on `--redis`.
+        #[arg(long, env = "ROOMCAST_NATS", hide_env_values = true)]
+        nats: Option<String>,
         /// Shared message store URL (`postgres://user:pass@host:port/db`).
         #[arg(long, env = "ROOMCAST_STORE", hide_env_values = true)]
         store: Option<String>,
@@ -126,6 +129,7 @@ fn main() -> anyhow::Result<()> {
             ping_interval,
             pong_timeout,
             redis,
+            nats,
             store,
             ready_fd,
         } => {
@@ -145,6 +149,9 @@ fn main() -> anyhow::Result<()> {
             }
             if redis.is_some() {
                 config.redis_url = redis;
+            }
+            if nats.is_some() {
+                config.nats_url = nats;
             }
             if store.is_some() {
                 config.store_url = store;

@@ -1,6 +1,9 @@
 //! Starting and draining a node: bind the listener, wire the components, serve, and on
 //! shutdown stop accepting, close every connection with "shutdown", wait for their tasks,
-//! then finish pending store commits.
+//! then close in order: presence (this node's entries removed as its connections are told
+//! to close), the store writer (pending commits finish), the dispatcher (every committed
+//! publication handed to the bus), the bus (queued publishes flushed to the broker, then
+//! the leave announcement).
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
@@ -123,6 +126,9 @@ impl Server {
         self.node.shutdown.cancel();
         // Every connection gets "shutdown" after what is already queued for it.
         self.node.keepalive.close_all(Disconnect::SHUTDOWN);
+        // Its clients are leaving: other nodes stop listing them now, not after each
+        // connection's close handshake (up to its linger) or a TTL.
+        self.node.presence.close().await;
         self.node.tasks.close();
         if tokio::time::timeout(grace, self.node.tasks.wait())
             .await
@@ -132,9 +138,12 @@ impl Server {
         }
         let _ = tokio::time::timeout(grace, self.serve).await;
         self.node.store.close().await;
-        // The writer has stopped; the dispatcher ends when the committed queue drains.
-        drop(self.node);
+        // The writer has stopped; the dispatcher ends when the committed queue drains,
+        // having handed every committed publication to the bus.
         let _ = tokio::time::timeout(grace, self.dispatcher).await;
+        // Then the bus flushes them to the broker and announces this node is leaving.
+        self.node.bus.close().await;
+        drop(self.node);
         tracing::info!("drained");
     }
 }

@@ -1,9 +1,13 @@
 //! Cluster mode end to end: real `roomcast serve` processes sharing a private PostgreSQL and
-//! a private Redis (started by `roomcast-testkit`), real WebSocket clients, real nginx.
+//! a private Redis, with the bus on that Redis or on a private NATS (services started by
+//! `roomcast-testkit`), real WebSocket clients, real nginx. The tests stamped by
+//! `on_each_broker!` run once per broker from one body.
 //!
 //! What must hold: subscribers on every node get publications made on any node, in order;
 //! concurrent publishers on different nodes get contiguous, unique offsets; a client of a
-//! node killed with -9 recovers everything on another node; a Redis restart loses nothing;
+//! node killed with -9 recovers everything on another node; a broker restart or stall loses
+//! nothing; a node drained by SIGTERM under load loses no acknowledged publication and
+//! leaves presence and the node list at once; every broker passes the broker conformance suite;
 //! presence and user operations are cluster-wide; the store conformance suite passes on
 //! PostgreSQL (and SQLite); on a 3-master Redis Cluster the bus uses sharded Pub/Sub, so a
 //! room's channel lives on one shard only.
@@ -15,23 +19,126 @@ use roomcast_testkit::*;
 use serde_json::json;
 use tokio::time::{sleep, Instant};
 
+/// What carries the bus between the nodes (presence is on Redis either way).
+#[derive(Clone, Copy, Debug)]
+enum Broker {
+    Redis,
+    Nats,
+}
+
 struct Cluster {
     redis: Redis,
+    /// The bus's NATS server, when the bus is on NATS.
+    nats: Option<Nats>,
     _pg: Postgres,
     nodes: Vec<Node>,
 }
 
+impl Cluster {
+    /// Kills the server that carries the bus (-9).
+    fn kill_broker(&mut self) {
+        match &mut self.nats {
+            Some(n) => n.kill(),
+            None => self.redis.kill(),
+        }
+    }
+
+    /// Starts it again, empty (no subscriptions survive).
+    fn restart_broker(&mut self) {
+        match &mut self.nats {
+            Some(n) => n.restart(),
+            None => self.redis.restart(),
+        }
+    }
+
+    /// `STOP` / `CONT` to the server that carries the bus: a silent stall.
+    fn signal_broker(&self, sig: &str) {
+        match &self.nats {
+            Some(n) => n.signal(sig),
+            None => self.redis.signal(sig),
+        }
+    }
+}
+
 async fn cluster(n: usize) -> Cluster {
+    cluster_on(Broker::Redis, n).await
+}
+
+async fn cluster_on(broker: Broker, n: usize) -> Cluster {
     let redis = Redis::start();
+    let nats = matches!(broker, Broker::Nats).then(Nats::start);
     let pg = Postgres::start();
     let store = pg.fresh_db().await;
-    let nodes = (0..n).map(|_| Node::start(&redis.url(), &store)).collect();
+    let nodes = (0..n)
+        .map(|_| {
+            let node = Node::builder().redis(&redis.url()).store(&store);
+            match &nats {
+                Some(nats) => node.nats(&nats.url()),
+                None => node,
+            }
+            .start()
+        })
+        .collect();
     Cluster {
         redis,
+        nats,
         _pg: pg,
         nodes,
     }
 }
+
+/// Stamps one test per broker (`<name>::redis`, `<name>::nats`) from one async body
+/// `async fn <name>(broker: Broker)`.
+macro_rules! on_each_broker {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::Broker::Redis).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn nats() {
+                super::$name(super::Broker::Nats).await
+            }
+        }
+    };
+}
+
+// The broker conformance suite (`roomcast::bus::conformance`), once per real backend (the
+// in-process broker runs it in the library's unit tests).
+roomcast::broker_conformance!(broker_conformance_redis, async {
+    let redis = Redis::start();
+    let broker = roomcast::bus::redis::RedisBroker::connect(&redis.url())
+        .await
+        .expect("redis broker");
+    (
+        Arc::new(broker) as Arc<dyn roomcast::bus::broker::Broker>,
+        redis,
+    )
+});
+
+roomcast::broker_conformance!(broker_conformance_redis_cluster, async {
+    let rc = RedisCluster::start();
+    let broker = roomcast::bus::redis::RedisBroker::connect(&rc.url())
+        .await
+        .expect("redis cluster broker");
+    (
+        Arc::new(broker) as Arc<dyn roomcast::bus::broker::Broker>,
+        rc,
+    )
+});
+
+roomcast::broker_conformance!(broker_conformance_nats, async {
+    let nats = Nats::start();
+    let broker = roomcast::bus::nats::NatsBroker::connect(&nats.url())
+        .await
+        .expect("nats broker");
+    (
+        Arc::new(broker) as Arc<dyn roomcast::bus::broker::Broker>,
+        nats,
+    )
+});
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_conformance_on_postgres_and_sqlite() {
@@ -132,9 +239,9 @@ async fn store_conformance_on_postgres_and_sqlite() {
     assert!(PostgresStore::connect("not a url", ttl).await.is_err());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_concurrent_publishers_contiguous_offsets_in_order_everywhere() {
-    let c = cluster(3).await;
+on_each_broker!(three_nodes_concurrent_publishers_contiguous_offsets_in_order_everywhere);
+async fn three_nodes_concurrent_publishers_contiguous_offsets_in_order_everywhere(broker: Broker) {
+    let c = cluster_on(broker, 3).await;
     let mut subs = Vec::new();
     for node in &c.nodes {
         subs.push(Subscriber::start(&node.ws_url(), "reader", "chat").await);
@@ -307,9 +414,9 @@ async fn redis_cluster_sharded_pubsub_three_nodes_in_order_on_one_shard() {
     drop(nodes);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_a_node_mid_stream_and_its_clients_recover_on_another() {
-    let mut c = cluster(3).await;
+on_each_broker!(kill_9_a_node_mid_stream_and_its_clients_recover_on_another);
+async fn kill_9_a_node_mid_stream_and_its_clients_recover_on_another(broker: Broker) {
+    let mut c = cluster_on(broker, 3).await;
     let mut sub = Subscriber::start(&c.nodes[2].ws_url(), "victim", "stream").await;
     let total = 300u64;
     let addr = c.nodes[0].addr;
@@ -344,9 +451,9 @@ async fn kill_9_a_node_mid_stream_and_its_clients_recover_on_another() {
     sub.assert_complete(total);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_mid_stream_loses_nothing() {
-    let mut c = cluster(3).await;
+on_each_broker!(broker_restart_mid_stream_loses_nothing);
+async fn broker_restart_mid_stream_loses_nothing(broker: Broker) {
+    let mut c = cluster_on(broker, 3).await;
     let mut subs = Vec::new();
     for node in &c.nodes {
         subs.push(Subscriber::start(&node.ws_url(), "reader", "durable").await);
@@ -363,9 +470,9 @@ async fn redis_restart_mid_stream_loses_nothing() {
         }
     });
     progress.wait_for(|&n| n >= 60).await.unwrap();
-    c.redis.kill();
+    c.kill_broker();
     progress.wait_for(|&n| n >= 120).await.unwrap();
-    c.redis.restart();
+    c.restart_broker();
     publisher.await.unwrap();
     for s in &mut subs {
         s.collect(total, Duration::from_secs(40)).await;
@@ -377,24 +484,24 @@ async fn redis_restart_mid_stream_loses_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_redis_stall_is_detected_and_recovered_from_the_store() {
-    let c = cluster(2).await;
+on_each_broker!(a_silent_broker_stall_is_detected_and_recovered_from_the_store);
+async fn a_silent_broker_stall_is_detected_and_recovered_from_the_store(broker: Broker) {
+    let c = cluster_on(broker, 2).await;
     let mut sub = Subscriber::start(&c.nodes[1].ws_url(), "reader", "quiet").await;
     let a = c.nodes[0].addr;
     for j in 0..10u64 {
         publish(a, "quiet", json!({"n": j})).await;
     }
     sub.collect(10, Duration::from_secs(10)).await;
-    // Redis freezes: connections stay open, nothing is delivered, nothing fails fast.
-    c.redis.signal("STOP");
+    // The broker freezes: connections stay open, nothing is delivered, nothing fails fast.
+    c.signal_broker("STOP");
     for j in 10..20u64 {
         publish(a, "quiet", json!({"n": j})).await; // committed; the bus cannot carry it
     }
     sleep(Duration::from_secs(4)).await;
-    c.redis.signal("CONT");
+    c.signal_broker("CONT");
     let resumed = Instant::now();
-    // The node noticed its probes stopped coming back, resubscribed once Redis answered
+    // The node noticed its probes stopped coming back, resubscribed once the broker answered
     // and read what it missed from the store.
     sub.collect(20, Duration::from_secs(8)).await;
     sub.assert_complete(20);
@@ -402,7 +509,125 @@ async fn a_silent_redis_stall_is_detected_and_recovered_from_the_store() {
         sub.reconnects, 0,
         "recovered by the node, not by the client"
     );
-    eprintln!("caught up {:?} after Redis resumed", resumed.elapsed());
+    eprintln!(
+        "{broker:?}: caught up {:?} after the broker resumed",
+        resumed.elapsed()
+    );
+}
+
+on_each_broker!(sigterm_under_load_loses_nothing_and_peers_drop_the_node_at_once);
+async fn sigterm_under_load_loses_nothing_and_peers_drop_the_node_at_once(broker: Broker) {
+    let mut c = cluster_on(broker, 3).await;
+    let mut subs = Vec::new();
+    for node in &c.nodes[..2] {
+        subs.push(Subscriber::start(&node.ws_url(), "reader", "drain").await);
+    }
+    // Clients of the node that will drain, in presence.
+    let mut present = Vec::new();
+    for user in ["dora", "dave"] {
+        let mut cl = Client::open(&c.nodes[2].ws_url()).await;
+        cl.call(json!({"connect": {"token": token(user)}})).await;
+        cl.subscribe("drain").await;
+        // Reads like a real client (and so answers the server's close).
+        present.push(tokio::spawn(async move {
+            while let Event::Frame(_) = cl.next().await {}
+        }));
+    }
+    let (a, draining) = (c.nodes[0].addr, c.nodes[2].addr);
+    let p = api(a, "presence_stats", json!({"channel": "drain"})).await;
+    assert_eq!(
+        p["result"]["num_clients"], 4,
+        "2 readers + 2 on the draining node"
+    );
+    eventually(Duration::from_secs(10), "info lists 3 nodes", async || {
+        let v = api(a, "info", json!({})).await;
+        v["result"]["nodes"].as_array().map(Vec::len) == Some(3)
+    })
+    .await;
+    // Publishing load on the draining node: 4 concurrent publishers, as fast as it
+    // answers; every acknowledged offset is kept.
+    let (started_tx, mut started) = tokio::sync::watch::channel(0u64);
+    let started_tx = Arc::new(started_tx);
+    let mut publishers = Vec::new();
+    for w in 0..4u64 {
+        let tx = started_tx.clone();
+        publishers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for j in 0.. {
+                let body = json!({"channel": "drain", "data": {"w": w, "n": j}}).to_string();
+                // Its own task: the helper panics when the connection is refused, which
+                // here only means the node is gone.
+                let call = tokio::spawn(async move {
+                    api_raw(draining, "publish", Some(API_KEY), &body).await
+                });
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok((200, v))) => match v["result"]["offset"].as_u64() {
+                        Some(o) => {
+                            acked.push(o);
+                            tx.send_modify(|n| *n += 1);
+                        }
+                        None => break, // an error reply: the node is draining
+                    },
+                    _ => break, // refused or closed: the node is gone
+                }
+            }
+            acked
+        }));
+    }
+    started.wait_for(|&n| n >= 200).await.unwrap();
+    let term = Instant::now();
+    c.nodes[2].signal("TERM");
+    // Within 1 s the other nodes no longer list its clients, nor the node itself.
+    eventually(
+        Duration::from_secs(1),
+        "the drained node's clients leave presence",
+        async || {
+            let p = api(a, "presence_stats", json!({"channel": "drain"})).await;
+            p["result"]["num_clients"] == json!(2)
+        },
+    )
+    .await;
+    let presence_gone = term.elapsed();
+    let mut acked = Vec::new();
+    for p in publishers {
+        acked.extend(p.await.unwrap());
+    }
+    for cl in present {
+        cl.await.unwrap();
+    }
+    let mut node = c.nodes.remove(2);
+    let status = tokio::task::spawn_blocking(move || node.wait())
+        .await
+        .unwrap();
+    assert!(status.success(), "a drained node exits cleanly: {status:?}");
+    let exited = term.elapsed();
+    eventually(
+        Duration::from_secs(1),
+        "peers drop the node from info",
+        async || {
+            let v = api(a, "info", json!({})).await;
+            v["result"]["nodes"].as_array().map(Vec::len) == Some(2)
+        },
+    )
+    .await;
+    acked.sort_unstable();
+    let top = *acked.last().expect("publications acknowledged");
+    // Every acknowledged publication reaches the other nodes' subscribers, in order,
+    // well before a silent node would be noticed (10 s): through the bus, flushed by the
+    // drain, not through a client's recovery.
+    for s in &mut subs {
+        s.collect(top, Duration::from_secs(5)).await;
+        assert_eq!(
+            s.offsets[..top as usize],
+            (1..=top).collect::<Vec<_>>(),
+            "every acknowledged publication, once, in order"
+        );
+        assert_eq!(s.reconnects, 0);
+    }
+    eprintln!(
+        "{broker:?}: {} acknowledged before the drain; presence cleared after {presence_gone:?}, node exited after {exited:?}",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

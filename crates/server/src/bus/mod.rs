@@ -2,11 +2,21 @@
 //! subscribers in the room (this one included).
 //!
 //! On a single node the bus is in-process (`LocalBus`): publishing hands the events straight
-//! to the hub. A cluster bus (Redis) publishes to a channel per room and delivers what it
+//! to the hub. A cluster bus publishes to a channel per room and delivers what it
 //! receives to its node's hub; `watch`/`unwatch` tell it which rooms this node needs.
 //!
 //! The bus is never the source of truth: publications are in the store before they are on
 //! the bus, and a subscriber that misses one recovers it from the store.
+//!
+//! Layout (each file owns one thing; imports go downwards only: `ingest` -> `broker`,
+//! `envelope`, `reorder`; brokers -> `broker`; nothing here imports `cluster/`):
+//! - `Bus` (this file): what the node and the gateway call; `LocalBus`;
+//! - `broker.rs`: the broker seam, the only thing a message transport implements;
+//! - `envelope.rs`: the wire format between nodes, the same on every broker;
+//! - `ingest/`: `BrokerBus`, the cluster `Bus` over any broker (publisher, subscriber,
+//!   receiver with the per-room `reorder.rs`, heartbeat and node list);
+//! - `redis/`, `nats.rs`, `memory.rs` (in-process): the brokers;
+//! - `conformance.rs` (tests only): the behaviour suite every broker passes.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,7 +27,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::hub::{Hub, Out, RoomEvent};
 
+pub mod broker;
+/// The broker behaviour suite; public behind the `conformance` feature (enabled for the
+/// integration tests through the self dev-dependency), so it never ships in the binary.
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+pub mod envelope;
+pub mod ingest;
+pub mod memory;
+pub mod nats;
 pub mod redis;
+pub mod reorder;
 
 /// An operation on a user's connections, wherever they are connected (server API
 /// `disconnect` and `unsubscribe`).
@@ -112,6 +132,9 @@ pub trait Bus: Send + Sync + 'static {
     async fn channels(&self) -> Option<HashMap<String, u64>> {
         None
     }
+    /// Drains: everything already handed to `publish` reaches the broker, then peers are
+    /// told this node is leaving. Nothing may be published afterwards.
+    async fn close(&self) {}
 }
 
 /// The in-process bus of a single node.

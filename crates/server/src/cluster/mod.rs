@@ -1,21 +1,32 @@
 //! Cluster mode: the pieces a node needs to run as one of many behind a load balancer,
-//! sharing a PostgreSQL store and a Redis bus.
+//! sharing a PostgreSQL store, a broker (Redis or NATS) and Redis for presence.
 //!
-//! - `reorder`: the per-room reorder between the bus and the hub (cross-node order);
-//! - `presence`: presence in Redis, cluster-wide, with TTLs refreshed on heartbeat.
+//! - `presence`: presence in Redis, cluster-wide, with TTLs refreshed on heartbeat;
+//! - `registry`: each node's channels and users in Redis (the `channels` API);
+//! - `Backends` (this file): the store, bus and presence chosen from the configuration.
 //!
-//! The bus itself is `bus/redis.rs`, the store `store/postgres.rs`; `Server::start`
-//! chooses them when `redis_url` / `store_url` are set.
+//! The bus is `bus/ingest/` over a broker of `bus/redis/` or `bus/nats.rs`, the store
+//! `store/postgres.rs`. This folder imports `bus/`, never the reverse.
+//!
+//! **Why presence stays in Redis with NATS.** Presence needs one expiry per entry (a node
+//! that dies must vanish from every room it was in) and an atomic read of one room's
+//! live entries; Redis gives both in one Lua script. NATS KV (JetStream) expires only a
+//! whole bucket's keys by age, per-key TTLs need nats-server 2.11 (Debian ships 2.9), and
+//! listing a room means a key scan per read. So `--nats` moves the bus (the hot path:
+//! publications, probes, control) and keeps presence and the registry on `--redis`.
 
 pub mod presence;
-pub mod reorder;
+pub mod registry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::bus::redis::RedisBus;
+use crate::bus::broker::Broker;
+use crate::bus::ingest::BrokerBus;
+use crate::bus::nats::NatsBroker;
+use crate::bus::redis::{RedisBroker, Target};
 use crate::bus::{Bus, LocalBus};
 use crate::config::Config;
 use crate::hub::Hub;
@@ -60,29 +71,47 @@ impl Backends {
                     redact(url)
                 ),
             };
-        let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) =
-            match config.redis_url.as_deref().filter(|u| !u.is_empty()) {
-                None => (
-                    Arc::new(LocalBus::new(hub.clone())),
-                    Arc::new(LocalPresence::default()),
-                ),
-                Some(url) => {
-                    let name = redact(url);
-                    let bus = RedisBus::start(url, node_id.to_owned(), hub.clone(), store.clone())
-                        .await
-                        .with_context(|| format!("connecting the bus to {name}"))?;
-                    let target = crate::bus::redis::Target::parse(url).context("redis URL")?;
-                    let conn = target
-                        .connect()
-                        .await
-                        .with_context(|| format!("connecting presence to {name}"))?;
-                    tracing::info!(redis = %name, "cluster bus and presence on redis");
-                    (
-                        Arc::new(bus),
-                        crate::cluster::presence::RedisPresence::start(conn),
-                    )
-                }
-            };
+        let redis_url = config.redis_url.as_deref().filter(|u| !u.is_empty());
+        let nats_url = config.nats_url.as_deref().filter(|u| !u.is_empty());
+        let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match (redis_url, nats_url) {
+            (None, None) => (
+                Arc::new(LocalBus::new(hub.clone())),
+                Arc::new(LocalPresence::default()),
+            ),
+            (None, Some(_)) => anyhow::bail!(
+                "nats_url needs redis_url too: presence and the node registry are kept in Redis"
+            ),
+            (Some(url), nats) => {
+                let name = redact(url);
+                let target = Target::parse(url).context("redis URL")?;
+                let conn = target
+                    .connect()
+                    .await
+                    .with_context(|| format!("connecting presence to {name}"))?;
+                let broker: Arc<dyn Broker> = match nats {
+                    None => Arc::new(
+                        RedisBroker::connect(url)
+                            .await
+                            .with_context(|| format!("connecting the bus to {name}"))?,
+                    ),
+                    Some(nats) => Arc::new(
+                        NatsBroker::connect(nats)
+                            .await
+                            .with_context(|| format!("connecting the bus to {}", redact(nats)))?,
+                    ),
+                };
+                tracing::info!(broker = broker.name(), redis = %name, "cluster bus on {}, presence on redis", broker.name());
+                let registry = Arc::new(registry::RedisRegistry::new(conn.clone()));
+                let bus = BrokerBus::start(
+                    broker,
+                    registry,
+                    node_id.to_owned(),
+                    hub.clone(),
+                    store.clone(),
+                );
+                (Arc::new(bus), presence::RedisPresence::start(conn))
+            }
+        };
         Ok(Backends {
             store,
             committed,
@@ -127,6 +156,14 @@ mod tests {
         config.store_url = None;
         config.redis_url = Some("not a url".into());
         assert!(super::Backends::open(&config, &hub, "n").await.is_err());
+        // NATS carries the bus only: presence needs Redis beside it.
+        config.redis_url = None;
+        config.nats_url = Some("nats://127.0.0.1:1".into());
+        let err = super::Backends::open(&config, &hub, "n")
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("redis_url"), "{err}");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use redis::cluster_routing::Slot;
 use roomcast_proto::ClientInfo;
 use tokio::time::{interval, timeout, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::bus::redis::RedisConn;
 use crate::presence::Presence;
@@ -65,6 +66,8 @@ pub struct RedisPresence {
     add: redis::Script,
     get: redis::Script,
     stop: CancellationToken,
+    /// The refresh task, so the drain waits for it.
+    tasks: TaskTracker,
 }
 
 impl RedisPresence {
@@ -76,8 +79,10 @@ impl RedisPresence {
             add: redis::Script::new(ADD),
             get: redis::Script::new(GET),
             stop: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         });
-        tokio::spawn(refresh(p.conn.clone(), p.local.clone(), p.stop.clone()));
+        p.tasks
+            .spawn(refresh(p.conn.clone(), p.local.clone(), p.stop.clone()));
         p
     }
 
@@ -166,6 +171,35 @@ async fn refresh(
 
 #[async_trait]
 impl Presence for RedisPresence {
+    async fn close(&self) {
+        self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        // This node's entries go now, not a TTL later (connections closed by the drain
+        // have normally removed theirs already).
+        let entries: Vec<(String, String)> =
+            std::mem::take(&mut *self.local.lock().expect("presence lock"))
+                .into_iter()
+                .flat_map(|(room, clients)| clients.into_keys().map(move |c| (room.clone(), c)))
+                .collect();
+        let mut conn = self.conn.clone();
+        for chunk in entries.chunks(REFRESH_CHUNK) {
+            let mut pipes: HashMap<Option<Slot>, redis::Pipeline> = HashMap::new();
+            for (room, client) in chunk {
+                let slot = conn.is_cluster().then(|| Slot::for_key(hash_key(room)));
+                let pipe = pipes.entry(slot).or_insert_with(redis::pipe);
+                pipe.hdel(hash_key(room), client).ignore();
+                pipe.zrem(exp_key(room), client).ignore();
+            }
+            for pipe in pipes.into_values() {
+                if let Err(e) = with_timeout(pipe.query_async::<()>(&mut conn)).await {
+                    tracing::warn!(error = %e, "presence removal failed; entries expire on their own");
+                    return;
+                }
+            }
+        }
+    }
+
     async fn add(&self, room: &str, info: ClientInfo) {
         self.local
             .lock()
