@@ -146,12 +146,13 @@ impl Session {
             Method::Refresh(req) => return self.refresh(id, &req.token),
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token),
             Method::Empty => {}
+            Method::Unknown => self.error(id, ErrorCode::METHOD_NOT_FOUND),
         }
         Flow::Continue
     }
 
     fn verify(&self, token: &str) -> Result<Claims, Flow> {
-        match self.node.auth.verify(token) {
+        match self.node.auth.verify_connection(token) {
             Ok(c) => Ok(c),
             Err(TokenError::Expired) => Err(Flow::Continue),
             Err(TokenError::Invalid(why)) => {
@@ -505,7 +506,15 @@ impl Session {
         let mut ids = Vec::with_capacity(commands.len());
         let mut items = Vec::with_capacity(commands.len());
         for (id, req) in commands {
-            match self.may_publish(&identity.user, &req.channel) {
+            let data_ok = |()| {
+                self.node
+                    .check_data(&req.data)
+                    .map_err(|_| ErrorCode::BAD_REQUEST)
+            };
+            match self
+                .may_publish(&identity.user, &req.channel)
+                .and_then(data_ok)
+            {
                 Ok(()) => {
                     ids.push(id);
                     items.push((req.channel, req.data));
