@@ -8,10 +8,12 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use futures_util::StreamExt;
 use roomcast::store::NewMessage;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
 
 /// Generous bound for "answers at all" (not a performance assertion).
 const ANSWERS: Duration = Duration::from_secs(5);
@@ -203,6 +205,32 @@ async fn api_history_is_capped_in_bytes_and_pages_continue() {
         (1..=120).collect::<Vec<u64>>(),
         "pages cover the room, in order"
     );
+    // The WebSocket history reply is capped the same way: one message of at most the cap.
+    let mut c = s.client("reader").await;
+    c.subscribe("big").await;
+    c.send_raw(r#"{"id":77,"history":{"channel":"big","limit":-1}}"#)
+        .await;
+    let reply = loop {
+        let msg = tokio::time::timeout(WAIT, c.ws_mut().next())
+            .await
+            .expect("history reply")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = msg {
+            if t.as_str().contains(r#""id":77"#) {
+                break t.as_str().to_owned();
+            }
+        }
+    };
+    assert!(
+        reply.len() <= 4 << 20,
+        "ws history reply is {} bytes",
+        reply.len()
+    );
+    let line = reply.lines().find(|l| l.contains(r#""id":77"#)).unwrap();
+    let v: Value = serde_json::from_str(line).unwrap();
+    let n = v["history"]["publications"].as_array().unwrap().len();
+    assert!((1..120).contains(&n), "a shorter page: {n}");
     s.stop().await;
 }
 
