@@ -1,11 +1,9 @@
 //! Bounded and hardened: every limit of a connection, with its exact close or error code.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_util::SinkExt;
+use roomcast_testkit::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
