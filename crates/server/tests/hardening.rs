@@ -3,13 +3,11 @@
 //! unauthenticated bodies and huge headers, loose tokens, unanswered unknown commands and
 //! a scheme-blind origin check.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_util::StreamExt;
 use roomcast::store::NewMessage;
+use roomcast_testkit::*;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
