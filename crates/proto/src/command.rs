@@ -1,6 +1,8 @@
 //! Commands a client sends. One WebSocket text frame carries one or more JSON objects
 //! separated by newlines; each object has an `id` and exactly one method field. An empty
-//! object `{}` (no id, no method) is the client's pong to a server ping.
+//! object `{}` (no id, no method) is the client's pong to a server ping. A command with an
+//! id and no method this server knows (`{"id":3,"foo":{}}`) is `Method::Unknown`, answered
+//! with error 104 "method not found" as Centrifugo does, so the SDK does not wait forever.
 
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -20,6 +22,8 @@ pub struct Command {
     pub presence: Option<ChannelRequest>,
     pub presence_stats: Option<ChannelRequest>,
     pub history: Option<HistoryRequest>,
+    /// Present (even as `"ping":null`) means a ping.
+    #[serde(default, deserialize_with = "present")]
     pub ping: Option<serde_json::Value>,
     pub send: Option<SendRequest>,
     pub rpc: Option<RpcRequest>,
@@ -44,6 +48,13 @@ pub enum Method {
     SubRefresh(SubRefreshRequest),
     /// `{}`: a pong, or an empty command.
     Empty,
+    /// An id and no method this server knows: answered with "method not found".
+    Unknown,
+}
+
+/// Deserializes a field that is present, whatever its value (`null` included), as `Some`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
 }
 
 impl Command {
@@ -89,7 +100,8 @@ impl Command {
             found.push(Method::SubRefresh(r));
         }
         match found.len() {
-            0 => Ok((id, Method::Empty)),
+            0 if id == 0 => Ok((id, Method::Empty)),
+            0 => Ok((id, Method::Unknown)),
             1 => Ok((id, found.pop().expect("one method"))),
             _ => Err(id),
         }
@@ -241,9 +253,122 @@ mod tests {
     }
 
     #[test]
+    fn unknown_methods_and_null_ping_are_seen() {
+        let method = |s: &str| {
+            let cmd = decode_commands(s).unwrap().into_iter().next().unwrap();
+            cmd.into_method().unwrap()
+        };
+        assert!(matches!(
+            method(r#"{"id":3,"foo":{}}"#),
+            (3, Method::Unknown)
+        ));
+        assert!(matches!(method(r#"{"id":4}"#), (4, Method::Unknown)));
+        assert!(matches!(
+            method(r#"{"id":5,"ping":null}"#),
+            (5, Method::Ping)
+        ));
+        assert!(matches!(method(r#"{"foo":1}"#), (0, Method::Empty)));
+    }
+
+    #[test]
     fn malformed_json_is_an_error_not_a_panic() {
         assert!(decode_commands("{\"id\":1,").is_err());
         assert!(decode_commands("[1,2]").is_err());
         assert!(decode_commands("{\"id\":\"x\"}").is_err());
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        /// Any JSON value, a few levels deep.
+        fn json() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i64>().prop_map(serde_json::Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(serde_json::Value::from),
+                ".{0,12}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 6, |inner| {
+                prop_oneof![
+                    prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                    prop::collection::hash_map("[a-z_]{1,10}", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(3000))]
+
+            #[test]
+            fn decoder_never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+                let text = String::from_utf8_lossy(&bytes);
+                if let Ok(cmds) = decode_commands(&text) {
+                    for c in cmds {
+                        let _ = c.into_method();
+                    }
+                }
+            }
+
+            #[test]
+            fn decoder_never_panics_on_json(v in json(), method in "[a-z_]{1,14}", id in any::<u32>()) {
+                // Arbitrary JSON as a whole frame and as the body of every method name.
+                let _ = decode_commands(&v.to_string());
+                let frame = serde_json::json!({ "id": id, method: v }).to_string();
+                if let Ok(cmds) = decode_commands(&frame) {
+                    for c in cmds {
+                        let _ = c.into_method();
+                    }
+                }
+            }
+
+            #[test]
+            fn data_check_never_panics(text in ".{0,200}", depth in 0usize..80) {
+                let _ = crate::data::check_text(&text, depth);
+            }
+
+            #[test]
+            fn commands_round_trip(
+                id in 1u32..,
+                channel in ".{0,40}",
+                limit in any::<i64>(),
+                offset in any::<u64>(),
+                epoch in "[a-zA-Z0-9]{0,12}",
+                reverse in any::<bool>(),
+                data in json(),
+            ) {
+                // What a client encodes is what the server decodes, several per frame.
+                let history = serde_json::json!({"id": id, "history": {
+                    "channel": channel, "limit": limit, "reverse": reverse,
+                    "since": {"offset": offset, "epoch": epoch}}});
+                let publish = serde_json::json!({"id": id, "publish": {"channel": channel, "data": data}});
+                let frame = format!("{history}\n{publish}\n{{}}");
+                let mut cmds = decode_commands(&frame).unwrap().into_iter();
+                match cmds.next().unwrap().into_method().unwrap() {
+                    (got, Method::History(h)) => {
+                        prop_assert_eq!(got, id);
+                        prop_assert_eq!(&h.channel, &channel);
+                        prop_assert_eq!((h.limit, h.reverse), (limit, reverse));
+                        let since = h.since.unwrap();
+                        prop_assert_eq!((since.offset, since.epoch), (offset, epoch));
+                    }
+                    other => prop_assert!(false, "not history: {:?}", other),
+                }
+                match cmds.next().unwrap().into_method().unwrap() {
+                    (got, Method::Publish(p)) => {
+                        prop_assert_eq!(got, id);
+                        prop_assert_eq!(&p.channel, &channel);
+                        // Data is kept as sent, byte for byte.
+                        prop_assert_eq!(p.data.get(), data.to_string());
+                    }
+                    other => prop_assert!(false, "not publish: {:?}", other),
+                }
+                prop_assert!(matches!(cmds.next().unwrap().into_method(), Ok((0, Method::Empty))));
+            }
+        }
     }
 }

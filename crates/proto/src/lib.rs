@@ -9,6 +9,7 @@
 
 pub mod codes;
 pub mod command;
+pub mod data;
 pub mod reply;
 
 pub use codes::{Disconnect, ErrorCode};

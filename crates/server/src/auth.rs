@@ -1,6 +1,15 @@
 //! Connection tokens: HS256 JWTs with the claims Centrifugo defines (`sub`, `exp`, `info`,
 //! `channels`, optional `aud`/`iss`). The algorithm is pinned: a token whose header names
 //! any other algorithm (`none` included) is rejected before its signature is looked at.
+//!
+//! What a token must be (RFC 7519 and 7515, as the README's security section says):
+//! - a valid HS256 signature; `exp` in the future when present; `nbf` in the past when
+//!   present (no leeway);
+//! - with an audience configured, an `aud` claim (a string, or an array containing it);
+//!   with an issuer configured, that `iss`;
+//! - no `crit` header: roomcast understands no JWS extension, and RFC 7515 says a token
+//!   naming one the recipient does not understand must be refused;
+//! - as a connection token, no `channel` claim (that makes it a subscription token).
 
 use jsonwebtoken::{
     decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
@@ -25,10 +34,31 @@ pub struct Claims {
     /// In a subscription token: the channel it grants.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub channel: Option<String>,
+    /// One audience or several (RFC 7519 allows both).
     #[serde(skip_serializing_if = "Option::is_none", default)]
-    pub aud: Option<String>,
+    pub aud: Option<Audience>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub iss: Option<String>,
+}
+
+/// The `aud` claim: a string or an array of strings.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl From<&str> for Audience {
+    fn from(s: &str) -> Self {
+        Audience::One(s.to_owned())
+    }
+}
+
+impl From<String> for Audience {
+    fn from(s: String) -> Self {
+        Audience::One(s)
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -53,9 +83,12 @@ impl Auth {
         // `exp` is optional, as in Centrifugo: a token without it never expires.
         validation.required_spec_claims.clear();
         validation.leeway = 0;
+        validation.validate_nbf = true;
         validation.validate_aud = audience.is_some();
         if let Some(aud) = audience {
             validation.set_audience(&[aud]);
+            // Without this a token with no `aud` at all passes the audience check.
+            validation.required_spec_claims.insert("aud".into());
         }
         if let Some(iss) = issuer {
             validation.set_issuer(&[iss]);
@@ -68,7 +101,9 @@ impl Auth {
         }
     }
 
+    /// Verifies a token of either kind (connection or subscription).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        refuse_crit(token)?;
         match decode::<Claims>(token, &self.decoding, &self.validation) {
             Ok(data) => Ok(data.claims),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
@@ -76,9 +111,45 @@ impl Auth {
         }
     }
 
+    /// Verifies a connection token: a subscription token (one with a `channel` claim) is
+    /// refused, so a grant for one channel cannot be replayed as a login.
+    pub fn verify_connection(&self, token: &str) -> Result<Claims, TokenError> {
+        let claims = self.verify(token)?;
+        if claims.channel.is_some() {
+            return Err(TokenError::Invalid(
+                "a subscription token is not a connection token".into(),
+            ));
+        }
+        Ok(claims)
+    }
+
     pub fn mint(&self, claims: &Claims) -> String {
         encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
             .expect("HS256 encoding cannot fail")
+    }
+}
+
+/// Refuses a token whose JOSE header has a `crit` member (jsonwebtoken ignores unknown
+/// header members). A header that does not decode is left to `decode` to refuse.
+fn refuse_crit(token: &str) -> Result<(), TokenError> {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap_or("");
+    // Headers are small; a huge one is refused without decoding it.
+    if header.len() > 8192 {
+        return Err(TokenError::Invalid("token header too large".into()));
+    }
+    let Ok(bytes) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(header) else {
+        return Ok(());
+    };
+    #[derive(Deserialize)]
+    struct Crit {
+        crit: Option<serde::de::IgnoredAny>,
+    }
+    match serde_json::from_slice::<Crit>(&bytes) {
+        Ok(Crit { crit: Some(_) }) => Err(TokenError::Invalid(
+            "token header has a crit member (no JWS extension is supported)".into(),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -143,5 +214,105 @@ mod tests {
             ..Claims::default()
         };
         assert!(auth.verify(&auth.mint(&no_iss)).is_err());
+    }
+
+    /// Signs arbitrary header and claims JSON with HS256, as another issuer might.
+    fn sign(secret: &str, header: &str, claims: &str) -> String {
+        use base64::Engine;
+        use hmac::{Hmac, Mac};
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let input = format!("{}.{}", b64.encode(header), b64.encode(claims));
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(input.as_bytes());
+        format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+    }
+
+    const HS256: &str = r#"{"alg":"HS256","typ":"JWT"}"#;
+
+    #[test]
+    fn audience_is_required_when_configured_and_may_be_an_array() {
+        let auth = Auth::new("k", Some("chat"), None);
+        let none = sign("k", HS256, r#"{"sub":"a"}"#);
+        assert!(matches!(auth.verify(&none), Err(TokenError::Invalid(_))));
+        let many = sign("k", HS256, r#"{"sub":"a","aud":["other","chat"]}"#);
+        assert_eq!(auth.verify(&many).unwrap().sub, "a");
+        let wrong = sign("k", HS256, r#"{"sub":"a","aud":["other","more"]}"#);
+        assert!(auth.verify(&wrong).is_err());
+        // Without an audience configured, no `aud` is needed.
+        let open = Auth::new("k", None, None);
+        assert!(open.verify(&none).is_ok());
+    }
+
+    #[test]
+    fn not_before_is_honoured() {
+        let auth = Auth::new("k", None, None);
+        let later = sign(
+            "k",
+            HS256,
+            &format!(r#"{{"sub":"a","nbf":{}}}"#, now_secs() + 600),
+        );
+        assert!(matches!(auth.verify(&later), Err(TokenError::Invalid(_))));
+        let past = sign(
+            "k",
+            HS256,
+            &format!(r#"{{"sub":"a","nbf":{}}}"#, now_secs() - 5),
+        );
+        assert!(auth.verify(&past).is_ok());
+    }
+
+    #[test]
+    fn crit_headers_are_refused() {
+        let auth = Auth::new("k", None, None);
+        let crit = sign(
+            "k",
+            r#"{"alg":"HS256","crit":["exp"],"exp":1}"#,
+            r#"{"sub":"a"}"#,
+        );
+        assert!(matches!(auth.verify(&crit), Err(TokenError::Invalid(_))));
+        let plain = sign("k", HS256, r#"{"sub":"a"}"#);
+        assert!(auth.verify(&plain).is_ok());
+    }
+
+    #[test]
+    fn subscription_tokens_are_not_connection_tokens() {
+        let auth = Auth::new("k", None, None);
+        let sub = auth.mint(&Claims {
+            sub: "a".into(),
+            channel: Some("room".into()),
+            ..Claims::default()
+        });
+        assert!(auth.verify(&sub).is_ok());
+        assert!(matches!(
+            auth.verify_connection(&sub),
+            Err(TokenError::Invalid(_))
+        ));
+        assert!(auth
+            .verify_connection(&auth.mint(&claims("a", None)))
+            .is_ok());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn verify_never_panics(token in ".{0,300}") {
+            let auth = Auth::new("k", Some("chat"), Some("me"));
+            let _ = auth.verify_connection(&token);
+        }
+
+        #[test]
+        fn verify_never_panics_on_token_shaped_input(
+            header in "[A-Za-z0-9_=-]{0,60}",
+            claims in proptest::prelude::any::<String>(),
+            sig in "[A-Za-z0-9_-]{0,50}",
+        ) {
+            use base64::Engine;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            let auth = Auth::new("k", Some("chat"), None);
+            let _ = auth.verify(&format!("{header}.{}.{sig}", b64.encode(&claims)));
+            let signed = sign("k", HS256, &claims);
+            let _ = auth.verify(&signed);
+            let _ = auth.verify(&sign("k", &claims, r#"{"sub":"a"}"#));
+        }
     }
 }

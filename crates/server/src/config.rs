@@ -82,6 +82,19 @@ pub struct Config {
     pub recovery_max_bytes: usize,
     /// Most publications one history call returns.
     pub history_max_limit: u64,
+    /// Largest history reply in bytes (WebSocket and API): a call that would return more
+    /// gets the first publications that fit (at least one), and continues with `since`.
+    pub history_max_bytes: usize,
+    /// Deepest nesting of arrays and objects accepted in publication data (serde_json and
+    /// several SDKs refuse more than 128 levels when decoding).
+    pub max_data_depth: usize,
+    /// Bytes of replies queued for one connection (not yet written to its socket) before it
+    /// is disconnected as slow: bounds what a client that asks and does not read can pin.
+    pub reply_max_bytes: usize,
+    /// Server API calls served at once (body read and work); beyond, 503.
+    pub api_max_in_flight: usize,
+    /// Seconds a server API caller has to send its whole body; beyond, 408.
+    pub api_body_timeout_secs: u64,
     /// Bytes queued for one connection before it is disconnected as slow.
     pub outbox_max_bytes: usize,
     /// Seconds a connection's socket may accept nothing while there is something to send
@@ -138,6 +151,11 @@ impl Default for Config {
             recovery_max_publications: 10_000,
             recovery_max_bytes: 16 << 20,
             history_max_limit: 10_000,
+            history_max_bytes: 4 << 20,
+            max_data_depth: roomcast_proto::data::DEFAULT_MAX_DEPTH,
+            reply_max_bytes: 64 << 20,
+            api_max_in_flight: 256,
+            api_body_timeout_secs: 10,
             outbox_max_bytes: 1 << 20,
             write_timeout_secs: 10,
             max_message_size: 64 << 10,
@@ -168,6 +186,8 @@ pub struct SessionConfig {
     pub max_channels_per_connection: usize,
     pub max_connections_per_user: usize,
     pub commands_per_second: u32,
+    /// Deepest nesting publication data may have (see `roomcast_proto::data`).
+    pub max_data_depth: usize,
     pub default_namespace: NamespaceOptions,
     pub namespaces: HashMap<String, NamespaceOptions>,
 }
@@ -239,6 +259,7 @@ impl Config {
             max_channels_per_connection: self.max_channels_per_connection,
             max_connections_per_user: self.max_connections_per_user,
             commands_per_second: self.commands_per_second,
+            max_data_depth: self.max_data_depth,
             default_namespace: self.default_namespace.clone(),
             namespaces: self.namespaces.clone(),
         }
@@ -261,6 +282,23 @@ impl Config {
         }
         if self.max_message_size < 1024 {
             return bad("max_message_size must be at least 1024 bytes".into());
+        }
+        if self.reply_max_bytes < self.history_max_bytes
+            || self.reply_max_bytes < self.recovery_max_bytes
+        {
+            return bad(format!(
+                "reply_max_bytes ({}) must be at least history_max_bytes ({}) and recovery_max_bytes ({})",
+                self.reply_max_bytes, self.history_max_bytes, self.recovery_max_bytes
+            ));
+        }
+        if self.max_data_depth == 0
+            || self.api_max_in_flight == 0
+            || self.api_body_timeout_secs == 0
+        {
+            return bad(
+                "max_data_depth, api_max_in_flight and api_body_timeout_secs must be at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -216,7 +216,7 @@ fn main() -> anyhow::Result<()> {
                 exp: (ttl > 0).then_some(now + ttl),
                 iat: Some(now),
                 channels,
-                aud: config.token_audience.clone(),
+                aud: config.token_audience.clone().map(Into::into),
                 iss: config.token_issuer.clone(),
                 ..Claims::default()
             };

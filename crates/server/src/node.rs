@@ -8,6 +8,7 @@
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use roomcast_proto::data::DataError;
 use roomcast_proto::{ClientInfo, ErrorCode, StreamPosition};
 use serde_json::value::RawValue;
 use tokio::time::Instant;
@@ -43,7 +44,42 @@ pub struct Node {
     pub published: AtomicU64,
 }
 
+/// Bytes of a history reply around its publications (`{"id":N,"history":{...}}` or the
+/// API's `{"result":{...}}`, the epoch and offset), kept free under `history_max_bytes`.
+const HISTORY_ENVELOPE: usize = 512;
+/// Publications read from the store by the first page of a history call; later pages are
+/// sized from the bytes seen so far.
+const FIRST_PAGE: usize = 16;
+
+/// Counts what a serializer writes.
+struct Count(usize);
+
+impl std::io::Write for Count {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Bytes a message takes in a reply, as serde_json writes its publication.
+fn encoded_len(m: &Message) -> usize {
+    let mut c = Count(0);
+    // Writing to a counter cannot fail; RawValue data is copied, not parsed.
+    let _ = serde_json::to_writer(&mut c, &m.publication());
+    c.0 + 1
+}
+
 impl Node {
+    /// What publication data may be (client protocol and server API alike): valid JSON
+    /// (the decoder checked that), nested at most `max_data_depth` deep, with numbers that
+    /// fit a 64-bit float. Checked once, when accepted; stored and sent out byte for byte.
+    pub fn check_data(&self, data: &RawValue) -> Result<(), DataError> {
+        roomcast_proto::data::check(data, self.config.max_data_depth)
+    }
+
     /// Store first, then publish: resolves once the message is committed (and handed to
     /// the dispatcher, which fans it out in commit order).
     pub async fn publish(
@@ -100,6 +136,11 @@ impl Node {
     /// History with the protocol's semantics: `limit` 0 returns only the position, a
     /// negative limit as many as allowed; `since` with another epoch is an unrecoverable
     /// position.
+    ///
+    /// The reply is bounded in bytes too (`history_max_bytes`): publications are read from
+    /// the store in pages and the call stops at the last one that fits (always at least
+    /// one, so the client makes progress), so a short page means "continue with `since`
+    /// at the last offset returned" and never more than about the cap is held at once.
     pub async fn history(
         &self,
         room: &str,
@@ -108,23 +149,50 @@ impl Node {
         reverse: bool,
     ) -> Result<(Vec<Message>, Position), ErrorCode> {
         let max = self.config.history_max_limit as i64;
-        let limit = if limit < 0 || limit > max { max } else { limit };
+        let limit = if limit < 0 || limit > max { max } else { limit } as usize;
         if limit == 0 && since.is_none() {
             let pos = self.store.position(room).await.map_err(internal)?;
             return Ok((Vec::new(), pos));
         }
-        let range = Range {
-            since: since.map(|s| s.offset),
-            limit: limit as usize,
-            reverse,
-        };
-        let (msgs, pos) = self.store.range(room, range).await.map_err(internal)?;
-        if let Some(s) = since {
-            if !s.epoch.is_empty() && s.epoch != pos.epoch {
-                return Err(ErrorCode::UNRECOVERABLE_POSITION);
+        let cap = self
+            .config
+            .history_max_bytes
+            .saturating_sub(HISTORY_ENVELOPE);
+        let mut out: Vec<Message> = Vec::new();
+        let mut bytes = 0usize;
+        let mut cursor = since.map(|s| s.offset);
+        let mut page = limit.min(FIRST_PAGE);
+        loop {
+            let range = Range {
+                since: cursor,
+                limit: page,
+                reverse,
+            };
+            let (msgs, pos) = self.store.range(room, range).await.map_err(internal)?;
+            if let Some(s) = since {
+                if !s.epoch.is_empty() && s.epoch != pos.epoch {
+                    return Err(ErrorCode::UNRECOVERABLE_POSITION);
+                }
             }
+            let got = msgs.len();
+            let mut full = false;
+            for m in msgs {
+                let n = encoded_len(&m);
+                if !out.is_empty() && bytes + n > cap {
+                    full = true;
+                    break;
+                }
+                bytes += n;
+                cursor = Some(m.offset);
+                out.push(m);
+            }
+            if full || got < page || out.len() >= limit {
+                return Ok((out, pos));
+            }
+            // Size the next page from what the publications weigh so far.
+            let avg = (bytes / out.len()).max(1);
+            page = (cap.saturating_sub(bytes) / avg + 1).clamp(1, limit - out.len());
         }
-        Ok((msgs, pos))
     }
 
     /// Adds a (pending) local subscriber to a room; the first one on this node makes the

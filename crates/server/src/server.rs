@@ -150,6 +150,12 @@ impl Server {
 
 /// Time a client has to send its HTTP request headers (the WebSocket upgrade included).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper's read buffer, which bounds a request's line and headers (the WebSocket upgrade
+/// included): larger heads are refused (431) instead of buffered. Bodies stream through
+/// and are bounded by their handlers.
+const MAX_HEAD_BYTES: usize = 16 << 10;
+/// Most headers in one request.
+const MAX_HEADERS: usize = 64;
 
 /// Accepts connections until shutdown. Each HTTP connection is served by hyper in a tracked
 /// task; running out of file descriptors backs off instead of spinning.
@@ -191,6 +197,8 @@ pub async fn accept_loop(
             let conn = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades();
             tokio::pin!(conn);

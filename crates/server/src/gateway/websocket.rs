@@ -140,7 +140,9 @@ impl Stall {
 /// Serves the client protocol on an upgraded socket; `leftover` are bytes the HTTP layer
 /// read past the upgrade request.
 pub async fn serve(node: Arc<Node>, tcp: TcpStream, leftover: Bytes) {
-    let outbox = Arc::new(Outbox::new(node.config.outbox_max_bytes));
+    let outbox = Arc::new(
+        Outbox::new(node.config.outbox_max_bytes).with_reply_limit(node.config.reply_max_bytes),
+    );
     let peer = Arc::new(Peer::new(outbox.clone()));
     let session = Session::new(node.clone(), peer.clone(), Now::current());
     let id = session.conn_id();

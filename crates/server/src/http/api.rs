@@ -1,23 +1,54 @@
 //! The server HTTP API, as Centrifugo's: `POST /api/<method>` with a JSON body and the
 //! key in `X-API-Key` (or `Authorization: apikey <key>`); answers `{"result": {...}}`.
+//!
+//! Order of checks, so that a caller without the key costs next to nothing: the key is
+//! checked from the headers before a byte of the body is read (a wrong key is answered
+//! 401 at once and the connection closed by hyper, the body unread); then a slot among
+//! `api_max_in_flight` calls is taken (503 when none is free); then the body is read
+//! within `api_body_timeout_secs` (408) and `API_MAX_BODY` bytes (413). Replies are
+//! serialized straight from the stored raw JSON (never through `serde_json::Value`, which
+//! would parse it again), and CPU-heavy work (the `channels` pattern scan) runs on the
+//! blocking pool, off the runtime's workers.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Request, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use roomcast_proto::{Disconnect, ErrorCode, StreamPosition};
+use roomcast_proto::{Disconnect, ErrorCode, HistoryResult, PresenceResult, StreamPosition};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 
 use super::error::ApiError;
 use crate::bus::UserOp;
-use crate::channel::Channel;
+use crate::channel::{glob, Channel, MAX_PATTERN_LEN};
 use crate::node::{internal, Node};
+
+/// Largest request body of a server API call.
+pub const API_MAX_BODY: usize = 2 << 20;
+
+/// What the API routes share: the node, and the slots of calls in flight.
+#[derive(Clone)]
+pub struct Api {
+    node: Arc<Node>,
+    /// `api_max_in_flight` permits: one per call reading its body or working.
+    slots: Arc<Semaphore>,
+}
+
+impl Api {
+    pub fn new(node: Arc<Node>) -> Api {
+        let slots = Arc::new(Semaphore::new(node.config.api_max_in_flight));
+        Api { node, slots }
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -100,14 +131,17 @@ fn authorized(node: &Node, headers: &HeaderMap) -> bool {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("apikey "))
         });
-    // Constant-time comparison: the key is a secret.
-    given.is_some_and(|g| {
-        g.len() == key.len()
-            && g.bytes()
-                .zip(key.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
-    })
+    given.is_some_and(|g| same_secret(g, key))
+}
+
+/// Constant-time comparison of a secret, its length included: the SHA-256 digests of both
+/// (fixed size whatever was sent) are compared byte for byte without an early exit.
+fn same_secret(given: &str, key: &str) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(key));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -115,23 +149,68 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
 }
 
-fn ok(result: Value) -> Json<Value> {
-    Json(json!({ "result": result }))
+/// `{"result": ...}`, serialized straight from `result` (raw JSON is copied, not parsed).
+#[derive(Serialize)]
+struct Reply<T> {
+    result: T,
+}
+
+fn ok<T: Serialize>(result: T) -> Response {
+    Json(Reply { result }).into_response()
+}
+
+fn check_data(node: &Node, data: &RawValue) -> Result<(), ApiError> {
+    node.check_data(data)
+        .map_err(|e| ApiError::BadBody(format!("data: {e}")))
 }
 
 pub async fn call(
-    State(node): State<Arc<Node>>,
+    State(api): State<Api>,
     Path(method): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    if !authorized(&node, &headers) {
+    req: Request,
+) -> Result<Response, ApiError> {
+    let node = api.node;
+    // The key first: nothing of the body is read for a caller without it.
+    if !authorized(&node, req.headers()) {
         return Err(ApiError::Unauthorized);
     }
-    match method.as_str() {
+    let _slot = api.slots.try_acquire_owned().map_err(|_| ApiError::Busy)?;
+    let timeout = Duration::from_secs(node.config.api_body_timeout_secs);
+    let body =
+        match tokio::time::timeout(timeout, axum::body::to_bytes(req.into_body(), API_MAX_BODY))
+            .await
+        {
+            Err(_) => return Err(ApiError::BodyTimeout),
+            Ok(Err(e)) => {
+                return Err(if is_too_large(&e) {
+                    ApiError::BodyTooLarge(API_MAX_BODY)
+                } else {
+                    ApiError::BadBody(e.to_string())
+                })
+            }
+            Ok(Ok(b)) => b,
+        };
+    run(&node, &method, &body).await
+}
+
+/// Whether reading the body failed on the size limit (rather than the connection).
+fn is_too_large(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, ApiError> {
+    match method {
         "publish" => {
-            let b: PublishBody = parse(&body)?;
+            let b: PublishBody = parse(body)?;
             Channel::resolve(&node.config, &b.channel)?;
+            check_data(node, &b.data)?;
             let r = node
                 .publish(&b.channel, b.data, None, b.idempotency_key)
                 .await
@@ -139,7 +218,8 @@ pub async fn call(
             Ok(ok(json!({ "offset": r.offset, "epoch": r.epoch })))
         }
         "broadcast" => {
-            let b: BroadcastBody = parse(&body)?;
+            let b: BroadcastBody = parse(body)?;
+            check_data(node, &b.data)?;
             let mut responses = Vec::with_capacity(b.channels.len());
             for channel in &b.channels {
                 let r = match Channel::resolve(&node.config, channel) {
@@ -160,34 +240,39 @@ pub async fn call(
             Ok(ok(json!({ "responses": responses })))
         }
         "history" => {
-            let b: HistoryBody = parse(&body)?;
+            let b: HistoryBody = parse(body)?;
             Channel::resolve(&node.config, &b.channel)?;
             let (msgs, pos) = node
                 .history(&b.channel, b.limit, b.since.as_ref(), b.reverse)
                 .await?;
-            let pubs: Vec<_> = msgs.iter().map(|m| m.publication()).collect();
-            Ok(ok(
-                json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch }),
-            ))
+            Ok(ok(HistoryResult {
+                publications: msgs.iter().map(|m| m.publication()).collect(),
+                epoch: pos.epoch,
+                offset: pos.offset,
+            }))
         }
         "presence" | "presence_stats" => {
-            let b: ChannelBody = parse(&body)?;
+            let b: ChannelBody = parse(body)?;
             let channel = Channel::resolve(&node.config, &b.channel)?;
             if !channel.options.presence {
                 return Err(ErrorCode::NOT_AVAILABLE.into());
             }
             if method == "presence" {
-                Ok(ok(
-                    json!({ "presence": node.presence.get(&b.channel).await }),
-                ))
+                let presence = node.presence.get(&b.channel).await;
+                Ok(ok(PresenceResult { presence }))
             } else {
                 let (clients, users) = node.presence.stats(&b.channel).await;
                 Ok(ok(json!({ "num_clients": clients, "num_users": users })))
             }
         }
         "channels" => {
-            let b: ChannelsBody = parse(&body)?;
-            let mut channels = HashMap::new();
+            let b: ChannelsBody = parse(body)?;
+            if b.pattern.len() > MAX_PATTERN_LEN {
+                return Err(ApiError::RefusedWith(
+                    ErrorCode::BAD_REQUEST,
+                    format!("pattern longer than {MAX_PATTERN_LEN} bytes"),
+                ));
+            }
             // Cluster-wide when the bus knows other nodes, else this node's hub.
             let counts = match node.bus.channels().await {
                 Some(all) => all.into_iter().collect::<Vec<_>>(),
@@ -198,15 +283,22 @@ pub async fn call(
                     .map(|(name, n)| (name, n as u64))
                     .collect(),
             };
-            for (name, n) in counts {
-                if b.pattern.is_empty() || glob(&b.pattern, &name) {
-                    channels.insert(name, json!({ "num_clients": n }));
-                }
-            }
+            // Matching is O(pattern x name) per channel: over many channels that is CPU
+            // work, done on the blocking pool so WebSocket pings and other calls go on.
+            let pattern = b.pattern;
+            let channels = tokio::task::spawn_blocking(move || {
+                counts
+                    .into_iter()
+                    .filter(|(name, _)| pattern.is_empty() || glob(&pattern, name))
+                    .map(|(name, n)| (name, json!({ "num_clients": n })))
+                    .collect::<HashMap<_, _>>()
+            })
+            .await
+            .map_err(|_| ErrorCode::INTERNAL)?;
             Ok(ok(json!({ "channels": channels })))
         }
         "info" => {
-            parse::<Value>(&body)?;
+            parse::<Value>(body)?;
             let nodes = node.bus.nodes().await;
             if !nodes.is_empty() {
                 return Ok(ok(json!({ "nodes": nodes })));
@@ -223,7 +315,7 @@ pub async fn call(
             }] })))
         }
         "disconnect" => {
-            let b: DisconnectBody = parse(&body)?;
+            let b: DisconnectBody = parse(body)?;
             let why = match &b.disconnect {
                 None => Disconnect::FORCE_NO_RECONNECT,
                 Some(d) => custom_disconnect(d)?,
@@ -243,7 +335,7 @@ pub async fn call(
             Ok(ok(json!({})))
         }
         "unsubscribe" => {
-            let b: UnsubscribeBody = parse(&body)?;
+            let b: UnsubscribeBody = parse(body)?;
             Channel::resolve(&node.config, &b.channel)?;
             node.bus
                 .user_op(UserOp::Unsubscribe {
@@ -282,30 +374,15 @@ fn custom_disconnect(d: &DisconnectCode) -> Result<Disconnect, ApiError> {
     })
 }
 
-/// `*` matches any run of characters; everything else matches itself.
-fn glob(pattern: &str, name: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == name,
-        Some((head, rest)) => {
-            name.starts_with(head)
-                && (0..=name.len() - head.len()).any(|i| {
-                    name.is_char_boundary(head.len() + i) && glob(rest, &name[head.len() + i..])
-                })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::glob;
+    use super::same_secret;
 
     #[test]
-    fn glob_patterns() {
-        assert!(glob("chat:*", "chat:1"));
-        assert!(glob("*", "x"));
-        assert!(glob("a*c", "abbc"));
-        assert!(!glob("a*c", "abb"));
-        assert!(glob("exact", "exact"));
-        assert!(!glob("exact", "exac"));
+    fn secrets_compare_by_digest() {
+        assert!(same_secret("key", "key"));
+        assert!(!same_secret("key", "kez"));
+        assert!(!same_secret("ke", "key"));
+        assert!(!same_secret("", "key"));
     }
 }

@@ -1,7 +1,8 @@
 //! The one place where server API failures become HTTP responses.
 //!
-//! Transport-level problems get an HTTP status (401 wrong key, 400 malformed body, 404
-//! unknown method); refusals of a well-formed call are `200` with the Centrifugo-style
+//! Transport-level problems get an HTTP status (401 wrong key, 400 malformed body or
+//! refused publication data, 404 unknown method, 408 body too slow, 413 body too large,
+//! 503 too many calls in flight); refusals of a well-formed call are `200` with the Centrifugo-style
 //! `{"error":{"code":N,"message":"..."}}` body, as the `cent` client expects.
 
 use axum::http::StatusCode;
@@ -16,6 +17,12 @@ pub enum ApiError {
     Unauthorized,
     #[error("malformed request body: {0}")]
     BadBody(String),
+    #[error("too many server API calls in flight; retry")]
+    Busy,
+    #[error("request body not received in time")]
+    BodyTimeout,
+    #[error("request body larger than {0} bytes")]
+    BodyTooLarge(usize),
     #[error("unknown API method: {0}")]
     UnknownMethod(String),
     #[error("{}", .0.message)]
@@ -30,6 +37,14 @@ impl IntoResponse for ApiError {
         let (status, code) = match &self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::UNAUTHORIZED.code),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST.code),
+            ApiError::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::TOO_MANY_REQUESTS.code,
+            ),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, ErrorCode::BAD_REQUEST.code),
+            ApiError::BodyTooLarge(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BAD_REQUEST.code)
+            }
             ApiError::UnknownMethod(_) => (StatusCode::NOT_FOUND, ErrorCode::METHOD_NOT_FOUND.code),
             ApiError::Refused(e) | ApiError::RefusedWith(e, _) => (StatusCode::OK, e.code),
         };

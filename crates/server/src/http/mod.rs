@@ -23,7 +23,10 @@ pub mod error;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/connection/websocket", any(websocket))
-        .route("/api/{method}", post(api::call))
+        .route(
+            "/api/{method}",
+            post(api::call).with_state(api::Api::new(node.clone())),
+        )
         .route("/health", get(|| async { "ok" }))
         .with_state(node)
 }
@@ -152,19 +155,31 @@ async fn take_socket(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream
     }
 }
 
-/// Browsers send `Origin`; only listed origins (or, with no list, the server's own) may
-/// connect. Other clients send no `Origin` and are not affected.
+/// Browsers send `Origin`; only listed origins (or, with no list, the server's own: an
+/// `http` or `https` origin whose host and port are the `Host` header) may connect. Other
+/// clients send no `Origin` and are not affected. An `Origin` that is not ASCII matches
+/// nothing (it is not treated as absent).
 #[allow(clippy::result_large_err)]
 fn check_origin(allowed: &[String], h: &HeaderMap) -> Result<(), Response> {
-    let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+    let Some(origin) = h.get(header::ORIGIN) else {
         return Ok(());
+    };
+    let Ok(origin) = origin.to_str() else {
+        return Err(bad(StatusCode::FORBIDDEN, "origin not allowed"));
     };
     let ok = if allowed.is_empty() {
         let host = h
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        origin.split_once("://").map(|(_, rest)| rest) == Some(host)
+        match origin.split_once("://") {
+            Some((scheme, rest)) => {
+                (scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https"))
+                    && !host.is_empty()
+                    && rest.eq_ignore_ascii_case(host)
+            }
+            None => false,
+        }
     } else {
         allowed
             .iter()
@@ -199,5 +214,16 @@ mod tests {
         assert!(check_origin(&list, &headers(Some("https://chat.example"), "x")).is_ok());
         assert!(check_origin(&list, &headers(Some("https://other.example"), "x")).is_err());
         assert!(check_origin(&["*".to_owned()], &headers(Some("https://any"), "x")).is_ok());
+        // Issue 10: the scheme counts, and a non-ASCII origin is a mismatch.
+        assert!(check_origin(&[], &headers(Some("https://a:1"), "a:1")).is_ok());
+        assert!(check_origin(&[], &headers(Some("evil://a:1"), "a:1")).is_err());
+        assert!(check_origin(&[], &headers(Some("null"), "a:1")).is_err());
+        let mut h = headers(None, "a:1");
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_bytes(b"http://a:1\xff").unwrap(),
+        );
+        assert!(check_origin(&[], &h).is_err());
+        assert!(check_origin(&["*".to_owned()], &h).is_err());
     }
 }

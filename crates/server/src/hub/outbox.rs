@@ -4,6 +4,11 @@
 //! and overflow must not wait: a connection that falls a full outbox behind is closed as
 //! "slow" (its SDK reconnects and recovers from its last offset), its queued frames are
 //! freed at once, and nobody else is delayed by it.
+//!
+//! Replies to the client's own commands have a budget of their own (`reply_max_bytes`,
+//! larger than the fan-out limit: one history page may be megabytes): a client that
+//! pipelines many large requests and does not read is closed as slow once its queued
+//! replies pass it, so what it can pin is bounded.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -27,8 +32,10 @@ pub enum Out {
 #[derive(Default)]
 struct State {
     queue: VecDeque<Out>,
-    /// Bytes of the frames in `queue`.
+    /// Bytes of the fan-out frames in `queue`.
     bytes: usize,
+    /// Bytes of the replies in `queue`.
+    reply_bytes: usize,
     /// Set once: the connection must be closed with this code.
     close: Option<Disconnect>,
 }
@@ -39,7 +46,12 @@ pub struct Outbox {
     /// connection's task), so an `AtomicWaker` rather than a `Notify` and its waiter node.
     waker: AtomicWaker,
     max_bytes: usize,
+    /// Reply bytes queued before the connection is closed as slow.
+    max_reply_bytes: usize,
 }
+
+/// Reply budget of an outbox built with `new`.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 64 << 20;
 
 /// Control items (unsubscribes) a connection may have queued before it is closed.
 const MAX_CONTROL: usize = 256;
@@ -50,18 +62,43 @@ impl Outbox {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
             max_bytes,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
         }
     }
 
+    /// Sets the reply budget (see the module doc).
+    pub fn with_reply_limit(mut self, max_reply_bytes: usize) -> Outbox {
+        self.max_reply_bytes = max_reply_bytes;
+        self
+    }
+
+    /// Closes as slow and frees the backlog. Caller holds the lock and wakes the task.
+    fn overflow(s: &mut State) {
+        s.close = Some(Disconnect::SLOW);
+        s.queue = VecDeque::new();
+        s.bytes = 0;
+        s.reply_bytes = 0;
+    }
+
     /// Queues a reply to one of the client's own commands. Replies do not count against
-    /// the byte limit: they are bounded by what the client asked for (a recovery reply is
-    /// capped by `recovery_max_bytes`), and the connection reads no further commands while
-    /// its writes are backed up. A closed outbox takes nothing.
+    /// the fan-out byte limit: each is bounded by what the client asked for (history by
+    /// `history_max_bytes`, recovery by `recovery_max_bytes`), and the connection reads no
+    /// further commands while its writes are backed up. They count against the reply
+    /// budget: past it (many large requests read in one go, none of the replies read by
+    /// the client) the outbox is closed as slow and its backlog freed. A closed outbox
+    /// takes nothing.
     pub fn push_reply(&self, frame: Bytes) {
         let mut s = self.state.lock().expect("outbox lock");
         if s.close.is_some() {
             return;
         }
+        if s.reply_bytes + frame.len() > self.max_reply_bytes {
+            Self::overflow(&mut s);
+            drop(s);
+            self.waker.wake();
+            return;
+        }
+        s.reply_bytes += frame.len();
         let was_empty = s.queue.is_empty();
         s.queue.push_back(Out::Frame(frame));
         drop(s);
@@ -79,9 +116,7 @@ impl Outbox {
             return false;
         }
         if s.bytes + frame.len() > self.max_bytes {
-            s.close = Some(Disconnect::SLOW);
-            s.queue = VecDeque::new();
-            s.bytes = 0;
+            Self::overflow(&mut s);
             drop(s);
             self.waker.wake();
             return false;
@@ -103,9 +138,7 @@ impl Outbox {
             return;
         }
         if s.queue.len() >= MAX_CONTROL && !matches!(item, Out::Frame(_)) {
-            s.close = Some(Disconnect::SLOW);
-            s.queue = VecDeque::new();
-            s.bytes = 0;
+            Self::overflow(&mut s);
         } else {
             s.queue.push_back(item);
         }
@@ -149,6 +182,7 @@ impl Outbox {
         let mut s = self.state.lock().expect("outbox lock");
         into.extend(s.queue.drain(..));
         s.bytes = 0;
+        s.reply_bytes = 0;
         if s.queue.capacity() > 64 {
             s.queue.shrink_to(16);
         }
@@ -180,6 +214,20 @@ mod tests {
         let mut out = Vec::new();
         assert_eq!(o.take(&mut out), None);
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn replies_past_their_budget_close_as_slow() {
+        let o = Outbox::new(10).with_reply_limit(150);
+        o.push_reply(Bytes::from(vec![b'x'; 100]));
+        let mut out = Vec::new();
+        assert_eq!(o.take(&mut out), None);
+        // Taken (written): the budget is free again.
+        o.push_reply(Bytes::from(vec![b'x'; 100]));
+        o.push_reply(Bytes::from(vec![b'x'; 100]));
+        out.clear();
+        assert_eq!(o.take(&mut out), Some(Disconnect::SLOW));
+        assert!(out.is_empty());
     }
 
     #[test]

@@ -150,12 +150,13 @@ impl<S: Services> Session<S> {
             Method::Refresh(req) => return self.refresh(id, &req.token, now),
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
             Method::Empty => {}
+            Method::Unknown => self.error(id, ErrorCode::METHOD_NOT_FOUND),
         }
         Flow::Continue
     }
 
     fn verify(&self, token: &str) -> Result<Claims, Flow> {
-        match self.node.verify(token) {
+        match self.node.verify_connection(token) {
             Ok(c) => Ok(c),
             Err(TokenError::Expired) => Err(Flow::Continue),
             Err(TokenError::Invalid(why)) => {

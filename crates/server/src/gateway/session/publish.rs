@@ -70,7 +70,14 @@ impl<S: Services> Session<S> {
         let mut ids = Vec::with_capacity(commands.len());
         let mut items = Vec::with_capacity(commands.len());
         for (id, req) in commands {
-            match self.may_publish(&identity.user, &req.channel) {
+            let data_ok = |()| {
+                roomcast_proto::data::check(&req.data, self.node.config().max_data_depth)
+                    .map_err(|_| ErrorCode::BAD_REQUEST)
+            };
+            match self
+                .may_publish(&identity.user, &req.channel)
+                .and_then(data_ok)
+            {
                 Ok(()) => {
                     ids.push(id);
                     items.push((req.channel, req.data));

@@ -22,8 +22,10 @@ pub trait Services: Send + Sync + 'static {
     fn config(&self) -> &SessionConfig;
     /// This node's id (in connect replies).
     fn node_id(&self) -> &str;
-    /// Checks a connection or subscription token.
+    /// Checks a subscription token (or any token: signature, expiry, audience).
     fn verify(&self, token: &str) -> Result<Claims, TokenError>;
+    /// Checks a connection token: `verify`, and not a subscription token.
+    fn verify_connection(&self, token: &str) -> Result<Claims, TokenError>;
     /// A fresh connection id.
     fn next_conn_id(&self) -> ConnId;
     /// Connections of `user` on this node.
@@ -84,6 +86,10 @@ impl Services for Node {
 
     fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.auth.verify(token)
+    }
+
+    fn verify_connection(&self, token: &str) -> Result<Claims, TokenError> {
+        self.auth.verify_connection(token)
     }
 
     fn next_conn_id(&self) -> ConnId {

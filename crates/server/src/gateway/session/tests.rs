@@ -96,6 +96,10 @@ impl Services for Fake {
     fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.auth.verify(token)
     }
+
+    fn verify_connection(&self, token: &str) -> Result<Claims, TokenError> {
+        self.auth.verify_connection(token)
+    }
     fn next_conn_id(&self) -> ConnId {
         self.conn_ids.fetch_add(1, Ordering::Relaxed)
     }
