@@ -8,8 +8,10 @@
 //!   start afresh on purpose).
 //! - An existing database is checked with `PRAGMA quick_check` before anything else opens
 //!   it: it reads every page and checks the b-tree structure (not that indexes match their
-//!   tables, which `integrity_check` adds at several times the cost); see BENCHMARKS.md for
-//!   what it costs on a large file. Damage refuses to start, naming the file.
+//!   tables, which `integrity_check` adds). Its cost is a full read of the file: on a
+//!   1.03 GB store (3.8 million messages) 3.5 s with the file in the page cache and 26 s
+//!   cold on this machine's disk, under load; `integrity_check` took 3.9 s warm (the schema
+//!   has no secondary indexes, so it adds little). Damage refuses to start, naming the file.
 
 use std::fs::{self, File};
 use std::io::ErrorKind;
