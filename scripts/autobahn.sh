@@ -7,7 +7,7 @@
 # Usage: scripts/autobahn.sh [ROOMCAST_BINARY]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin="${1:-target/release/roomcast}"
+bin="${1:-${CARGO_TARGET_DIR:-target}/release/roomcast}"
 [[ -x "$bin" ]] || cargo build --release --locked -p roomcast
 work="$(mktemp -d)"
 venv="${KOSOKU_VENV:-$PWD/target/kosoku-venv}"

@@ -12,8 +12,10 @@ missing=()
 command -v node >/dev/null || missing+=(nodejs npm)
 command -v python3 >/dev/null || missing+=(python3 python3-pip)
 command -v curl >/dev/null || missing+=(curl)
-# Cluster tests start their own private Redis, PostgreSQL and nginx on loopback ports.
+# Cluster tests start their own private Redis, PostgreSQL, NATS and nginx on loopback ports
+# (crates/testkit/src/services).
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v nats-server >/dev/null || missing+=(nats-server)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v nginx >/dev/null || missing+=(nginx)
 if ((${#missing[@]})); then
@@ -31,7 +33,10 @@ cargo test --workspace --locked
 
 log "build the release binaries for process-level tests"
 cargo build --release --locked -p roomcast -p roomcast-bench
-bin="$PWD/target/release/roomcast"
+# Where cargo put them: CARGO_TARGET_DIR when set (relative to here, as cargo reads it).
+target="${CARGO_TARGET_DIR:-target}"
+[[ $target == /* ]] || target="$PWD/$target"
+bin="$target/release/roomcast"
 
 log "WebSocket conformance (Autobahn cases via kosoku, against roomcast's WebSocket layer)"
 bash scripts/autobahn.sh "$bin"
@@ -43,7 +48,7 @@ fi
 
 if [[ -f bench/ci-quick.sh ]]; then
   log "bench smoke run (correctness counters only, no timing asserted)"
-  bash bench/ci-quick.sh "$bin" "$PWD/target/release/roomcast-bench"
+  bash bench/ci-quick.sh "$bin" "$target/release/roomcast-bench"
 fi
 
 log "all tests passed"

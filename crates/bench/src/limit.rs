@@ -7,9 +7,8 @@
 //! is answered with a one-byte text frame "a" per publish (so the generator can time acks everywhere).
 
 use anyhow::{bail, Context, Result};
-use base64::Engine;
 use bytes::{Buf, Bytes, BytesMut};
-use sha1::{Digest, Sha1};
+use roomcast_ws::{Decoder, Message};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +20,8 @@ use tokio::sync::broadcast;
 const ROOM_QUEUE: usize = 8192;
 /// Most frames coalesced into one write.
 const BATCH: usize = 256;
+/// Largest publication accepted from a publisher.
+const MAX_MESSAGE: usize = 1 << 20;
 /// The pre-encoded ack frame: FIN + text opcode, length 1, "a".
 const ACK: &[u8] = &[0x81, 0x01, b'a'];
 
@@ -99,7 +100,7 @@ async fn handshake(stream: &mut TcpStream) -> Result<(u32, bool)> {
                 .value;
             let resp = format!(
                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
-                accept_key(key)
+                roomcast_ws::accept_key(key)
             );
             stream.write_all(resp.as_bytes()).await?;
             return Ok((room, publisher));
@@ -110,81 +111,40 @@ async fn handshake(stream: &mut TcpStream) -> Result<(u32, bool)> {
     }
 }
 
-/// RFC 6455: base64(SHA-1(key + GUID)).
-pub fn accept_key(key: &[u8]) -> String {
-    let mut h = Sha1::new();
-    h.update(key);
-    h.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(h.finalize())
-}
-
 /// Server-to-client text frame (unmasked).
 pub fn frame(payload: &[u8]) -> Bytes {
     let mut f = BytesMut::with_capacity(payload.len() + 10);
-    f.extend_from_slice(&[0x81]);
-    match payload.len() {
-        n if n < 126 => f.extend_from_slice(&[n as u8]),
-        n if n <= 0xFFFF => {
-            f.extend_from_slice(&[126]);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.extend_from_slice(&[127]);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(payload);
+    roomcast_ws::text(&mut f, payload);
     f.freeze()
-}
-
-/// Parses one masked client frame from `buf`: Some((opcode, unmasked payload)) once complete.
-pub fn parse_client_frame(buf: &mut BytesMut) -> Option<(u8, Bytes)> {
-    if buf.len() < 2 {
-        return None;
-    }
-    let opcode = buf[0] & 0x0F;
-    let masked = buf[1] & 0x80 != 0;
-    let (len, mut at) = match buf[1] & 0x7F {
-        126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
-        127 if buf.len() >= 10 => (u64::from_be_bytes(buf[2..10].try_into().ok()?) as usize, 10),
-        126 | 127 => return None,
-        n => (n as usize, 2),
-    };
-    let mask_len = if masked { 4 } else { 0 };
-    if buf.len() < at + mask_len + len {
-        return None;
-    }
-    let mask: [u8; 4] = if masked {
-        buf[at..at + 4].try_into().ok()?
-    } else {
-        [0; 4]
-    };
-    at += mask_len;
-    buf.advance(at);
-    let mut payload = buf.split_to(len);
-    for (i, b) in payload.iter_mut().enumerate() {
-        *b ^= mask[i % 4];
-    }
-    Some((opcode, payload.freeze()))
 }
 
 async fn publish_loop(stream: TcpStream, tx: broadcast::Sender<Bytes>) -> Result<()> {
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = BytesMut::with_capacity(4096);
+    let mut decoder = Decoder::new(MAX_MESSAGE);
+    let mut msgs = Vec::new();
     loop {
         if rd.read_buf(&mut buf).await? == 0 {
             return Ok(());
         }
+        let consumed = decoder
+            .decode(&mut buf, &mut msgs)
+            .map_err(|v| anyhow::anyhow!("publisher broke framing: {}", v.reason))?;
+        buf.advance(consumed);
         let mut acks = 0;
-        while let Some((op, payload)) = parse_client_frame(&mut buf) {
-            match op {
-                0x1 | 0x2 => {
+        for msg in msgs.drain(..) {
+            match msg {
+                Message::Text(t) => {
                     // Zero receivers is fine: the room may be empty.
-                    let _ = tx.send(frame(&payload));
+                    let _ = tx.send(frame(t.as_bytes()));
                     acks += 1;
                 }
-                0x8 => return Ok(()),
-                _ => {}
+                Message::Binary(b) => {
+                    let _ = tx.send(frame(&b));
+                    acks += 1;
+                }
+                Message::Close(..) => return Ok(()),
+                Message::Ping(_) | Message::Pong => {}
             }
         }
         if acks > 0 {
@@ -228,19 +188,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
-    }
-
-    #[test]
-    fn parses_masked_frame() {
-        let mut b = BytesMut::from(&[0x81u8, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2, 0x81][..]);
-        let (op, p) = parse_client_frame(&mut b).unwrap();
-        assert_eq!((op, &p[..]), (1, &b"hi"[..]));
-        assert_eq!(b.len(), 1);
+    fn frames_a_publication() {
         assert_eq!(&frame(b"hi")[..], &[0x81, 2, b'h', b'i']);
     }
 }

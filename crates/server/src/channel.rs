@@ -3,7 +3,14 @@
 //! The namespace is the part before the first `:`; a `#` starts the list of the only users
 //! allowed in the channel, comma separated.
 
-use crate::config::{Config, NamespaceOptions};
+use crate::config::NamespaceOptions;
+
+/// Where channel namespaces are configured (the node's `Config`, or the session's narrower
+/// `SessionConfig`).
+pub trait Namespaces {
+    /// The options of a namespace name ("" for the default one); `None` when not configured.
+    fn namespace(&self, name: &str) -> Option<&NamespaceOptions>;
+}
 use roomcast_proto::ErrorCode;
 
 /// Longest channel name accepted.
@@ -19,7 +26,10 @@ pub struct Channel<'a> {
 impl<'a> Channel<'a> {
     /// Resolves a name: bad request for an empty or over-long name or one with control
     /// characters, unknown channel for a namespace that is not configured.
-    pub fn resolve(config: &'a Config, name: &'a str) -> Result<Channel<'a>, ErrorCode> {
+    pub fn resolve<N: Namespaces + ?Sized>(
+        config: &'a N,
+        name: &'a str,
+    ) -> Result<Channel<'a>, ErrorCode> {
         if name.is_empty() || name.len() > MAX_CHANNEL_LEN || name.chars().any(char::is_control) {
             return Err(ErrorCode::BAD_REQUEST);
         }
@@ -44,6 +54,7 @@ impl<'a> Channel<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
     #[test]
     fn namespaces_and_user_limited_channels() {

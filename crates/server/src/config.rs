@@ -84,6 +84,11 @@ pub struct Config {
     pub history_max_limit: u64,
     /// Bytes queued for one connection before it is disconnected as slow.
     pub outbox_max_bytes: usize,
+    /// Seconds a connection's socket may accept nothing while there is something to send
+    /// before the connection is dropped; also the longest a closing connection (slow, no
+    /// pong, ...) waits for its peer to take the close frame. Keeps peers that stop reading
+    /// from holding file descriptors, presence and registry entries.
+    pub write_timeout_secs: u64,
     /// Largest incoming WebSocket message.
     pub max_message_size: usize,
     /// Most channels one connection may subscribe to.
@@ -131,6 +136,7 @@ impl Default for Config {
             recovery_max_bytes: 16 << 20,
             history_max_limit: 10_000,
             outbox_max_bytes: 1 << 20,
+            write_timeout_secs: 10,
             max_message_size: 64 << 10,
             max_channels_per_connection: 128,
             max_connections_per_user: 100,
@@ -144,6 +150,37 @@ impl Default for Config {
             default_namespace: NamespaceOptions::default(),
             namespaces: HashMap::new(),
         }
+    }
+}
+
+/// What a client session reads of the configuration: the limits and defaults of the
+/// protocol and the channel namespaces. Built once per node (`Config::session`).
+#[derive(Debug, Clone, Default)]
+pub struct SessionConfig {
+    pub insecure: bool,
+    pub ping_interval_secs: u64,
+    pub recovery_max_publications: u64,
+    pub recovery_max_bytes: usize,
+    pub max_channels_per_connection: usize,
+    pub max_connections_per_user: usize,
+    pub commands_per_second: u32,
+    pub default_namespace: NamespaceOptions,
+    pub namespaces: HashMap<String, NamespaceOptions>,
+}
+
+impl crate::channel::Namespaces for SessionConfig {
+    fn namespace(&self, name: &str) -> Option<&NamespaceOptions> {
+        if name.is_empty() {
+            Some(&self.default_namespace)
+        } else {
+            self.namespaces.get(name)
+        }
+    }
+}
+
+impl crate::channel::Namespaces for Config {
+    fn namespace(&self, name: &str) -> Option<&NamespaceOptions> {
+        Config::namespace(self, name)
     }
 }
 
@@ -188,6 +225,21 @@ impl Config {
         }
     }
 
+    /// The part of the configuration client sessions read.
+    pub fn session(&self) -> SessionConfig {
+        SessionConfig {
+            insecure: self.insecure,
+            ping_interval_secs: self.ping_interval_secs,
+            recovery_max_publications: self.recovery_max_publications,
+            recovery_max_bytes: self.recovery_max_bytes,
+            max_channels_per_connection: self.max_channels_per_connection,
+            max_connections_per_user: self.max_connections_per_user,
+            commands_per_second: self.commands_per_second,
+            default_namespace: self.default_namespace.clone(),
+            namespaces: self.namespaces.clone(),
+        }
+    }
+
     /// Checks settings that depend on each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |message: String| Err(ConfigError::Invalid(message));
@@ -199,6 +251,9 @@ impl Config {
                 "pong_timeout_secs ({}) must be shorter than ping_interval_secs ({})",
                 self.pong_timeout_secs, self.ping_interval_secs
             ));
+        }
+        if self.write_timeout_secs == 0 {
+            return bad("write_timeout_secs must be at least 1".into());
         }
         if self.max_message_size < 1024 {
             return bad("max_message_size must be at least 1024 bytes".into());

@@ -13,6 +13,7 @@ pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod hub;
+pub mod keepalive;
 pub mod node;
 pub mod presence;
 pub mod server;

@@ -61,6 +61,13 @@ enum Command {
         /// Shared message store URL (`postgres://user:pass@host:port/db`).
         #[arg(long, env = "ROOMCAST_STORE", hide_env_values = true)]
         store: Option<String>,
+        /// Once listening, write one JSON line to this file descriptor (1: stdout):
+        /// `{"ready":true,"addr":"127.0.0.1:8000","pid":..,"version":".."}`.
+        /// For supervisors and tests that need the bound address (e.g. with `--listen
+        /// 127.0.0.1:0`) without reading logs. Other descriptors are reopened through
+        /// `/dev/fd/N` (Linux).
+        #[arg(long, value_name = "FD")]
+        ready_fd: Option<u32>,
     },
     /// Serve a WebSocket echo endpoint on roomcast's WebSocket layer (for conformance runs
     /// such as the Autobahn suite; see scripts/autobahn.sh).
@@ -120,6 +127,7 @@ fn main() -> anyhow::Result<()> {
             pong_timeout,
             redis,
             store,
+            ready_fd,
         } => {
             let mut config = load(&common)?;
             if let Some(l) = listen {
@@ -151,7 +159,7 @@ fn main() -> anyhow::Result<()> {
                 "connection capacity"
             );
             let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, ready_fd))
         }
         Command::WsEcho {
             listen,
@@ -211,8 +219,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, ready_fd: Option<u32>) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
+    if let Some(fd) = ready_fd {
+        announce_ready(fd, server.addr)
+            .with_context(|| format!("writing the ready line to fd {fd}"))?;
+    }
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
@@ -221,4 +233,31 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// Writes the `--ready-fd` line: one JSON object and a newline, flushed. Nothing else is
+/// ever written to that descriptor by roomcast (logs go to stderr), so a reader can take
+/// the first line as the announcement.
+fn announce_ready(fd: u32, addr: std::net::SocketAddr) -> std::io::Result<()> {
+    use std::io::Write;
+    // Written by hand so `ready` comes first (a `json!` map sorts its keys).
+    let line = format!(
+        "{{\"ready\":true,\"addr\":\"{addr}\",\"pid\":{},\"version\":{}}}\n",
+        std::process::id(),
+        serde_json::Value::from(roomcast::VERSION),
+    );
+    match fd {
+        1 => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(line.as_bytes())?;
+            out.flush()
+        }
+        2 => std::io::stderr().lock().write_all(line.as_bytes()),
+        // No unsafe `from_raw_fd`: reopening the descriptor's /dev/fd entry reaches the
+        // same pipe or file.
+        n => std::fs::OpenOptions::new()
+            .append(true)
+            .open(format!("/dev/fd/{n}"))?
+            .write_all(line.as_bytes()),
+    }
 }

@@ -16,20 +16,22 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Auth;
 use crate::bus::Bus;
-use crate::config::Config;
-use crate::hub::{Hub, RoomEvent};
+use crate::config::{Config, SessionConfig};
+use crate::hub::{ConnId, Hub, Outbox, RoomEvent};
 use crate::presence::Presence;
 use crate::store::{Appended, Committed, Message, NewMessage, Position, Range, Store, StoreError};
 
 pub struct Node {
     pub config: Config,
+    /// What client sessions read of `config`, built once.
+    pub session: SessionConfig,
     pub auth: Auth,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub presence: Arc<dyn Presence>,
     /// Pings, pong deadlines, connect deadlines and token expiry of every connection.
-    pub keepalive: Arc<crate::gateway::keepalive::Keepalive>,
+    pub keepalive: Arc<crate::keepalive::Keepalive>,
     /// This node's id (in connect replies and the `info` API).
     pub id: String,
     pub started: Instant,
@@ -123,6 +125,39 @@ impl Node {
             }
         }
         Ok((msgs, pos))
+    }
+
+    /// Adds a (pending) local subscriber to a room; the first one on this node makes the
+    /// bus carry the room here. On a bus failure the subscriber is removed again.
+    pub async fn join(
+        &self,
+        room: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        join_leave: bool,
+    ) -> Result<(), ErrorCode> {
+        if self.hub.subscribe(room, conn, outbox, join_leave) {
+            if let Err(e) = self.bus.watch(room).await {
+                tracing::warn!(error = %e, "bus watch failed");
+                self.leave(room, conn).await;
+                return Err(ErrorCode::INTERNAL);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a local subscriber; the last one on this node stops the bus carrying the room.
+    pub async fn leave(&self, room: &str, conn: ConnId) {
+        if self.hub.unsubscribe(room, conn) {
+            self.bus.unwatch(room).await;
+        }
+    }
+
+    /// Publishes a join or leave to the room's subscribers on every node (not stored).
+    pub async fn announce(&self, event: RoomEvent) {
+        if let Err(e) = self.bus.publish(vec![event]).await {
+            tracing::warn!(error = %e, "join/leave not published");
+        }
     }
 
     /// Runs until the store's committed stream ends: publishes every committed message on

@@ -21,8 +21,8 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::cluster::Backends;
 use crate::config::Config;
-use crate::gateway::keepalive::Keepalive;
 use crate::hub::Hub;
+use crate::keepalive::Keepalive;
 use crate::node::Node;
 
 /// A started node.
@@ -92,6 +92,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             published: AtomicU64::new(0),
+            session: config.session(),
             config,
         });
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));

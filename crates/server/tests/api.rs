@@ -1,8 +1,6 @@
 //! The server HTTP API: every method, idempotent publish, and the refusal paths.
 
-mod common;
-
-use common::*;
+use roomcast_testkit::*;
 use serde_json::json;
 
 #[tokio::test]

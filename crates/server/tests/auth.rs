@@ -1,9 +1,7 @@
 //! Connect and authentication: every way a connect can fail gets the protocol's code.
 
-mod common;
-
-use common::*;
 use roomcast::auth::{now_secs, Claims};
+use roomcast_testkit::*;
 use serde_json::json;
 
 #[tokio::test]

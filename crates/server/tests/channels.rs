@@ -1,11 +1,9 @@
 //! Subscribing, publishing, fan-out, history, presence, join/leave and every refusal of
 //! the client protocol, driven over real WebSockets.
 
-mod common;
-
-use common::*;
 use roomcast::auth::{now_secs, Claims};
 use roomcast::config::NamespaceOptions;
+use roomcast_testkit::*;
 use serde_json::json;
 
 #[tokio::test]

@@ -1,5 +1,5 @@
 //! Cluster mode end to end: real `roomcast serve` processes sharing a private PostgreSQL and
-//! a private Redis (started by `common/services.rs`), real WebSocket clients, real nginx.
+//! a private Redis (started by `roomcast-testkit`), real WebSocket clients, real nginx.
 //!
 //! What must hold: subscribers on every node get publications made on any node, in order;
 //! concurrent publishers on different nodes get contiguous, unique offsets; a client of a
@@ -8,135 +8,12 @@
 //! PostgreSQL (and SQLite); on a 3-master Redis Cluster the bus uses sharded Pub/Sub, so a
 //! room's channel lives on one shard only.
 
-mod common;
-#[path = "common/services.rs"]
-mod services;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
-use serde_json::{json, Value};
-use services::{Node, Postgres, Redis, RedisCluster};
+use roomcast_testkit::*;
+use serde_json::json;
 use tokio::time::{sleep, Instant};
-
-/// Publishes through a node's server API; returns the offset.
-async fn publish(addr: std::net::SocketAddr, channel: &str, data: Value) -> u64 {
-    let body = json!({"channel": channel, "data": data}).to_string();
-    let (status, v) = tokio::time::timeout(WAIT, api_raw(addr, "publish", Some(API_KEY), &body))
-        .await
-        .expect("publish answered in time");
-    assert_eq!(status, 200, "publish: {v}");
-    v["result"]["offset"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("publish failed: {v}"))
-}
-
-async fn api(addr: std::net::SocketAddr, method: &str, body: Value) -> Value {
-    let body = body.to_string();
-    let call = api_raw(addr, method, Some(API_KEY), &body);
-    let (status, v) = tokio::time::timeout(WAIT, call)
-        .await
-        .expect("API answered in time");
-    assert_eq!(status, 200, "{method}: {v}");
-    v
-}
-
-/// A subscriber that keeps every offset it receives and, when its connection closes,
-/// reconnects (to `url`) and recovers from its last offset, as an SDK does.
-struct Subscriber {
-    client: Client,
-    url: String,
-    channel: String,
-    epoch: String,
-    offsets: Vec<u64>,
-    reconnects: u32,
-}
-
-impl Subscriber {
-    async fn start(url: &str, user: &str, channel: &str) -> Subscriber {
-        let mut client = Client::open(url).await;
-        let r = client
-            .call(json!({"connect": {"token": token(user)}}))
-            .await;
-        assert!(r.get("connect").is_some(), "connect: {r}");
-        let s = client.subscribe(channel).await;
-        Subscriber {
-            client,
-            url: url.to_owned(),
-            channel: channel.to_owned(),
-            epoch: s["epoch"].as_str().unwrap_or_default().to_owned(),
-            offsets: Vec::new(),
-            reconnects: 0,
-        }
-    }
-
-    fn last(&self) -> u64 {
-        self.offsets.last().copied().unwrap_or(0)
-    }
-
-    /// Reconnects to `url` and resubscribes with recovery.
-    async fn recover(&mut self, url: &str) {
-        self.url = url.to_owned();
-        self.reconnects += 1;
-        let mut client = Client::open(url).await;
-        let r = client
-            .call(json!({"connect": {"token": token("recovering")}}))
-            .await;
-        assert!(r.get("connect").is_some(), "connect: {r}");
-        let r = client
-            .call(
-                json!({"subscribe": {"channel": self.channel, "recover": true,
-                "offset": self.last(), "epoch": self.epoch}}),
-            )
-            .await;
-        let s = &r["subscribe"];
-        assert_eq!(s["recovered"], json!(true), "recovery failed: {r}");
-        for p in s["publications"].as_array().cloned().unwrap_or_default() {
-            self.offsets.push(p["offset"].as_u64().unwrap());
-        }
-        self.client = client;
-    }
-
-    /// Reads until it has `total` publications, recovering after closes; bounded in time.
-    async fn collect(&mut self, total: u64, within: Duration) {
-        let deadline = Instant::now() + within;
-        while self.last() < total {
-            assert!(
-                Instant::now() < deadline,
-                "{} has {} of {total} publications after {within:?}",
-                self.url,
-                self.offsets.len()
-            );
-            match self.client.next().await {
-                Event::Frame(v) => {
-                    if v["push"]["channel"] == json!(self.channel) {
-                        if let Some(o) = v["push"]["pub"]["offset"].as_u64() {
-                            self.offsets.push(o);
-                        }
-                    }
-                }
-                Event::Closed(code) => {
-                    assert!(
-                        self.reconnects < 10,
-                        "too many reconnects (last close {code:?})"
-                    );
-                    let url = self.url.clone();
-                    self.recover(&url).await;
-                }
-            }
-        }
-    }
-
-    fn assert_complete(&self, total: u64) {
-        assert_eq!(
-            self.offsets,
-            (1..=total).collect::<Vec<_>>(),
-            "subscriber at {} must see every offset once, in order",
-            self.url
-        );
-    }
-}
 
 struct Cluster {
     redis: Redis,
@@ -622,18 +499,6 @@ async fn postgres_restart_fails_publishes_cleanly_then_the_node_reconnects() {
     sub.assert_complete(5);
 }
 
-/// Polls `check` every 200 ms until it returns true or `within` passes.
-async fn eventually(within: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_channels_info_and_user_ops_are_cluster_wide() {
     let mut c = cluster(3).await;
@@ -710,16 +575,10 @@ async fn presence_channels_info_and_user_ops_are_cluster_wide() {
 /// The deploy/ example, with its ports replaced, in front of real nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_sticky_load_balancer_in_front_of_the_cluster() {
-    let nginx = std::path::PathBuf::from("/usr/sbin/nginx");
-    let nginx = if nginx.is_file() {
-        nginx
-    } else {
-        which("nginx").expect("nginx not found (apt-get install -y nginx)")
-    };
     let redis = Redis::start();
     let pg = Postgres::start();
     let store = pg.fresh_db().await;
-    let ports: Vec<u16> = (0..3).map(|_| services::free_port()).collect();
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
     let nodes: Vec<Node> = ports
         .iter()
         .map(|p| {
@@ -730,7 +589,7 @@ async fn nginx_sticky_load_balancer_in_front_of_the_cluster() {
             )
         })
         .collect();
-    let lb_port = services::free_port();
+    let lb_port = free_port();
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../deploy/nginx/roomcast.conf"
@@ -741,55 +600,8 @@ async fn nginx_sticky_load_balancer_in_front_of_the_cluster() {
         .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", ports[1]))
         .replace("127.0.0.1:8003", &format!("127.0.0.1:{}", ports[2]))
         .replace("127.0.0.1:8000", &format!("127.0.0.1:{lb_port}"));
-    let dir = tempfile::tempdir().unwrap();
-    let conf_path = dir.path().join("nginx.conf");
-    std::fs::write(&conf_path, conf).unwrap();
-    let globals = format!(
-        "daemon off; pid {0}/nginx.pid; error_log {0}/error.log;",
-        dir.path().display()
-    );
-    let mut lb = std::process::Command::new(&nginx)
-        .arg("-p")
-        .arg(dir.path())
-        .arg("-c")
-        .arg(&conf_path)
-        .args(["-g", &globals])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("nginx starts");
-    /// Stops nginx by its master's PID with SIGTERM (fast shutdown: the master ends its
-    /// workers; SIGKILL would orphan them), SIGKILL if it lingers.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill")
-                .args(["-TERM", &self.0.id().to_string()])
-                .status();
-            let deadline = std::time::Instant::now() + Duration::from_secs(5);
-            while std::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _lb_guard = {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", lb_port)).is_err() {
-            if let Ok(Some(status)) = lb.try_wait() {
-                let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-                panic!("nginx exited ({status}): {log}");
-            }
-            assert!(Instant::now() < deadline, "nginx did not listen");
-            sleep(Duration::from_millis(50)).await;
-        }
-        Kill(lb)
-    };
-    let lb_addr: std::net::SocketAddr = format!("127.0.0.1:{lb_port}").parse().unwrap();
+    let lb = Nginx::start(lb_port, &conf);
+    let lb_addr = lb.addr();
     let url = format!("ws://{lb_addr}/connection/websocket");
     // Two clients through the balancer (sticky: both land on one node) and one direct.
     let mut via_lb = Subscriber::start(&url, "lb1", "room").await;
@@ -813,13 +625,6 @@ async fn nginx_sticky_load_balancer_in_front_of_the_cluster() {
         .as_array()
         .is_some_and(|n| !n.is_empty()));
     drop(nodes);
-}
-
-fn which(program: &str) -> Option<std::path::PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }
 
 /// Publish throughput through the server API, SQLite vs PostgreSQL + Redis, one node each

@@ -1,18 +1,23 @@
 //! Bounded and hardened: every limit of a connection, with its exact close or error code.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use futures_util::SinkExt;
+use roomcast_testkit::*;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_is_closed_as_slow_and_nobody_else_waits() {
-    let s = TestServer::start_with(|c| c.outbox_max_bytes = 1 << 20).await;
+    let s = TestServer::start_with(|c| {
+        c.outbox_max_bytes = 1 << 20;
+        // This test is about the slow code, which the client reads only once the publisher
+        // is done: give the stalled socket longer than that (tests/stalled.rs covers the
+        // write timeout itself).
+        c.write_timeout_secs = 120;
+    })
+    .await;
     let mut slow = s.client("slow").await;
     slow.subscribe("firehose").await;
     let mut fast = s.client("fast").await;

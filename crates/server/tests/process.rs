@@ -1,88 +1,19 @@
 //! The `roomcast` binary as an operator runs it: crash (kill -9) right after acknowledged
-//! publishes, and a graceful drain on SIGTERM. Nothing acknowledged may be lost.
+//! publishes, and a graceful drain on SIGTERM (nothing acknowledged may be lost); out of
+//! file descriptors; the `--ready-fd` line supervisors start it by.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use roomcast_testkit::*;
 use serde_json::json;
 
-struct Proc {
-    child: Child,
-    addr: SocketAddr,
+/// Starts `roomcast serve` on a free port on the data directory `dir`.
+fn spawn(dir: &std::path::Path) -> Node {
+    Node::builder().data_dir(dir).start()
 }
 
-/// Starts `roomcast serve` on a free port and waits for its "listening on" line.
-fn spawn(dir: &std::path::Path) -> Proc {
-    spawn_with(dir, None).0
-}
-
-/// Same, optionally under an open-files limit (soft and hard); also returns the server's
-/// log lines as they come.
-fn spawn_with(
-    dir: &std::path::Path,
-    nofile: Option<u32>,
-) -> (Proc, std::sync::mpsc::Receiver<String>) {
-    let bin = env!("CARGO_BIN_EXE_roomcast");
-    let mut cmd = match nofile {
-        None => Command::new(bin),
-        Some(n) => {
-            let mut c = Command::new("bash");
-            c.args(["-c", &format!("ulimit -n {n} && exec \"$0\" \"$@\""), bin]);
-            c
-        }
-    };
-    let mut child = cmd
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--api-key",
-            API_KEY,
-            "--token-hmac-secret",
-            SECRET,
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .env("ROOMCAST_LOG", "roomcast=info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("roomcast binary runs");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    let addr: SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
-                    tx.send(addr).unwrap();
-                    sent = true;
-                }
-            }
-            let _ = lines_tx.send(line);
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server reported its address");
-    (Proc { child, addr }, lines)
-}
-
-async fn history(addr: SocketAddr, channel: &str) -> Vec<(u64, serde_json::Value)> {
-    let (status, v) = api_raw(
-        addr,
-        "history",
-        Some(API_KEY),
-        &json!({"channel": channel, "limit": -1}).to_string(),
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
+async fn history(addr: std::net::SocketAddr, channel: &str) -> Vec<(u64, serde_json::Value)> {
+    let v = api(addr, "history", json!({"channel": channel, "limit": -1})).await;
     v["result"]["publications"]
         .as_array()
         .unwrap()
@@ -103,15 +34,7 @@ async fn kill_9_after_acknowledged_publishes_loses_nothing() {
             let mut acked = Vec::new();
             for i in 0..50 {
                 let data = json!({"t": t, "i": i});
-                let (status, v) = api_raw(
-                    addr,
-                    "publish",
-                    Some(API_KEY),
-                    &json!({"channel": "c", "data": data}).to_string(),
-                )
-                .await;
-                assert_eq!(status, 200, "{v}");
-                acked.push((v["result"]["offset"].as_u64().unwrap(), data));
+                acked.push((publish(addr, "c", data.clone()).await, data));
             }
             acked
         }));
@@ -121,8 +44,7 @@ async fn kill_9_after_acknowledged_publishes_loses_nothing() {
         acked.extend(t.await.unwrap());
     }
     // SIGKILL right after the last acknowledgement: no drain, no flush.
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 
     let mut p = spawn(dir.path());
     let stored = history(p.addr, "c").await;
@@ -133,16 +55,8 @@ async fn kill_9_after_acknowledged_publishes_loses_nothing() {
         "every acknowledged publication is in history with its offset"
     );
     // The stream continues after the last offset.
-    let (_, v) = api_raw(
-        p.addr,
-        "publish",
-        Some(API_KEY),
-        &json!({"channel": "c", "data": 1}).to_string(),
-    )
-    .await;
-    assert_eq!(v["result"]["offset"], 201);
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    assert_eq!(p.publish("c", json!(1)).await, 201);
+    p.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -169,11 +83,7 @@ async fn sigterm_drains_connections_with_shutdown_code_and_keeps_acked_publicati
             }
         }
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &p.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    p.signal("TERM");
     let mut close = None;
     while close.is_none() {
         match c.next().await {
@@ -187,9 +97,7 @@ async fn sigterm_drains_connections_with_shutdown_code_and_keeps_acked_publicati
         Some(3001),
         "clients are told to reconnect elsewhere"
     );
-    let exit = tokio::task::spawn_blocking(move || p.child.wait().unwrap())
-        .await
-        .unwrap();
+    let exit = tokio::task::spawn_blocking(move || p.wait()).await.unwrap();
     assert!(exit.success(), "exits cleanly after the drain: {exit:?}");
 
     let mut p = spawn(dir.path());
@@ -204,14 +112,14 @@ async fn sigterm_drains_connections_with_shutdown_code_and_keeps_acked_publicati
     for (i, (_, data)) in stored.iter().enumerate() {
         assert_eq!(data, &json!(i), "in the order they were sent");
     }
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_out_of_file_descriptors_backs_off_and_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let (mut p, lines) = spawn_with(dir.path(), Some(64));
+    let mut p = Node::builder().data_dir(dir.path()).nofile(64).start();
+    let lines = p.logs();
     // Far more sockets than the server has descriptors left.
     let mut socks = Vec::new();
     for _ in 0..120 {
@@ -237,6 +145,54 @@ async fn running_out_of_file_descriptors_backs_off_and_recovers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(ok, "the server recovered after the descriptors were freed");
-    p.child.kill().unwrap();
-    p.child.wait().unwrap();
+    p.kill();
+}
+
+/// `--ready-fd` on a descriptor other than stdout (here fd 3, a file the shell opened):
+/// one JSON line naming the bound address and the process, and the address serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_line_on_another_descriptor_names_the_bound_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    /// Kills the node by its PID also when an assertion fails.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = std::process::Command::new("bash")
+        .args(["-c", "exec \"$0\" \"$@\" 3>\"$READY\""])
+        .arg(roomcast_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--ready-fd", "3"])
+        .args(["--api-key", API_KEY, "--token-hmac-secret", SECRET])
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env("READY", &ready)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let child = Kill(child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let line = loop {
+        let text = std::fs::read_to_string(&ready).unwrap_or_default();
+        if text.ends_with('\n') {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ready line: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(line.lines().count(), 1, "one line: {line:?}");
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ready"], true);
+    assert_eq!(v["pid"], child.0.id());
+    assert_eq!(v["version"], roomcast::VERSION);
+    let addr: std::net::SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+    assert_ne!(addr.port(), 0, "the bound port, not the configured 0");
+    let info = api(addr, "info", json!({})).await;
+    assert!(info["result"]["nodes"].is_array(), "{info}");
 }

@@ -1,11 +1,9 @@
 //! Recovery without loss: a client that comes back with its last offset and epoch gets
 //! everything it missed, in order, once; while publications keep coming, too.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use roomcast_testkit::*;
 use serde_json::{json, Value};
 
 fn offsets(pubs: &Value) -> Vec<u64> {
@@ -104,15 +102,7 @@ async fn recovery_while_publications_keep_coming() {
     let addr = s.addr;
     let publisher = tokio::spawn(async move {
         for i in 1..=TOTAL {
-            let (status, v) = api_raw(
-                addr,
-                "publish",
-                Some(API_KEY),
-                &json!({"channel": "busy", "data": {"n": i}}).to_string(),
-            )
-            .await;
-            assert_eq!(status, 200);
-            assert_eq!(v["result"]["offset"], i);
+            assert_eq!(publish(addr, "busy", json!({"n": i})).await, i);
             if i % 20 == 0 {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

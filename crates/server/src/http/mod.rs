@@ -122,7 +122,7 @@ fn handshake(mut req: Request) -> Result<(Response, hyper::upgrade::OnUpgrade), 
     let Some(key) = h.get(header::SEC_WEBSOCKET_KEY) else {
         return Err(bad(StatusCode::BAD_REQUEST, "missing Sec-WebSocket-Key"));
     };
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let accept = roomcast_ws::accept_key(key.as_bytes());
     let on_upgrade = hyper::upgrade::on(&mut req);
     let response = Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -1,124 +1,15 @@
-//! Shared helpers of the integration tests: a real node on port 0 with a fresh data
-//! directory, a real WebSocket client speaking the JSON protocol, and a server API caller.
-#![allow(dead_code)]
+//! The protocol client: one real WebSocket speaking the Centrifugo JSON protocol, with
+//! replies matched to commands by id and pushes queued in arrival order.
 
 use std::collections::VecDeque;
-use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use roomcast::auth::{now_secs, Auth, Claims};
-use roomcast::{Config, Server};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-pub const SECRET: &str = "test-secret";
-pub const API_KEY: &str = "test-api-key";
-pub const WAIT: Duration = Duration::from_secs(20);
-
-pub struct TestServer {
-    pub server: Option<Server>,
-    pub addr: std::net::SocketAddr,
-    pub dir: tempfile::TempDir,
-}
-
-pub fn config(dir: &std::path::Path) -> Config {
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        data_dir: dir.into(),
-        token_hmac_secret: Some(SECRET.into()),
-        api_key: Some(API_KEY.into()),
-        ..Config::default()
-    }
-}
-
-impl TestServer {
-    pub async fn start() -> TestServer {
-        Self::start_with(|_| {}).await
-    }
-
-    pub async fn start_with(tune: impl FnOnce(&mut Config)) -> TestServer {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = config(dir.path());
-        tune(&mut c);
-        let server = Server::start(c).await.unwrap();
-        TestServer {
-            addr: server.addr,
-            server: Some(server),
-            dir,
-        }
-    }
-
-    pub fn ws_url(&self) -> String {
-        format!("ws://{}/connection/websocket", self.addr)
-    }
-
-    pub async fn client(&self, user: &str) -> Client {
-        let mut c = Client::open(&self.ws_url()).await;
-        let reply = c.call(json!({"connect": {"token": token(user)}})).await;
-        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
-        c
-    }
-
-    pub async fn api(&self, method: &str, body: Value) -> Value {
-        let (status, v) = api_raw(self.addr, method, Some(API_KEY), &body.to_string()).await;
-        assert_eq!(status, 200, "{method}: {v}");
-        v
-    }
-
-    pub async fn publish(&self, channel: &str, data: Value) -> u64 {
-        let v = self
-            .api("publish", json!({"channel": channel, "data": data}))
-            .await;
-        v["result"]["offset"]
-            .as_u64()
-            .unwrap_or_else(|| panic!("publish failed: {v}"))
-    }
-
-    pub async fn stop(mut self) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await;
-        }
-    }
-}
-
-pub fn token(user: &str) -> String {
-    token_with(Claims {
-        sub: user.into(),
-        exp: Some(now_secs() + 3600),
-        ..Claims::default()
-    })
-}
-
-pub fn token_with(claims: Claims) -> String {
-    Auth::new(SECRET, None, None).mint(&claims)
-}
-
-/// A minimal HTTP/1.1 POST over a raw socket: the tests need no HTTP client dependency.
-pub async fn api_raw(
-    addr: std::net::SocketAddr,
-    method: &str,
-    key: Option<&str>,
-    body: &str,
-) -> (u16, Value) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let key_header = key
-        .map(|k| format!("X-API-Key: {k}\r\n"))
-        .unwrap_or_default();
-    let req = format!(
-        "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
-}
+use crate::{token, WAIT};
 
 /// What the server sent: a reply/push object, or the close frame's code.
 #[derive(Debug)]
@@ -147,6 +38,14 @@ impl Client {
             closed: None,
             auto_pong: true,
         }
+    }
+
+    /// Opens `url` and connects as `user` with a valid token; asserts the connect reply.
+    pub async fn connect(url: &str, user: &str) -> Client {
+        let mut c = Client::open(url).await;
+        let reply = c.call(json!({"connect": {"token": token(user)}})).await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        c
     }
 
     pub fn ws_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {

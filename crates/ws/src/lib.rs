@@ -1,4 +1,7 @@
-//! WebSocket framing (RFC 6455), server side, sans I/O: bytes in, messages out.
+//! WebSocket framing (RFC 6455), server side, sans I/O: bytes in, messages out; plus the
+//! handshake's `Sec-WebSocket-Accept` key. No tokio, no sockets: the roomcast server's
+//! WebSocket transport, its `ws-echo` conformance endpoint and the bench's limit server all
+//! frame through this crate.
 //!
 //! Hand-written rather than a WebSocket crate's stream because of memory: every crate
 //! measured here (tungstenite, tokio-websockets, fastwebsockets) keeps a read buffer and a
@@ -6,13 +9,26 @@
 //! than roomcast's budget for an idle connection. This decoder owns no buffer while no
 //! message is half-received: the pump reads into a short-lived buffer, the decoder unmasks
 //! frames in place and hands out complete messages, and only an incomplete frame or a
-//! fragmented message in progress is kept between reads. The handshake's accept key comes
-//! from tungstenite; the framing rules are the RFC's, checked by the Autobahn suite
-//! (`scripts/autobahn.sh`).
+//! fragmented message in progress is kept between reads. The framing rules are the RFC's,
+//! checked by the Autobahn suite (`scripts/autobahn.sh`).
 
+use base64::Engine;
 use bytes::BytesMut;
+use sha1::{Digest, Sha1};
 
-/// Close codes the server sends for framing errors.
+/// The GUID RFC 6455 appends to the client's key.
+const ACCEPT_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// The `Sec-WebSocket-Accept` value for a client's `Sec-WebSocket-Key`:
+/// base64(SHA-1(key + GUID)) (RFC 6455 section 4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut h = Sha1::new();
+    h.update(key);
+    h.update(ACCEPT_GUID);
+    base64::engine::general_purpose::STANDARD.encode(h.finalize())
+}
+
+/// Close codes (RFC 6455 section 7.4.1) the server sends for framing errors.
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const PROTOCOL: u16 = 1002;
@@ -43,12 +59,21 @@ fn violation(code: u16, reason: &'static str) -> Violation {
     Violation { code, reason }
 }
 
-const OP_CONTINUATION: u8 = 0x0;
-const OP_TEXT: u8 = 0x1;
-const OP_BINARY: u8 = 0x2;
-const OP_CLOSE: u8 = 0x8;
-const OP_PING: u8 = 0x9;
-const OP_PONG: u8 = 0xA;
+/// Frame opcodes (RFC 6455 section 5.2).
+pub const OP_CONTINUATION: u8 = 0x0;
+pub const OP_TEXT: u8 = 0x1;
+pub const OP_BINARY: u8 = 0x2;
+pub const OP_CLOSE: u8 = 0x8;
+pub const OP_PING: u8 = 0x9;
+pub const OP_PONG: u8 = 0xA;
+
+/// Whether a peer may send `code` in a close frame: the codes RFC 6455 defines for use
+/// (1000-1003, 1007-1011), those the IANA registry added since (1012 service restart,
+/// 1013 try again later, 1014 bad gateway), and the ranges for libraries and applications
+/// (3000-4999). 1004-1006 and 1015 are reserved and never sent on the wire.
+pub fn is_valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
 
 /// Reassembles messages from client frames.
 #[derive(Debug, Default)]
@@ -235,8 +260,7 @@ fn parse_close(payload: &[u8]) -> Result<Message, Violation> {
         1 => Err(violation(close::PROTOCOL, "close payload of one byte")),
         _ => {
             let code = u16::from_be_bytes([payload[0], payload[1]]);
-            let valid = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
-            if !valid {
+            if !is_valid_close_code(code) {
                 return Err(violation(close::PROTOCOL, "invalid close code"));
             }
             let reason = std::str::from_utf8(&payload[2..])
@@ -260,15 +284,23 @@ pub fn encode_frame(out: &mut BytesMut, opcode: u8, payload_len: usize) {
     }
 }
 
+/// A whole text frame carrying `payload`.
+pub fn text(out: &mut BytesMut, payload: &[u8]) {
+    text_header(out, payload.len());
+    out.extend_from_slice(payload);
+}
+
 /// Header of a text frame of `len` bytes.
 pub fn text_header(out: &mut BytesMut, len: usize) {
     encode_frame(out, OP_TEXT, len);
 }
 
+/// Header of a binary frame of `len` bytes.
 pub fn binary_header(out: &mut BytesMut, len: usize) {
     encode_frame(out, OP_BINARY, len);
 }
 
+/// A pong frame echoing a ping's payload.
 pub fn pong(out: &mut BytesMut, payload: &[u8]) {
     encode_frame(out, OP_PONG, payload.len());
     out.extend_from_slice(payload);
@@ -404,6 +436,37 @@ mod tests {
             decode_all(&mut d, &bytes).unwrap_err().code,
             close::PROTOCOL
         );
+    }
+
+    #[test]
+    fn accept_key_matches_rfc_example() {
+        assert_eq!(
+            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn registered_close_codes_are_accepted_reserved_ones_refused() {
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
+            let mut d = Decoder::new(100);
+            let (msgs, _) =
+                decode_all(&mut d, &frame(true, OP_CLOSE, &code.to_be_bytes())).unwrap();
+            assert_eq!(
+                msgs,
+                vec![Message::Close(Some(code), String::new())],
+                "{code}"
+            );
+        }
+        for code in [
+            0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000,
+        ] {
+            let mut d = Decoder::new(100);
+            let err = decode_all(&mut d, &frame(true, OP_CLOSE, &code.to_be_bytes())).unwrap_err();
+            assert_eq!(err.code, close::PROTOCOL, "{code}");
+        }
     }
 
     #[test]

@@ -1,0 +1,65 @@
+//! Between a transport and the session: the commands of the client messages one read
+//! delivered go through the session in order (consecutive publishes are committed
+//! together), and what the connection's outbox holds goes out through the transport.
+
+use bytes::Bytes;
+use roomcast_proto::{decode_commands, Disconnect, Method};
+
+use super::session::{Flow, Now, Session};
+use super::transport::Transport;
+use crate::hub::Out;
+
+/// Decodes and runs the commands of several text messages. Consecutive publishes are
+/// committed together; every other command runs on its own, in order. An error is the
+/// close the connection must end with.
+pub(super) async fn run(session: &mut Session, texts: &[String]) -> Result<(), Disconnect> {
+    // One clock reading for the batch: the commands of one read arrived together.
+    let now = Now::current();
+    let mut publishes = Vec::new();
+    for text in texts {
+        let commands = decode_commands(text).map_err(|e| {
+            tracing::debug!(error = %e, "malformed frame");
+            Disconnect::BAD_REQUEST
+        })?;
+        for cmd in commands {
+            let (id, method) = cmd.into_method().map_err(|_| Disconnect::BAD_REQUEST)?;
+            match method {
+                Method::Empty => session.pong(),
+                Method::Publish(p) if id != 0 && session.is_connected() => publishes.push((id, p)),
+                other => {
+                    session
+                        .publish_batch(std::mem::take(&mut publishes), now)
+                        .await;
+                    if let Flow::Close(d) = session.handle(id, other, now).await {
+                        return Err(d);
+                    }
+                }
+            }
+        }
+    }
+    session.publish_batch(publishes, now).await;
+    Ok(())
+}
+
+/// Writes the queued frames in one `write_many` and runs queued control items.
+pub(super) async fn flush(
+    transport: &mut impl Transport,
+    items: &mut Vec<Out>,
+    session: Option<&mut Session>,
+) {
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut session = session;
+    for item in items.drain(..) {
+        match item {
+            Out::Frame(b) => frames.push(b),
+            Out::Unsubscribe { channel } => {
+                if let Some(s) = session.as_deref_mut() {
+                    Box::pin(s.server_unsubscribe(&channel)).await;
+                }
+            }
+        }
+    }
+    if !frames.is_empty() {
+        transport.write_many(&frames);
+    }
+}

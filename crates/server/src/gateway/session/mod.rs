@@ -1,0 +1,292 @@
+//! One client's protocol session: takes decoded commands and the current time, answers
+//! through the outbox, and keeps the connection's state (user, subscriptions, token
+//! expiry). It never touches a socket (a transport does) nor the node's components: it
+//! works over the `Services` trait and its `SessionConfig`, so `tests.rs` drives the
+//! protocol without either.
+//!
+//! - `mod.rs`: the session's own state, command dispatch, connect and refresh;
+//! - `rooms.rs`: subscriptions (subscribe with recovery, unsubscribe, presence, history);
+//! - `publish.rs`: publishes and the command rate limit;
+//! - `services.rs`: the `Services` trait and its implementation by `Node`.
+
+mod publish;
+mod rooms;
+mod services;
+#[cfg(test)]
+mod tests;
+
+pub use services::Services;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use roomcast_proto::command::ConnectRequest;
+use roomcast_proto::{
+    encode_empty_reply, encode_error, encode_reply, ClientInfo, ConnectResult, Disconnect,
+    ErrorCode, Method, RefreshResult,
+};
+
+use crate::auth::{Claims, TokenError};
+use crate::channel::Channel;
+use crate::hub::{ConnEntry, ConnId};
+use crate::keepalive::Peer;
+use crate::node::Node;
+use crate::VERSION;
+
+/// What the pump does after a command.
+#[derive(Debug, PartialEq)]
+pub enum Flow {
+    Continue,
+    Close(Disconnect),
+}
+
+/// The time a command is handled at: the runtime's clock (rate limit) and Unix seconds
+/// (token lifetimes).
+#[derive(Debug, Clone, Copy)]
+pub struct Now {
+    pub at: tokio::time::Instant,
+    pub unix: u64,
+}
+
+impl Now {
+    /// The current time.
+    pub fn current() -> Now {
+        Now {
+            at: tokio::time::Instant::now(),
+            unix: crate::auth::now_secs(),
+        }
+    }
+}
+
+/// A subscription of this connection.
+struct Subscription {
+    /// Track presence and emit join/leave for it (namespace options at subscribe time).
+    presence: bool,
+    join_leave: bool,
+}
+
+pub struct Session<S: Services = Node> {
+    node: Arc<S>,
+    conn: ConnId,
+    /// The connection's outbox and keepalive state.
+    peer: Arc<Peer>,
+    /// Set by a successful connect.
+    identity: Option<ClientInfo>,
+    /// Unix seconds the token expires at, if it does.
+    expires_at: Option<u64>,
+    subs: HashMap<Arc<str>, Subscription>,
+    /// Command rate limit.
+    budget: publish::RateLimit,
+}
+
+impl<S: Services> Session<S> {
+    pub fn new(node: Arc<S>, peer: Arc<Peer>, now: Now) -> Session<S> {
+        let conn = node.next_conn_id();
+        let budget = publish::RateLimit::new(node.config().commands_per_second, now.at);
+        Session {
+            node,
+            conn,
+            peer,
+            identity: None,
+            expires_at: None,
+            subs: HashMap::new(),
+            budget,
+        }
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    pub fn conn_id(&self) -> ConnId {
+        self.conn
+    }
+
+    /// The client answered a ping.
+    pub fn pong(&self) {
+        self.peer.pong();
+    }
+
+    fn reply(&self, frame: bytes::Bytes) {
+        self.peer.outbox.push_reply(frame);
+    }
+
+    fn error(&self, id: u32, err: ErrorCode) {
+        self.reply(encode_error(id, err));
+    }
+
+    pub async fn handle(&mut self, id: u32, method: Method, now: Now) -> Flow {
+        if self.identity.is_none() && !matches!(method, Method::Connect(_)) {
+            // Anything before connect is a protocol violation.
+            return Flow::Close(Disconnect::BAD_REQUEST);
+        }
+        if id == 0 && !matches!(method, Method::Send(_) | Method::Empty) {
+            // Commands that expect a reply need an id to carry it.
+            return Flow::Close(Disconnect::BAD_REQUEST);
+        }
+        if !self
+            .budget
+            .allow(self.node.config().commands_per_second, now.at)
+        {
+            if id != 0 {
+                self.error(id, ErrorCode::TOO_MANY_REQUESTS);
+            }
+            return Flow::Continue;
+        }
+        match method {
+            Method::Connect(req) => return self.connect(id, req, now).await,
+            Method::Subscribe(req) => self.subscribe(id, req).await,
+            Method::Unsubscribe(req) => {
+                self.unsubscribe(&req.channel).await;
+                self.reply(encode_empty_reply(id, "unsubscribe"));
+            }
+            Method::Publish(req) => self.commit_publishes(vec![(id, req)]).await,
+            Method::Presence(req) => self.presence(id, &req.channel, false).await,
+            Method::PresenceStats(req) => self.presence(id, &req.channel, true).await,
+            Method::History(req) => self.history(id, req).await,
+            Method::Ping => self.reply(encode_empty_reply(id, "ping")),
+            Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
+            Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
+            Method::Refresh(req) => return self.refresh(id, &req.token, now),
+            Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
+            Method::Empty => {}
+        }
+        Flow::Continue
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, Flow> {
+        match self.node.verify(token) {
+            Ok(c) => Ok(c),
+            Err(TokenError::Expired) => Err(Flow::Continue),
+            Err(TokenError::Invalid(why)) => {
+                tracing::debug!(%why, "invalid token");
+                Err(Flow::Close(Disconnect::INVALID_TOKEN))
+            }
+        }
+    }
+
+    async fn connect(&mut self, id: u32, req: ConnectRequest, now: Now) -> Flow {
+        if self.identity.is_some() {
+            return Flow::Close(Disconnect::BAD_REQUEST);
+        }
+        let claims = if req.token.is_empty() {
+            if !self.node.config().insecure {
+                self.error(id, ErrorCode::UNAUTHORIZED);
+                return Flow::Close(Disconnect::INVALID_TOKEN);
+            }
+            Claims::default()
+        } else {
+            match self.verify(&req.token) {
+                Ok(c) => c,
+                Err(Flow::Continue) => {
+                    // Expired: the SDK fetches a fresh token and connects again.
+                    self.error(id, ErrorCode::TOKEN_EXPIRED);
+                    return Flow::Continue;
+                }
+                Err(close) => return close,
+            }
+        };
+        let limit = self.node.config().max_connections_per_user;
+        if limit > 0 && self.node.user_conns(&claims.sub) >= limit {
+            return Flow::Close(Disconnect::CONNECTION_LIMIT);
+        }
+        let client = uuid::Uuid::new_v4().to_string();
+        let mut info = ClientInfo::new(&claims.sub, &client);
+        info.conn_info = claims.info;
+        self.node.register(
+            &info.user,
+            self.conn,
+            ConnEntry {
+                client: client.as_str().into(),
+                outbox: self.peer.outbox.clone(),
+            },
+        );
+        self.identity = Some(info);
+        self.expires_at = claims.exp;
+        self.peer.set_connected(claims.exp);
+
+        // Server-side subscriptions from the token, recovered from the positions the client
+        // sent for them.
+        let mut subs = HashMap::new();
+        let mut activate = Vec::new();
+        let mut positions = req.subs;
+        for channel in claims.channels {
+            if self.subs.contains_key(channel.as_str())
+                || Channel::resolve(self.node.config(), &channel).is_err()
+            {
+                continue;
+            }
+            let mut sreq = positions.remove(&channel).unwrap_or_default();
+            sreq.channel = channel.clone();
+            match self.join(&sreq).await {
+                Ok((result, next)) => {
+                    subs.insert(channel.clone(), result);
+                    activate.push((channel, next));
+                }
+                Err(e) => {
+                    tracing::warn!(%channel, code = e.code, "server-side subscription failed")
+                }
+            }
+        }
+        let (expires, ttl) = self.ttl(now);
+        let result = ConnectResult {
+            client,
+            version: VERSION.into(),
+            expires,
+            ttl,
+            subs,
+            ping: self.node.config().ping_interval_secs as u32,
+            pong: true,
+            node: self.node.node_id().to_owned(),
+        };
+        self.reply(encode_reply(id, "connect", &result));
+        for (channel, next) in activate {
+            self.node.activate(&channel, self.conn, next);
+        }
+        Flow::Continue
+    }
+
+    fn ttl(&self, now: Now) -> (bool, u32) {
+        match self.expires_at {
+            Some(exp) => (true, exp.saturating_sub(now.unix).max(1) as u32),
+            None => (false, 0),
+        }
+    }
+
+    fn refresh(&mut self, id: u32, token: &str, now: Now) -> Flow {
+        let claims = match self.verify(token) {
+            Ok(c) => c,
+            Err(Flow::Continue) => {
+                self.error(id, ErrorCode::TOKEN_EXPIRED);
+                return Flow::Continue;
+            }
+            Err(close) => return close,
+        };
+        let identity = self.identity.as_ref().expect("connected");
+        if claims.sub != identity.user {
+            return Flow::Close(Disconnect::INVALID_TOKEN);
+        }
+        self.expires_at = claims.exp;
+        self.peer.set_expiry(claims.exp);
+        let (expires, ttl) = self.ttl(now);
+        let result = RefreshResult {
+            client: identity.client.clone(),
+            version: VERSION.into(),
+            expires,
+            ttl,
+        };
+        self.reply(encode_reply(id, "refresh", &result));
+        Flow::Continue
+    }
+
+    /// The connection is gone: leave every room, drop presence, unregister.
+    pub async fn close(&mut self) {
+        let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
+        for c in channels {
+            self.unsubscribe(&c).await;
+        }
+        if let Some(identity) = &self.identity {
+            self.node.unregister(&identity.user, self.conn);
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! The session's subscriptions: subscribe (with recovery from the store), unsubscribe
+//! (client or server initiated), and the reads a subscriber may make (presence, history).
+//! A subscription is registered pending in the hub, recovered, replied to, then activated,
+//! so no publication falls between the recovery and the live stream (see `hub/mod.rs`).
+
+use std::sync::Arc;
+
+use roomcast_proto::command::{HistoryRequest, SubscribeRequest};
+use roomcast_proto::{
+    encode_error_message, encode_push, encode_reply, ErrorCode, HistoryResult, PresenceResult,
+    PresenceStatsResult, PushBody, SubscribeResult,
+};
+
+use super::{Now, Services, Session, Subscription};
+use crate::auth::TokenError;
+use crate::channel::Channel;
+use crate::hub::RoomEvent;
+use crate::node::internal;
+
+impl<S: Services> Session<S> {
+    /// Checks a subscription token: valid signature, this user, this channel, not expired.
+    fn verify_subscription(&self, token: &str, channel: &str) -> Result<(), ErrorCode> {
+        let user = &self.identity.as_ref().expect("connected").user;
+        match self.node.verify(token) {
+            Ok(c) if c.sub == *user && c.channel.as_deref() == Some(channel) => Ok(()),
+            Ok(_) => Err(ErrorCode::PERMISSION_DENIED),
+            Err(TokenError::Expired) => Err(ErrorCode::TOKEN_EXPIRED),
+            Err(TokenError::Invalid(_)) => Err(ErrorCode::PERMISSION_DENIED),
+        }
+    }
+
+    /// A fresh subscription token for a channel the connection is subscribed to. (Expiry of
+    /// subscription tokens is checked at subscribe and refresh; an expired one does not end
+    /// a live subscription.)
+    pub(super) fn sub_refresh(&mut self, id: u32, channel: &str, token: &str, now: Now) {
+        if !self.subs.contains_key(channel) {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        match self.verify_subscription(token, channel) {
+            Ok(()) => {
+                let exp = self.node.verify(token).ok().and_then(|c| c.exp);
+                let result = match exp {
+                    Some(exp) => {
+                        serde_json::json!({"expires": true, "ttl": exp.saturating_sub(now.unix).max(1)})
+                    }
+                    None => serde_json::json!({}),
+                };
+                self.reply(encode_reply(id, "sub_refresh", &result));
+            }
+            Err(e) => self.error(id, e),
+        }
+    }
+
+    pub(super) async fn subscribe(&mut self, id: u32, req: SubscribeRequest) {
+        let user = self.identity.as_ref().expect("connected").user.clone();
+        let channel = match Channel::resolve(self.node.config(), &req.channel) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, e),
+        };
+        // A subscription token (HS256, claims `sub`, `channel`, `exp`) grants a channel
+        // clients may not subscribe to on their own.
+        let granted = if req.token.is_empty() {
+            channel.options.allow_subscribe_for_client
+        } else {
+            match self.verify_subscription(&req.token, &req.channel) {
+                Ok(()) => true,
+                Err(e) => return self.error(id, e),
+            }
+        };
+        if !granted || !channel.admits(&user) {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        if self.subs.contains_key(req.channel.as_str()) {
+            return self.error(id, ErrorCode::ALREADY_SUBSCRIBED);
+        }
+        if self.subs.len() >= self.node.config().max_channels_per_connection {
+            return self.error(id, ErrorCode::LIMIT_EXCEEDED);
+        }
+        match self.join(&req).await {
+            Ok((result, next)) => {
+                self.reply(encode_reply(id, "subscribe", &result));
+                self.node.activate(&req.channel, self.conn, next);
+            }
+            Err(e) => self.error(id, e),
+        }
+    }
+
+    /// Registers a subscription (pending in the hub), recovers its missed publications and
+    /// announces it. The caller queues the reply, then activates the subscriber.
+    pub(super) async fn join(
+        &mut self,
+        req: &SubscribeRequest,
+    ) -> Result<(SubscribeResult, Option<u64>), ErrorCode> {
+        let node = self.node.clone();
+        let options = Channel::resolve(node.config(), &req.channel)?
+            .options
+            .clone();
+        let room: Arc<str> = req.channel.as_str().into();
+        let join_leave = options.join_leave && (options.force_push_join_leave || req.join_leave);
+        node.join(&room, self.conn, self.peer.outbox.clone(), join_leave)
+            .await?;
+        let recoverable = options.force_recovery || req.recoverable;
+        let positioned = recoverable || req.positioned;
+        let mut result = SubscribeResult::default();
+        let mut next = None;
+        if positioned {
+            let read = if req.recover {
+                let limit = node.config().recovery_max_publications as usize;
+                let range = crate::store::Range {
+                    since: Some(req.offset),
+                    limit: limit + 1,
+                    reverse: false,
+                };
+                node.range(&room, range).await
+            } else {
+                node.position(&room).await.map(|p| (Vec::new(), p))
+            };
+            let (msgs, pos) = match read {
+                Ok(r) => r,
+                Err(e) => {
+                    node.leave(&room, self.conn).await;
+                    return Err(internal(e));
+                }
+            };
+            if req.recover {
+                result.was_recovering = true;
+                // An empty epoch means "any epoch", as the SDKs use it for `since` without one.
+                let same_stream =
+                    (req.epoch.is_empty() || req.epoch == pos.epoch) && req.offset <= pos.offset;
+                let within = pos.offset - req.offset.min(pos.offset)
+                    <= node.config().recovery_max_publications;
+                // The reply carries the publications; beyond the byte budget the client
+                // pages history instead.
+                let bytes: usize = msgs.iter().map(|m| m.data.get().len() + 96).sum();
+                if bytes > node.config().recovery_max_bytes {
+                    tracing::debug!(bytes, "recovery over the byte budget; client pages history");
+                }
+                if same_stream && within && bytes <= node.config().recovery_max_bytes {
+                    result.recovered = true;
+                    result.publications = msgs.iter().map(|m| m.publication()).collect();
+                }
+            }
+            result.recoverable = recoverable;
+            result.positioned = positioned;
+            result.epoch = pos.epoch;
+            result.offset = pos.offset;
+            next = Some(pos.offset + 1);
+        }
+        let identity = self.identity.clone().expect("connected");
+        if options.presence {
+            node.presence_add(&room, identity.clone()).await;
+        }
+        if options.join_leave {
+            node.announce(RoomEvent::Join {
+                room: room.clone(),
+                info: identity,
+            })
+            .await;
+        }
+        self.subs.insert(
+            room,
+            Subscription {
+                presence: options.presence,
+                join_leave: options.join_leave,
+            },
+        );
+        Ok((result, next))
+    }
+
+    /// Ends a subscription: hub, presence, leave event. Does nothing if not subscribed.
+    pub async fn unsubscribe(&mut self, channel: &str) {
+        let Some((room, sub)) = self.subs.remove_entry(channel) else {
+            return;
+        };
+        self.node.leave(&room, self.conn).await;
+        let identity = self.identity.clone().expect("connected");
+        if sub.presence {
+            self.node.presence_remove(&room, &identity.client).await;
+        }
+        if sub.join_leave {
+            self.node
+                .announce(RoomEvent::Leave {
+                    room,
+                    info: identity,
+                })
+                .await;
+        }
+    }
+
+    /// The server unsubscribes this connection (server API): the client is told with an
+    /// unsubscribe push.
+    pub async fn server_unsubscribe(&mut self, channel: &str) {
+        if self.subs.contains_key(channel) {
+            self.unsubscribe(channel).await;
+            self.reply(encode_push(
+                channel,
+                PushBody::Unsubscribe {
+                    code: roomcast_proto::codes::unsubscribe::SERVER,
+                    reason: "server unsubscribe",
+                },
+            ));
+        }
+    }
+
+    pub(super) async fn presence(&mut self, id: u32, channel_name: &str, stats: bool) {
+        let channel = match Channel::resolve(self.node.config(), channel_name) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, e),
+        };
+        if !channel.options.presence {
+            return self.error(id, ErrorCode::NOT_AVAILABLE);
+        }
+        if !self.subs.contains_key(channel_name) || !channel.options.allow_presence_for_subscriber {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        if stats {
+            let (num_clients, num_users) = self.node.presence_stats(channel_name).await;
+            self.reply(encode_reply(
+                id,
+                "presence_stats",
+                &PresenceStatsResult {
+                    num_clients,
+                    num_users,
+                },
+            ));
+        } else {
+            let presence = self.node.presence(channel_name).await;
+            self.reply(encode_reply(id, "presence", &PresenceResult { presence }));
+        }
+    }
+
+    pub(super) async fn history(&mut self, id: u32, req: HistoryRequest) {
+        let channel = match Channel::resolve(self.node.config(), &req.channel) {
+            Ok(c) => c,
+            Err(e) => return self.error(id, e),
+        };
+        if !self.subs.contains_key(req.channel.as_str())
+            || !channel.options.allow_history_for_subscriber
+        {
+            return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        match self
+            .node
+            .history(&req.channel, req.limit, req.since.as_ref(), req.reverse)
+            .await
+        {
+            Ok((msgs, pos)) => {
+                let result = HistoryResult {
+                    publications: msgs.iter().map(|m| m.publication()).collect(),
+                    epoch: pos.epoch,
+                    offset: pos.offset,
+                };
+                self.reply(encode_reply(id, "history", &result));
+            }
+            Err(ErrorCode::UNRECOVERABLE_POSITION) => self.reply(encode_error_message(
+                id,
+                ErrorCode::UNRECOVERABLE_POSITION,
+                "unrecoverable position: the stream's epoch changed",
+            )),
+            Err(e) => self.error(id, e),
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! The node as a session sees it: the narrow set of services the protocol needs (auth,
+//! connection registry, rooms, store reads, publishing, presence), so the session can be
+//! driven in unit tests over an in-memory implementation. `Node` implements it by
+//! delegating to its own methods and components.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+use roomcast_proto::{ClientInfo, ErrorCode, StreamPosition};
+use serde_json::value::RawValue;
+
+use crate::auth::{Claims, TokenError};
+use crate::config::SessionConfig;
+use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent};
+use crate::node::Node;
+use crate::store::{Appended, Message, Position, Range, StoreError};
+
+/// What a session asks of its node.
+pub trait Services: Send + Sync + 'static {
+    /// The limits and namespaces sessions follow.
+    fn config(&self) -> &SessionConfig;
+    /// This node's id (in connect replies).
+    fn node_id(&self) -> &str;
+    /// Checks a connection or subscription token.
+    fn verify(&self, token: &str) -> Result<Claims, TokenError>;
+    /// A fresh connection id.
+    fn next_conn_id(&self) -> ConnId;
+    /// Connections of `user` on this node.
+    fn user_conns(&self, user: &str) -> usize;
+    /// Registers a connected client (server API disconnects and counts find it).
+    fn register(&self, user: &str, conn: ConnId, entry: ConnEntry);
+    fn unregister(&self, user: &str, conn: ConnId);
+    /// Adds a pending subscriber to a room (see `Node::join`).
+    fn join(
+        &self,
+        room: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        join_leave: bool,
+    ) -> impl Future<Output = Result<(), ErrorCode>> + Send;
+    /// Removes a subscriber from a room.
+    fn leave(&self, room: &str, conn: ConnId) -> impl Future<Output = ()> + Send;
+    /// Ends a subscriber's pending state once its reply is queued.
+    fn activate(&self, room: &str, conn: ConnId, next: Option<u64>);
+    /// Publishes a join or leave event.
+    fn announce(&self, event: RoomEvent) -> impl Future<Output = ()> + Send;
+    /// Stored publications of a room and its position.
+    fn range(
+        &self,
+        room: &str,
+        range: Range,
+    ) -> impl Future<Output = Result<(Vec<Message>, Position), StoreError>> + Send;
+    fn position(&self, room: &str) -> impl Future<Output = Result<Position, StoreError>> + Send;
+    /// History with the protocol's semantics (see `Node::history`).
+    fn history(
+        &self,
+        room: &str,
+        limit: i64,
+        since: Option<&StreamPosition>,
+        reverse: bool,
+    ) -> impl Future<Output = Result<(Vec<Message>, Position), ErrorCode>> + Send;
+    /// Commits publications of one sender together.
+    fn publish_batch(
+        &self,
+        items: Vec<(String, Box<RawValue>)>,
+        sender: &ClientInfo,
+    ) -> impl Future<Output = Vec<Result<Appended, StoreError>>> + Send;
+    fn presence_add(&self, room: &str, info: ClientInfo) -> impl Future<Output = ()> + Send;
+    fn presence_remove(&self, room: &str, client: &str) -> impl Future<Output = ()> + Send;
+    fn presence(&self, room: &str) -> impl Future<Output = HashMap<String, ClientInfo>> + Send;
+    /// Number of clients and of distinct users in a room.
+    fn presence_stats(&self, room: &str) -> impl Future<Output = (u32, u32)> + Send;
+}
+
+impl Services for Node {
+    fn config(&self) -> &SessionConfig {
+        &self.session
+    }
+
+    fn node_id(&self) -> &str {
+        &self.id
+    }
+
+    fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.auth.verify(token)
+    }
+
+    fn next_conn_id(&self) -> ConnId {
+        self.hub.next_conn_id()
+    }
+
+    fn user_conns(&self, user: &str) -> usize {
+        self.hub.user_conns(user).len()
+    }
+
+    fn register(&self, user: &str, conn: ConnId, entry: ConnEntry) {
+        self.hub.register_conn(user, conn, entry);
+    }
+
+    fn unregister(&self, user: &str, conn: ConnId) {
+        self.hub.unregister_conn(user, conn);
+    }
+
+    async fn join(
+        &self,
+        room: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        join_leave: bool,
+    ) -> Result<(), ErrorCode> {
+        Node::join(self, room, conn, outbox, join_leave).await
+    }
+
+    async fn leave(&self, room: &str, conn: ConnId) {
+        Node::leave(self, room, conn).await;
+    }
+
+    fn activate(&self, room: &str, conn: ConnId, next: Option<u64>) {
+        self.hub.activate(room, conn, next);
+    }
+
+    async fn announce(&self, event: RoomEvent) {
+        Node::announce(self, event).await;
+    }
+
+    async fn range(
+        &self,
+        room: &str,
+        range: Range,
+    ) -> Result<(Vec<Message>, Position), StoreError> {
+        self.store.range(room, range).await
+    }
+
+    async fn position(&self, room: &str) -> Result<Position, StoreError> {
+        self.store.position(room).await
+    }
+
+    async fn history(
+        &self,
+        room: &str,
+        limit: i64,
+        since: Option<&StreamPosition>,
+        reverse: bool,
+    ) -> Result<(Vec<Message>, Position), ErrorCode> {
+        Node::history(self, room, limit, since, reverse).await
+    }
+
+    async fn publish_batch(
+        &self,
+        items: Vec<(String, Box<RawValue>)>,
+        sender: &ClientInfo,
+    ) -> Vec<Result<Appended, StoreError>> {
+        Node::publish_batch(self, items, sender).await
+    }
+
+    async fn presence_add(&self, room: &str, info: ClientInfo) {
+        self.presence.add(room, info).await;
+    }
+
+    async fn presence_remove(&self, room: &str, client: &str) {
+        self.presence.remove(room, client).await;
+    }
+
+    async fn presence(&self, room: &str) -> HashMap<String, ClientInfo> {
+        self.presence.get(room).await
+    }
+
+    async fn presence_stats(&self, room: &str) -> (u32, u32) {
+        self.presence.stats(room).await
+    }
+}

@@ -1,0 +1,31 @@
+//! The seam between a session and the wire, cut as centrifuge cuts it: a transport has a
+//! name and a format, and moves frames the session already encoded (`write`,
+//! `write_many`) and the end of the connection (`close`). The session never knows which
+//! transport carries it; WebSocket is the one today (`websocket.rs`), SSE and HTTP
+//! streaming are the next, each one more file implementing this trait.
+
+use bytes::Bytes;
+
+/// How replies and pushes are encoded for a transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// JSON objects; several frames of one write are newline-joined (protocol v2 JSON).
+    Json,
+}
+
+/// Moves encoded frames to one client. Writes are buffered by the transport and leave
+/// when its socket takes them; a transport bounds what it buffers (see the pump that
+/// owns it).
+pub trait Transport {
+    /// The transport's name, as metrics and logs show it ("websocket").
+    fn name(&self) -> &'static str;
+    /// The format the session must encode for.
+    fn format(&self) -> Format;
+    /// Queues one encoded reply or push.
+    fn write(&mut self, frame: &[u8]);
+    /// Queues several frames, in order; the transport may join them into one message.
+    fn write_many(&mut self, frames: &[Bytes]);
+    /// Queues the end of the connection with a protocol close code and reason, after what
+    /// was written before.
+    fn close(&mut self, code: u16, reason: &str);
+}

@@ -1,0 +1,55 @@
+//! The server API client: a minimal HTTP/1.1 POST over a raw socket (the tests need no
+//! HTTP client dependency), and the two calls every test makes, bounded by [`WAIT`].
+
+use std::net::SocketAddr;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::{API_KEY, WAIT};
+
+/// `POST /api/{method}` with `body`, and `X-API-Key: key` when given; returns the status
+/// and the JSON body (`Null` when the body is not JSON).
+pub async fn api_raw(
+    addr: SocketAddr,
+    method: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, Value) {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let key_header = key
+        .map(|k| format!("X-API-Key: {k}\r\n"))
+        .unwrap_or_default();
+    let req = format!(
+        "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let status: u16 = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// Calls `method` with the kit's API key; asserts an answer within [`WAIT`] with HTTP 200
+/// and returns the body.
+pub async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {
+    let body = body.to_string();
+    let call = api_raw(addr, method, Some(API_KEY), &body);
+    let (status, v) = tokio::time::timeout(WAIT, call)
+        .await
+        .expect("API answered in time");
+    assert_eq!(status, 200, "{method}: {v}");
+    v
+}
+
+/// Publishes through the server API; returns the offset (panics on an error reply).
+pub async fn publish(addr: SocketAddr, channel: &str, data: Value) -> u64 {
+    let v = api(addr, "publish", json!({"channel": channel, "data": data})).await;
+    v["result"]["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("publish failed: {v}"))
+}
