@@ -149,23 +149,14 @@ async fn store_conformance_on_postgres_and_sqlite() {
     let ttl = Duration::from_secs(300);
     let pg = Postgres::start();
 
-    let (s, _c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
-        .await
-        .unwrap();
-    suite::offsets_are_contiguous_per_room(&s).await;
-    let (s, _c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
-        .await
-        .unwrap();
-    suite::ranges(&s).await;
-    let (s, mut c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
-        .await
-        .unwrap();
-    suite::idempotent_appends(&s, &mut c).await;
-    let (s, mut c) = PostgresStore::connect(&pg.fresh_db().await, ttl)
-        .await
-        .unwrap();
-    let s: Arc<dyn Store> = Arc::new(s);
-    suite::concurrent_appends_commit_in_order(s, &mut c).await;
+    // The whole suite, one definition for both backends (`suite::run_all`, which the
+    // SQLite unit test stamps out through `store_conformance!`).
+    suite::run_all(|_| async {
+        PostgresStore::connect(&pg.fresh_db().await, ttl)
+            .await
+            .unwrap()
+    })
+    .await;
 
     // Two stores on one database (two nodes): appends interleave without reusing an offset.
     let db = pg.fresh_db().await;
@@ -225,15 +216,11 @@ async fn store_conformance_on_postgres_and_sqlite() {
 
     // The same suite on SQLite, so both backends answer to one definition.
     let dir = tempfile::tempdir().unwrap();
-    let (s, _c) = SqliteStore::open(&dir.path().join("1.db"), ttl).unwrap();
-    suite::offsets_are_contiguous_per_room(&s).await;
-    let (s, _c) = SqliteStore::open(&dir.path().join("2.db"), ttl).unwrap();
-    suite::ranges(&s).await;
-    let (s, mut c) = SqliteStore::open(&dir.path().join("3.db"), ttl).unwrap();
-    suite::idempotent_appends(&s, &mut c).await;
-    let (s, mut c) = SqliteStore::open(&dir.path().join("4.db"), ttl).unwrap();
-    let s: Arc<dyn Store> = Arc::new(s);
-    suite::concurrent_appends_commit_in_order(s, &mut c).await;
+    let dir = &dir;
+    suite::run_all(|n| async move {
+        SqliteStore::open(&dir.path().join(format!("{n}.db")), ttl).unwrap()
+    })
+    .await;
 
     // A bad URL is an error, not a panic.
     assert!(PostgresStore::connect("not a url", ttl).await.is_err());

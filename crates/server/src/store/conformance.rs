@@ -1,11 +1,63 @@
-//! One behaviour suite for every `Store` implementation: each backend's tests call these
-//! functions with a fresh store and its committed-messages receiver.
+//! One behaviour suite for every `Store` implementation, defined once: [`run_all`] runs
+//! every case against fresh stores of one backend, and [`store_conformance!`] stamps that
+//! out as one `#[test]` per backend.
+//!
+//! [`store_conformance!`]: crate::store_conformance
 
+use std::future::Future;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
 
-use super::{Committed, NewMessage, Range, Store};
+use super::{Committed, NewMessage, Range, Store, StoreError};
+
+/// One `#[test]` running the whole suite against a backend: `setup` runs once (a temp dir,
+/// a database server) and is bound to `env` by reference; `fresh` makes case `n`'s fresh,
+/// empty store and its committed stream from it.
+///
+/// ```ignore
+/// roomcast::store_conformance!(sqlite, tempfile::tempdir().unwrap(), |dir, n| {
+///     SqliteStore::open(&dir.path().join(format!("{n}.db")), ttl).unwrap()
+/// });
+/// ```
+#[macro_export]
+macro_rules! store_conformance {
+    ($test:ident, $setup:expr, |$env:ident, $n:ident| $fresh:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $test() {
+            let $env = $setup;
+            let $env = &$env;
+            $crate::store::conformance::run_all(|$n: usize| async move { $fresh }).await;
+        }
+    };
+}
+
+/// Runs every case of the suite, each against a fresh store from `fresh(case number)`.
+pub async fn run_all<S, F, Fut>(mut fresh: F)
+where
+    S: Store,
+    F: FnMut(usize) -> Fut,
+    Fut: Future<Output = (S, Committed)>,
+{
+    let (s, _c) = fresh(1).await;
+    offsets_are_contiguous_per_room(&s).await;
+    s.close().await;
+    let (s, _c) = fresh(2).await;
+    ranges(&s).await;
+    s.close().await;
+    let (s, mut c) = fresh(3).await;
+    idempotent_appends(&s, &mut c).await;
+    s.close().await;
+    let (s, mut c) = fresh(4).await;
+    let s = Arc::new(s);
+    concurrent_appends_commit_in_order(s.clone(), &mut c).await;
+    s.close().await;
+    let (s, _c) = fresh(5).await;
+    offsets_beyond_i64_are_beyond_the_top(&s).await;
+    s.close().await;
+    let (s, c) = fresh(6).await;
+    close_commits_what_was_queued(&s, c).await;
+}
 
 pub fn msg(room: &str, text: &str, key: Option<&str>) -> NewMessage {
     NewMessage {
@@ -196,4 +248,71 @@ pub async fn concurrent_appends_commit_in_order(store: Arc<dyn Store>, committed
         (1..=400).collect::<Vec<_>>(),
         "committed stream is in offset order"
     );
+}
+
+/// `since` offsets of 2^63 and above (a client's `u64`) are beyond the top, never wrapped
+/// around to a negative bound that returns the stream from its start.
+pub async fn offsets_beyond_i64_are_beyond_the_top(store: &dyn Store) {
+    for i in 1..=3u64 {
+        store.append(msg("w", &i.to_string(), None)).await.unwrap();
+    }
+    for since in [1u64 << 63, (1u64 << 63) + 1, u64::MAX - 1, u64::MAX] {
+        let forward = Range {
+            since: Some(since),
+            limit: 10,
+            reverse: false,
+        };
+        let (after, pos) = store.range("w", forward).await.unwrap();
+        assert!(after.is_empty(), "nothing after offset {since}: {after:?}");
+        assert_eq!(pos.offset, 3);
+        let reverse = Range {
+            since: Some(since),
+            limit: 10,
+            reverse: true,
+        };
+        let (before, _) = store.range("w", reverse).await.unwrap();
+        assert_eq!(
+            before.iter().map(|m| m.offset).collect::<Vec<_>>(),
+            vec![3, 2, 1],
+            "everything is before offset {since}"
+        );
+    }
+    let huge_limit = Range {
+        since: None,
+        limit: usize::MAX,
+        reverse: false,
+    };
+    assert_eq!(store.range("w", huge_limit).await.unwrap().0.len(), 3);
+}
+
+/// `close` commits every append queued before it (and hands them to the dispatcher in
+/// order), then refuses new ones; a second close returns at once.
+pub async fn close_commits_what_was_queued(store: &dyn Store, mut committed: Committed) {
+    let msgs = (0..300).map(|i| msg("z", &i.to_string(), None)).collect();
+    let (results, ()) = tokio::join!(store.append_batch(msgs), async {
+        tokio::task::yield_now().await;
+        store.close().await;
+    });
+    let mut acked = Vec::new();
+    for r in results {
+        match r {
+            Ok(a) => acked.push(a.offset),
+            Err(StoreError::Closed) => {}
+            Err(e) => panic!("append failed otherwise than closed: {e}"),
+        }
+    }
+    assert_eq!(acked, (1..=acked.len() as u64).collect::<Vec<_>>());
+    let mut handed = Vec::new();
+    while let Ok(batch) = committed.try_recv() {
+        handed.extend(batch.iter().map(|m| m.offset));
+    }
+    assert_eq!(
+        handed, acked,
+        "every acknowledged append reached the dispatcher"
+    );
+    assert!(matches!(
+        store.append(msg("z", "late", None)).await,
+        Err(StoreError::Closed)
+    ));
+    store.close().await;
 }

@@ -11,17 +11,27 @@
 //!   result and stores nothing.
 //!
 //! The trait is domain-level (append, range, position) so that SQLite and PostgreSQL can
-//! share one conformance suite (`conformance.rs`).
+//! share one conformance suite (`conformance.rs`). Both are built the same way: a
+//! `writer::Backend` (commit a batch, read a range, report a position, clean up) driven by
+//! the one group-commit writer of `writer.rs`, which keeps the invariants above.
+//!
+//! Files: `writer.rs` (the writer and the `Store` it implements), `sqlite.rs` and
+//! `postgres.rs` (backends), `integrity.rs` (start-up checks of a SQLite file),
+//! `conformance.rs` (the suite).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use roomcast_proto::{ClientInfo, Publication};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+mod integrity;
 pub mod postgres;
 pub mod sqlite;
+mod writer;
+
+pub use writer::GroupStore;
 
 /// The shared behaviour suite; public behind the `conformance` feature (enabled for the
 /// integration tests only, so it never ships in the binary) so they can run it against a
@@ -101,37 +111,13 @@ pub enum StoreError {
     Backend(String),
     #[error("store is closed")]
     Closed,
+    /// The store's file is damaged or gone: the node must not start on it.
+    #[error("message store refused: {0}")]
+    Damaged(String),
 }
 
 /// Committed messages, in commit order, for the node's dispatcher to publish.
 pub type Committed = mpsc::Receiver<Vec<Arc<Message>>>;
-
-/// The reply channel of one queued append.
-pub(crate) type AppendReply = oneshot::Sender<Result<Appended, StoreError>>;
-
-/// Queues appends to a writer task or thread, in order, then waits for every result: the
-/// shared front half of the SQLite and PostgreSQL stores, whose writers commit whatever is
-/// queued together. `wrap` builds the writer's request from a message and its reply channel.
-pub(crate) async fn queue_appends<R>(
-    writer: &mpsc::Sender<R>,
-    msgs: Vec<NewMessage>,
-    wrap: impl Fn(NewMessage, AppendReply) -> R,
-) -> Vec<Result<Appended, StoreError>> {
-    let mut waiting = Vec::with_capacity(msgs.len());
-    for m in msgs {
-        let (tx, rx) = oneshot::channel();
-        let queued = writer.send(wrap(m, tx)).await.is_ok();
-        waiting.push(queued.then_some(rx));
-    }
-    let mut out = Vec::with_capacity(waiting.len());
-    for rx in waiting {
-        out.push(match rx {
-            Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
-            None => Err(StoreError::Closed),
-        });
-    }
-    out
-}
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

@@ -37,18 +37,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
-use super::{Appended, Committed, Message, NewMessage, Position, Range, Store, StoreError};
+use super::writer::{big, Backend, Batch, Committer, GroupStore};
+use super::{Appended, Committed, Message, NewMessage, Position, Range, StoreError};
 
-/// Most appends one transaction takes.
-const MAX_BATCH: usize = 1024;
-/// Appends waiting for the writer; callers wait (backpressure) beyond it.
-const QUEUE: usize = 8192;
-/// Committed batches waiting for the dispatcher.
-const COMMITTED_QUEUE: usize = 1024;
 /// Read connections in the pool.
 const READERS: usize = 4;
 /// Any single statement longer than this is a failure, not a wait.
@@ -70,17 +63,11 @@ CREATE TABLE IF NOT EXISTS roomcast_idempotency (
 /// Advisory lock key serializing schema creation between nodes starting together.
 const SCHEMA_LOCK: i64 = 0x726f_6f6d_6361_7374; // "roomcast"
 
-type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+/// The PostgreSQL store.
+pub type PostgresStore = GroupStore<PostgresReaders>;
 
-enum Request {
-    Append(NewMessage, Reply),
-    /// Everything queued before it is committed when it is answered.
-    Close(oneshot::Sender<()>),
-}
-
-pub struct PostgresStore {
-    /// Queue to the writer task (bounded: appends wait when the writer is behind).
-    writer: mpsc::Sender<Request>,
+/// The read side: a small connection pool.
+pub struct PostgresReaders {
     /// Read connections.
     readers: Pool,
     /// Epoch of rooms that have no row yet (the database's own, made when it was set up).
@@ -89,13 +76,6 @@ pub struct PostgresStore {
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 fn parse_config(url: &str) -> Result<tokio_postgres::Config, StoreError> {
@@ -162,26 +142,20 @@ impl PostgresStore {
             .build()
             .map_err(backend)?;
 
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_QUEUE);
-        let writer = Writer {
+        let committer = PostgresCommitter {
             config,
             client: Some(client),
             base_epoch: base_epoch.clone(),
-            committed: committed_tx,
-            idempotency_ttl,
         };
-        tokio::spawn(writer.run(rx));
-        Ok((
-            PostgresStore {
-                writer: tx,
-                readers,
-                base_epoch,
-            },
-            committed_rx,
-        ))
+        let readers = PostgresReaders {
+            readers,
+            base_epoch,
+        };
+        Ok(GroupStore::start(readers, committer, idempotency_ttl))
     }
+}
 
+impl PostgresReaders {
     async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.readers.get().await.map_err(backend)
     }
@@ -229,22 +203,9 @@ async fn position_of(
     })
 }
 
-/// Clamps an offset or limit into PostgreSQL's BIGINT.
-fn big(n: u64) -> i64 {
-    n.min(i64::MAX as u64) as i64
-}
-
 #[async_trait]
-impl Store for PostgresStore {
-    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
-        let mut results = super::queue_appends(&self.writer, vec![msg], Request::Append).await;
-        results.pop().unwrap_or(Err(StoreError::Closed))
-    }
-
-    async fn append_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
-        // Queued together, committed together.
-        super::queue_appends(&self.writer, msgs, Request::Append).await
-    }
+impl Backend for PostgresReaders {
+    type Committer = PostgresCommitter;
 
     async fn range(
         &self,
@@ -295,69 +256,20 @@ impl Store for PostgresStore {
         position_of(&**conn, room, &self.base_epoch).await
     }
 
-    async fn close(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.writer.send(Request::Close(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+    async fn close_readers(&self) {
         self.readers.close();
     }
 }
 
-/// The writer task's state.
-struct Writer {
+/// The writer's half: its own connection, reconnected when it broke.
+pub struct PostgresCommitter {
     config: tokio_postgres::Config,
     /// The writer's own connection; `None` after it broke, until reconnected.
     client: Option<Client>,
     base_epoch: String,
-    /// Where committed messages go, in commit order (bounded: the writer waits for the
-    /// dispatcher rather than growing memory).
-    committed: mpsc::Sender<Vec<Arc<Message>>>,
-    idempotency_ttl: Duration,
 }
 
-/// What one batch decided for one append.
-enum Outcome {
-    /// New: index into the committed messages, and the room's epoch.
-    Fresh(usize, String),
-    Duplicate(u64, String),
-}
-
-impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut last_cleanup = Instant::now();
-        let mut batch = Vec::with_capacity(64);
-        while let Some(first) = rx.recv().await {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(_) => break,
-                }
-            }
-            let mut closing = None;
-            let mut appends = Vec::with_capacity(batch.len());
-            for req in batch.drain(..) {
-                match req {
-                    Request::Append(m, reply) => appends.push((m, reply)),
-                    Request::Close(reply) => closing = Some(reply),
-                }
-            }
-            if !appends.is_empty() {
-                self.commit(appends).await;
-            }
-            if last_cleanup.elapsed() > Duration::from_secs(30) {
-                last_cleanup = Instant::now();
-                self.cleanup().await;
-            }
-            if let Some(reply) = closing {
-                let _ = reply.send(());
-                break;
-            }
-        }
-        tracing::debug!("postgres writer stopped");
-    }
-
+impl PostgresCommitter {
     /// The writer's connection, reconnecting once if it broke.
     async fn client(&mut self) -> Result<&mut Client, StoreError> {
         if self.client.as_ref().is_none_or(Client::is_closed) {
@@ -366,77 +278,38 @@ impl Writer {
         }
         Ok(self.client.as_mut().expect("connected above"))
     }
+}
 
-    async fn cleanup(&mut self) {
-        let cutoff = now_ms() - self.idempotency_ttl.as_millis() as i64;
-        let result = match self.client().await {
-            Ok(c) => c
-                .execute(
-                    "DELETE FROM roomcast_idempotency WHERE created_ms < $1",
-                    &[&cutoff],
-                )
-                .await
-                .map_err(backend),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %e, "idempotency cleanup failed");
-        }
+#[async_trait]
+impl Committer for PostgresCommitter {
+    /// PostgreSQL text cannot hold NUL; such an append fails alone instead of failing the
+    /// whole batch (a channel name is client input).
+    fn refuse(&self, m: &NewMessage) -> Option<StoreError> {
+        (!storable(m)).then(|| StoreError::Backend("a NUL character cannot be stored".into()))
     }
 
-    async fn commit(&mut self, appends: Vec<(NewMessage, Reply)>) {
-        // PostgreSQL text cannot hold NUL; such an append fails alone instead of failing
-        // the whole batch (a channel name is client input).
-        let (appends, refused): (Vec<_>, Vec<_>) =
-            appends.into_iter().partition(|(m, _)| storable(m));
-        for (_, reply) in refused {
-            let _ = reply.send(Err(StoreError::Backend(
-                "a NUL character cannot be stored".into(),
-            )));
-        }
-        if appends.is_empty() {
-            return;
-        }
-        let ttl = self.idempotency_ttl;
+    async fn commit(&mut self, batch: Batch) -> (Batch, Result<Vec<Appended>, StoreError>) {
         let base_epoch = self.base_epoch.clone();
         let result = match self.client().await {
-            Ok(client) => write_batch(client, &appends, ttl, &base_epoch).await,
+            Ok(client) => write_batch(client, &batch, &base_epoch).await,
             Err(e) => Err(e),
         };
-        match result {
-            Ok((outcomes, fresh)) => {
-                // Hand the committed messages to the dispatcher before acknowledging, so
-                // they are published in commit order.
-                let offsets: Vec<u64> = fresh.iter().map(|m| m.offset).collect();
-                if !fresh.is_empty() && self.committed.send(fresh).await.is_err() {
-                    tracing::debug!("dispatcher gone; committed messages are in history only");
-                }
-                for ((_, reply), outcome) in appends.into_iter().zip(outcomes) {
-                    let r = match outcome {
-                        Outcome::Fresh(i, epoch) => Appended {
-                            offset: offsets[i],
-                            epoch,
-                            duplicate: false,
-                        },
-                        Outcome::Duplicate(offset, epoch) => Appended {
-                            offset,
-                            epoch,
-                            duplicate: true,
-                        },
-                    };
-                    let _ = reply.send(Ok(r));
-                }
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store commit failed");
-                if self.client.as_ref().is_some_and(Client::is_closed) {
-                    self.client = None;
-                }
-                for (_, reply) in appends {
-                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                }
-            }
+        if result.is_err() && self.client.as_ref().is_some_and(Client::is_closed) {
+            self.client = None;
         }
+        (batch, result)
+    }
+
+    async fn cleanup(&mut self, cutoff_ms: i64) -> Result<(), StoreError> {
+        self.client()
+            .await?
+            .execute(
+                "DELETE FROM roomcast_idempotency WHERE created_ms < $1",
+                &[&cutoff_ms],
+            )
+            .await
+            .map(drop)
+            .map_err(backend)
     }
 }
 
@@ -451,26 +324,23 @@ fn storable(m: &NewMessage) -> bool {
         && m.idempotency_key.as_deref().is_none_or(ok)
 }
 
-/// One group-commit transaction. Returns, for every append in order, whether it is new
-/// (an index into the fresh messages) or a duplicate, and the fresh messages in the
-/// order they were committed.
+/// One group-commit transaction. Returns, for every entry in order, its offset and
+/// epoch, and whether it was a duplicate.
 async fn write_batch(
     client: &mut Client,
-    appends: &[(NewMessage, Reply)],
-    idempotency_ttl: Duration,
+    batch: &Batch,
     base_epoch: &str,
-) -> Result<(Vec<Outcome>, Vec<Arc<Message>>), StoreError> {
-    let now = now_ms();
-    let cutoff = now - idempotency_ttl.as_millis() as i64;
-    // Appends of each room, in arrival order; rooms in name order (the lock order).
+) -> Result<Vec<Appended>, StoreError> {
+    let now = batch.now_ms;
+    let cutoff = batch.key_cutoff_ms;
+    let entries = &batch.entries;
+    // Entries of each room, in arrival order; rooms in name order (the lock order).
     let mut by_room: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, (m, _)) in appends.iter().enumerate() {
-        by_room.entry(m.room.as_str()).or_default().push(i);
+    for (i, e) in entries.iter().enumerate() {
+        by_room.entry(e.msg.room.as_str()).or_default().push(i);
     }
     let tx = client.transaction().await.map_err(backend)?;
-    let mut outcomes: Vec<Option<Outcome>> = (0..appends.len()).map(|_| None).collect();
-    // Offsets and epochs of new messages, by append index.
-    let mut assigned: HashMap<usize, (u64, String)> = HashMap::new();
+    let mut results: Vec<Option<Appended>> = (0..entries.len()).map(|_| None).collect();
     let mut tops: Vec<(String, i64)> = Vec::new();
     for (room, idxs) in &by_room {
         // Step 1: create-or-lock the room's row (held until commit).
@@ -489,10 +359,15 @@ async fn write_batch(
         // message too.
         let mut batch_keys: HashMap<&str, u64> = HashMap::new();
         for &i in idxs {
-            let m = &appends[i].0;
+            let m = &entries[i].msg;
+            let duplicate = |offset| Appended {
+                offset,
+                epoch: epoch.clone(),
+                duplicate: true,
+            };
             if let Some(key) = m.idempotency_key.as_deref() {
                 if let Some(&offset) = batch_keys.get(key) {
-                    outcomes[i] = Some(Outcome::Duplicate(offset, epoch.clone()));
+                    results[i] = Some(duplicate(offset));
                     continue;
                 }
                 // The room row is locked, so no other node can insert this key meanwhile.
@@ -504,22 +379,23 @@ async fn write_batch(
                     .await
                     .map_err(backend)?;
                 if let Some(r) = seen {
-                    outcomes[i] =
-                        Some(Outcome::Duplicate(r.get::<_, i64>(0) as u64, epoch.clone()));
+                    results[i] = Some(duplicate(r.get::<_, i64>(0) as u64));
                     continue;
                 }
                 batch_keys.insert(key, top + 1);
             }
             top += 1;
-            assigned.insert(i, (top, epoch.clone()));
+            results[i] = Some(Appended {
+                offset: top,
+                epoch: epoch.clone(),
+                duplicate: false,
+            });
         }
         tops.push((room.to_string(), big(top)));
     }
 
     // Step 2: insert the new messages (one statement) and move the tops (one statement).
-    let mut fresh = Vec::with_capacity(assigned.len());
-    let (mut rooms, mut seqs, mut uids, mut users, mut clients, mut datas, mut infos, mut tss) = (
-        Vec::new(),
+    let (mut rooms, mut seqs, mut uids, mut users, mut clients, mut datas, mut infos) = (
         Vec::new(),
         Vec::new(),
         Vec::new(),
@@ -529,47 +405,30 @@ async fn write_batch(
         Vec::new(),
     );
     let (mut key_rooms, mut keys, mut key_seqs) = (Vec::new(), Vec::new(), Vec::new());
-    for (i, (m, _)) in appends.iter().enumerate() {
-        let Some((offset, epoch)) = assigned.get(&i) else {
+    for (e, r) in entries.iter().zip(&results) {
+        let r = r.as_ref().expect("every entry decided");
+        if r.duplicate {
             continue;
-        };
-        let uid = uuid::Uuid::new_v4().to_string();
-        let info = m
-            .info
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(backend)?;
-        rooms.push(m.room.clone());
-        seqs.push(big(*offset));
-        uids.push(uid.clone());
-        users.push(m.user.clone());
-        clients.push(m.client.clone());
-        datas.push(m.data.get().to_owned());
-        infos.push(info);
-        tss.push(now);
-        if let Some(key) = &m.idempotency_key {
-            key_rooms.push(m.room.clone());
-            keys.push(key.clone());
-            key_seqs.push(big(*offset));
         }
-        outcomes[i] = Some(Outcome::Fresh(fresh.len(), epoch.clone()));
-        fresh.push(Arc::new(Message {
-            room: m.room.as_str().into(),
-            offset: *offset,
-            uid,
-            user: m.user.clone(),
-            client: m.client.clone(),
-            data: m.data.clone(),
-            info: m.info.clone(),
-            ts_ms: now,
-        }));
+        let m = &e.msg;
+        rooms.push(m.room.as_str());
+        seqs.push(big(r.offset));
+        uids.push(e.uid.as_str());
+        users.push(m.user.as_str());
+        clients.push(m.client.as_str());
+        datas.push(m.data.get());
+        infos.push(e.info_json.as_deref());
+        if let Some(key) = &m.idempotency_key {
+            key_rooms.push(m.room.as_str());
+            keys.push(key.as_str());
+            key_seqs.push(big(r.offset));
+        }
     }
-    if !fresh.is_empty() {
+    if !rooms.is_empty() {
         tx.execute(
             "INSERT INTO roomcast_messages (room, seq, uid, sender_user, sender_client, data, info, ts_ms)
-             SELECT * FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[])",
-            &[&rooms, &seqs, &uids, &users, &clients, &datas, &infos, &tss],
+             SELECT u.*, $8 FROM UNNEST($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]) AS u",
+            &[&rooms, &seqs, &uids, &users, &clients, &datas, &infos, &now],
         )
         .await
         .map_err(backend)?;
@@ -592,9 +451,8 @@ async fn write_batch(
         .map_err(backend)?;
     }
     tx.commit().await.map_err(backend)?;
-    let outcomes = outcomes
+    Ok(results
         .into_iter()
-        .map(|o| o.expect("every append decided"))
-        .collect();
-    Ok((outcomes, fresh))
+        .map(|r| r.expect("every entry decided"))
+        .collect())
 }

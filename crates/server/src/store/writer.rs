@@ -1,0 +1,370 @@
+//! The group-commit writer every store shares, and the `Store` front built on it.
+//!
+//! A store is a [`Backend`] (how one database commits a batch, reads a range, reports a
+//! position and forgets old idempotency keys) driven by one writer task:
+//!
+//! - `append`/`append_batch` queue requests to the writer (bounded: callers wait when it
+//!   is behind) and then wait for their results, so one sender's pipelined publishes and
+//!   every concurrent sender's share one transaction and one fsync;
+//! - the writer takes everything queued (up to [`MAX_BATCH`]) and hands it to
+//!   [`Backend::commit`], which assigns offsets inside its transaction;
+//! - once the backend reports the batch durable, the writer builds the committed messages
+//!   (moving the payloads, never copying them) and hands them to the dispatcher, in commit
+//!   order, **before** it answers any append of the batch;
+//! - `close` queues a stop behind every pending append, so they are all committed (or
+//!   failed) first, then joins the writer task: nothing runs after `close` returns.
+//!
+//! Reads do not pass through the writer; they go straight to the backend's readers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::{Appended, Committed, Message, NewMessage, Position, Range, Store, StoreError};
+
+/// Most appends one transaction takes.
+pub(crate) const MAX_BATCH: usize = 1024;
+/// Appends waiting for the writer; callers wait (backpressure) beyond it.
+const QUEUE: usize = 8192;
+/// Committed batches waiting for the dispatcher.
+const COMMITTED_QUEUE: usize = 1024;
+/// How often expired idempotency keys are deleted.
+const CLEANUP_EVERY: Duration = Duration::from_secs(30);
+
+/// One append as the backend commits it: the message, with the parts the writer
+/// prepares once (its unique id, its sender info as JSON).
+pub struct Entry {
+    pub msg: NewMessage,
+    pub uid: String,
+    /// `msg.info` serialized, stored as text.
+    pub info_json: Option<String>,
+}
+
+/// One batch to commit.
+pub struct Batch {
+    pub entries: Vec<Entry>,
+    /// The commit's timestamp (milliseconds since the Unix epoch), stored with each message.
+    pub now_ms: i64,
+    /// Idempotency keys created before this are forgotten.
+    pub key_cutoff_ms: i64,
+}
+
+/// What a database must do to be a store. Everything else (queueing, batching, the
+/// committed stream, close) is the writer's.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// The writer's half: only the writer task holds it.
+    type Committer: Committer;
+    /// Reads part of a room's stream and its position in one consistent read. `since`
+    /// offsets beyond `i64::MAX` mean "beyond the top".
+    async fn range(&self, room: &str, range: Range)
+        -> Result<(Vec<Message>, Position), StoreError>;
+    /// A room's current position.
+    async fn position(&self, room: &str) -> Result<Position, StoreError>;
+    /// Releases the read connections (after the writer stopped).
+    async fn close_readers(&self) {}
+}
+
+/// The writer's half of a backend.
+#[async_trait]
+pub trait Committer: Send + 'static {
+    /// A reason this append can never be stored, so it fails alone instead of failing
+    /// its whole batch.
+    fn refuse(&self, _msg: &NewMessage) -> Option<StoreError> {
+        None
+    }
+    /// Commits the batch durably in one transaction, assigning each new message the
+    /// room's next offset. Returns the batch (by value, so a blocking backend can move it
+    /// to a thread) and one result per entry, in order (`duplicate` for a key seen within
+    /// the TTL: nothing stored). Either everything is durable or nothing.
+    async fn commit(&mut self, batch: Batch) -> (Batch, Result<Vec<Appended>, StoreError>);
+    /// Deletes idempotency keys created before `cutoff_ms`.
+    async fn cleanup(&mut self, cutoff_ms: i64) -> Result<(), StoreError>;
+}
+
+/// The reply channel of one queued append.
+type Reply = oneshot::Sender<Result<Appended, StoreError>>;
+
+enum Request {
+    Append(NewMessage, Reply),
+    /// Everything queued before it is committed when it is answered.
+    Close(oneshot::Sender<()>),
+}
+
+/// A store: a backend's readers plus the writer task that commits for it.
+pub struct GroupStore<B: Backend> {
+    backend: B,
+    /// Queue to the writer task (bounded: appends wait when the writer is behind).
+    writer: mpsc::Sender<Request>,
+    /// The writer task, joined by `close` (taken then, so a second close returns at once).
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl<B: Backend> GroupStore<B> {
+    /// Starts the writer task (on the current Tokio runtime) for `committer` and returns
+    /// the store and its committed-messages stream.
+    pub(crate) fn start(
+        backend: B,
+        committer: B::Committer,
+        idempotency_ttl: Duration,
+    ) -> (GroupStore<B>, Committed) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_QUEUE);
+        let writer = Writer {
+            committer,
+            uids: Uids::new(),
+            committed: committed_tx,
+            idempotency_ttl,
+        };
+        let task = tokio::spawn(writer.run(rx));
+        let store = GroupStore {
+            backend,
+            writer: tx,
+            task: Mutex::new(Some(task)),
+        };
+        (store, committed_rx)
+    }
+
+    /// Queues appends in order, then waits for every result.
+    async fn queue(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        let mut waiting = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let (tx, rx) = oneshot::channel();
+            let queued = self.writer.send(Request::Append(m, tx)).await.is_ok();
+            waiting.push(queued.then_some(rx));
+        }
+        let mut out = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            out.push(match rx {
+                Some(rx) => rx.await.unwrap_or(Err(StoreError::Closed)),
+                None => Err(StoreError::Closed),
+            });
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl<B: Backend> Store for GroupStore<B> {
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        let mut results = self.queue(vec![msg]).await;
+        results.pop().unwrap_or(Err(StoreError::Closed))
+    }
+
+    async fn append_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        // Queued together, committed together.
+        self.queue(msgs).await
+    }
+
+    async fn range(
+        &self,
+        room: &str,
+        range: Range,
+    ) -> Result<(Vec<Message>, Position), StoreError> {
+        self.backend.range(room, range).await
+    }
+
+    async fn position(&self, room: &str) -> Result<Position, StoreError> {
+        self.backend.position(room).await
+    }
+
+    async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.writer.send(Request::Close(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let task = self.task.lock().expect("writer task lock").take();
+        if let Some(task) = task {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "store writer task failed");
+            }
+        }
+        self.backend.close_readers().await;
+    }
+}
+
+/// The writer task's state.
+struct Writer<C> {
+    committer: C,
+    /// Makes every message's unique id.
+    uids: Uids,
+    /// Where committed messages go, in commit order (bounded: the writer waits for the
+    /// dispatcher rather than growing memory).
+    committed: mpsc::Sender<Vec<Arc<Message>>>,
+    idempotency_ttl: Duration,
+}
+
+impl<C: Committer> Writer<C> {
+    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut last_cleanup = Instant::now();
+        let mut batch = Vec::with_capacity(64);
+        loop {
+            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                break; // every sender gone: the store was dropped without close
+            }
+            let mut closing = None;
+            let mut appends = Vec::with_capacity(batch.len());
+            for req in batch.drain(..) {
+                match req {
+                    Request::Append(m, reply) => appends.push((m, reply)),
+                    Request::Close(reply) => closing = Some(reply),
+                }
+            }
+            if !appends.is_empty() {
+                self.commit(appends).await;
+            }
+            if last_cleanup.elapsed() > CLEANUP_EVERY {
+                last_cleanup = Instant::now();
+                if let Err(e) = self.committer.cleanup(self.key_cutoff()).await {
+                    tracing::warn!(error = %e, "idempotency cleanup failed");
+                }
+            }
+            if let Some(reply) = closing {
+                let _ = reply.send(());
+                break;
+            }
+        }
+        tracing::debug!("store writer stopped");
+    }
+
+    fn key_cutoff(&self) -> i64 {
+        now_ms() - self.idempotency_ttl.as_millis() as i64
+    }
+
+    async fn commit(&mut self, appends: Vec<(NewMessage, Reply)>) {
+        let mut entries = Vec::with_capacity(appends.len());
+        let mut replies = Vec::with_capacity(appends.len());
+        for (msg, reply) in appends {
+            if let Some(e) = self.committer.refuse(&msg) {
+                let _ = reply.send(Err(e));
+                continue;
+            }
+            let info_json = msg
+                .info
+                .as_ref()
+                .map(|i| serde_json::to_string(i).expect("client info serializes"));
+            entries.push(Entry {
+                msg,
+                uid: self.uids.next(),
+                info_json,
+            });
+            replies.push(reply);
+        }
+        if entries.is_empty() {
+            return;
+        }
+        let batch = Batch {
+            entries,
+            now_ms: now_ms(),
+            key_cutoff_ms: self.key_cutoff(),
+        };
+        let (batch, outcome) = self.committer.commit(batch).await;
+        match outcome {
+            Ok(results) => {
+                debug_assert_eq!(results.len(), batch.entries.len());
+                let now = batch.now_ms;
+                let fresh: Vec<Arc<Message>> = batch
+                    .entries
+                    .into_iter()
+                    .zip(&results)
+                    .filter(|(_, r)| !r.duplicate)
+                    .map(|(e, r)| {
+                        Arc::new(Message {
+                            room: e.msg.room.into(),
+                            offset: r.offset,
+                            uid: e.uid,
+                            user: e.msg.user,
+                            client: e.msg.client,
+                            data: e.msg.data,
+                            info: e.msg.info,
+                            ts_ms: now,
+                        })
+                    })
+                    .collect();
+                // Hand the committed messages to the dispatcher before acknowledging, so
+                // they are published in commit order.
+                if !fresh.is_empty() && self.committed.send(fresh).await.is_err() {
+                    tracing::debug!("dispatcher gone; committed messages are in history only");
+                }
+                for (reply, result) in replies.into_iter().zip(results) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "store commit failed");
+                for reply in replies {
+                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
+                }
+            }
+        }
+    }
+}
+
+/// Unique message ids in the UUID v4 format without a system call each: 122 random bits
+/// drawn once per writer, with a counter folded into the low 64. Ids stay unique per
+/// writer for 2^64 messages, and across writers (nodes, restarts) as random v4 ids do.
+struct Uids {
+    base: u128,
+    next: u64,
+}
+
+impl Uids {
+    fn new() -> Uids {
+        Uids {
+            base: uuid::Uuid::new_v4().as_u128(),
+            next: 0,
+        }
+    }
+
+    fn next(&mut self) -> String {
+        self.next = self.next.wrapping_add(1);
+        let bits = self.base ^ u128::from(self.next);
+        uuid::Builder::from_random_bytes(bits.to_le_bytes())
+            .into_uuid()
+            .to_string()
+    }
+}
+
+/// Server time in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Clamps an offset or limit into the databases' signed 64-bit integers, so a client's
+/// offset of 2^63 or more means "beyond the top" instead of wrapping around to negative.
+pub(crate) fn big(n: u64) -> i64 {
+    n.min(i64::MAX as u64) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uids_are_distinct_v4_uuids() {
+        let mut a = Uids::new();
+        let mut b = Uids::new();
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..10_000 {
+            for uid in [a.next(), b.next()] {
+                let parsed = uuid::Uuid::parse_str(&uid).unwrap();
+                assert_eq!(parsed.get_version_num(), 4);
+                assert!(seen.insert(uid), "ids repeat");
+            }
+        }
+    }
+
+    #[test]
+    fn big_clamps_instead_of_wrapping() {
+        assert_eq!(big(5), 5);
+        assert_eq!(big(1 << 63), i64::MAX);
+        assert_eq!(big(u64::MAX), i64::MAX);
+    }
+}
