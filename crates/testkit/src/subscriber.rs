@@ -80,6 +80,8 @@ impl Subscriber {
                         self.reconnects < 10,
                         "too many reconnects (last close {code:?})"
                     );
+                    // Said, so a test that asserts no reconnect shows why there was one.
+                    eprintln!("subscriber at {} closed ({code:?}); recovering", self.url);
                     let url = self.url.clone();
                     self.recover(&url).await;
                 }
