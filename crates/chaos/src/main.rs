@@ -12,6 +12,7 @@
 mod checker;
 mod cluster;
 mod faults;
+mod fuzz;
 mod run;
 mod summary;
 mod workload;
@@ -81,9 +82,19 @@ async fn main() {
             })
             .await
         }
-        Some(Command::Fuzz { .. }) => {
-            eprintln!("fuzz: not built yet");
-            true
+        Some(Command::Fuzz {
+            seconds,
+            seed,
+            connections,
+            max_rss_mib,
+        }) => {
+            fuzz::run(fuzz::Options {
+                seconds,
+                seed: seed.unwrap_or_else(|| fastrand::u64(..)),
+                connections,
+                max_rss_mib,
+            })
+            .await
         }
     };
     std::process::exit(i32::from(failed));
