@@ -40,20 +40,28 @@ pub struct Planned {
 }
 
 /// Faults over `seconds` (after a 2 s quiet start): a pause of 1-3 s, then a fault held
-/// for 1.5-5 s, repeated while it ends within `seconds`. The writers stop when the
+/// for 1.5-5 s (every kind once first), repeated while it ends within `seconds`. The writers stop when the
 /// last one is healed.
 pub fn schedule(seed: u64, seconds: u64, nodes: usize, members: usize) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let end = seconds * 1000;
     let mut at = 2000;
     let mut out = Vec::new();
+    // The first eight faults are every kind once, in a seeded order, so even a short run
+    // (CI's 60 s) has each of them.
+    let mut kinds: Vec<u8> = (0..8).collect();
+    rng.shuffle(&mut kinds);
     loop {
         at += rng.u64(1000..3000);
         let hold_ms = rng.u64(1500..5000);
         if at + hold_ms > end {
             return out;
         }
-        let fault = match rng.u8(0..8) {
+        let kind = kinds
+            .get(out.len())
+            .copied()
+            .unwrap_or_else(|| rng.u8(0..8));
+        let fault = match kind {
             0 => Fault::KillNode(rng.usize(0..nodes)),
             1 => Fault::PauseNode(rng.usize(0..nodes)),
             2 => Fault::RestartRedis,
@@ -146,4 +154,31 @@ pub async fn run(
         });
     }
     applied
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_gives_one_schedule_with_every_kind_in_a_minute() {
+        let a = schedule(1, 60, 3, 6);
+        let b = schedule(1, 60, 3, 6);
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert_ne!(format!("{a:?}"), format!("{:?}", schedule(2, 60, 3, 6)));
+        let mut kinds: Vec<String> = a
+            .iter()
+            .map(|p| {
+                format!("{:?}", p.fault)
+                    .split('(')
+                    .next()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        kinds.sort();
+        kinds.dedup();
+        assert_eq!(kinds.len(), 8, "{a:?}");
+        assert!(a.iter().all(|p| p.at_ms + p.hold_ms <= 60_000));
+    }
 }
