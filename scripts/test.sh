@@ -32,7 +32,7 @@ log "Rust unit and integration tests"
 cargo test --workspace --locked
 
 log "build the release binaries for process-level tests"
-cargo build --release --locked -p roomcast -p roomcast-bench
+cargo build --release --locked -p roomcast -p roomcast-bench -p roomcast-chaos
 # Where cargo put them: CARGO_TARGET_DIR when set (relative to here, as cargo reads it).
 target="${CARGO_TARGET_DIR:-target}"
 [[ $target == /* ]] || target="$PWD/$target"
@@ -40,6 +40,12 @@ bin="$target/release/roomcast"
 
 log "WebSocket conformance (Autobahn cases via kosoku, against roomcast's WebSocket layer)"
 bash scripts/autobahn.sh "$bin"
+
+log "chaos run, 60 s (three nodes, Redis, PostgreSQL, seeded faults; see RELIABILITY.md)"
+"$target/release/roomcast-chaos" --seconds 60 --seed "${ROOMCAST_CHAOS_SEED:-1}" --out "$target/chaos-60s"
+
+log "socket-level protocol fuzzer, 30 s (one node; a canary must miss nothing)"
+"$target/release/roomcast-chaos" fuzz --seconds 30 --seed "${ROOMCAST_FUZZ_SEED:-1}"
 
 if [[ -f interop/run.sh ]]; then
   log "SDK interop tests (centrifuge-js, centrifuge-python)"

@@ -2,6 +2,7 @@
 //! HTTP client dependency), and the two calls every test makes, bounded by [`WAIT`].
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -17,7 +18,36 @@ pub async fn api_raw(
     key: Option<&str>,
     body: &str,
 ) -> (u16, Value) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
+    try_api_raw(addr, method, key, body).await.unwrap()
+}
+
+/// Calls `method` with the kit's API key, bounded by `within`; `Ok` only for HTTP 200
+/// (the body), else the error (refused, timed out, status and body). For runs where a
+/// node may be down.
+pub async fn try_api(
+    addr: SocketAddr,
+    method: &str,
+    body: &Value,
+    within: Duration,
+) -> Result<Value, String> {
+    let body = body.to_string();
+    let call = try_api_raw(addr, method, Some(API_KEY), &body);
+    match tokio::time::timeout(within, call).await {
+        Err(_) => Err(format!("{method}: no answer within {within:?}")),
+        Ok(Err(e)) => Err(format!("{method}: {e}")),
+        Ok(Ok((200, v))) => Ok(v),
+        Ok(Ok((status, v))) => Err(format!("{method}: HTTP {status}: {v}")),
+    }
+}
+
+/// [`api_raw`] with I/O errors returned instead of panicking.
+pub async fn try_api_raw(
+    addr: SocketAddr,
+    method: &str,
+    key: Option<&str>,
+    body: &str,
+) -> Result<(u16, Value), String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let key_header = key
         .map(|k| format!("X-API-Key: {k}\r\n"))
         .unwrap_or_default();
@@ -25,13 +55,18 @@ pub async fn api_raw(
         "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    s.write_all(req.as_bytes()).await.unwrap();
+    s.write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    s.read_to_end(&mut out).await.unwrap();
-    let text = String::from_utf8(out).unwrap();
-    let status: u16 = text[9..12].parse().unwrap();
+    s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+    let text = String::from_utf8(out).map_err(|e| e.to_string())?;
+    let status: u16 = text
+        .get(9..12)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("not an HTTP reply: {text:.200}"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
 /// Calls `method` with the kit's API key; asserts an answer within [`WAIT`] with HTTP 200

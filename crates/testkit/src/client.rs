@@ -2,6 +2,7 @@
 //! replies matched to commands by id and pushes queued in arrival order.
 
 use std::collections::VecDeque;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
@@ -30,13 +31,34 @@ pub struct Client {
 
 impl Client {
     pub async fn open(url: &str) -> Client {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Client {
+        Client::try_open(url, WAIT).await.unwrap()
+    }
+
+    /// Opens `url` within `within`; the error says why not (for runs where a node may be
+    /// down, such as the chaos run).
+    pub async fn try_open(url: &str, within: Duration) -> Result<Client, String> {
+        let (ws, _) = tokio::time::timeout(within, tokio_tungstenite::connect_async(url))
+            .await
+            .map_err(|_| format!("opening {url}: timed out"))?
+            .map_err(|e| format!("opening {url}: {e}"))?;
+        Ok(Client {
             ws,
             next_id: 0,
             inbox: VecDeque::new(),
             closed: None,
             auto_pong: true,
+        })
+    }
+
+    /// Opens `url` and connects as `user`; each step bounded by `within`.
+    pub async fn try_connect(url: &str, user: &str, within: Duration) -> Result<Client, String> {
+        let mut c = Client::try_open(url, within).await?;
+        let reply = c
+            .try_call(json!({"connect": {"token": token(user)}}), within)
+            .await?;
+        match reply.get("connect") {
+            Some(_) => Ok(c),
+            None => Err(format!("connect refused: {reply}")),
         }
     }
 
@@ -54,6 +76,42 @@ impl Client {
 
     pub async fn send_raw(&mut self, text: &str) {
         self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// Sends a command and waits at most `within` for its reply; an error when the
+    /// connection fails or closes first, or the time runs out.
+    pub async fn try_call(&mut self, mut cmd: Value, within: Duration) -> Result<Value, String> {
+        self.next_id += 1;
+        let id = self.next_id;
+        cmd["id"] = json!(id);
+        let deadline = tokio::time::Instant::now() + within;
+        tokio::time::timeout_at(deadline, self.ws.send(Message::text(cmd.to_string())))
+            .await
+            .map_err(|_| "sending: timed out".to_owned())?
+            .map_err(|e| format!("sending: {e}"))?;
+        loop {
+            if let Some(pos) = self.inbox.iter().position(|v| v["id"] == json!(id)) {
+                return Ok(self.inbox.remove(pos).unwrap());
+            }
+            if let Some(code) = self.closed {
+                return Err(format!("closed ({code:?}) before reply {id}"));
+            }
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            self.try_fill(left).await?;
+        }
+    }
+
+    /// Next push (or reply) object, or the close, within `within`.
+    pub async fn try_next(&mut self, within: Duration) -> Result<Event, String> {
+        loop {
+            if let Some(v) = self.inbox.pop_front() {
+                return Ok(Event::Frame(v));
+            }
+            if let Some(code) = self.closed {
+                return Ok(Event::Closed(code));
+            }
+            self.try_fill(within).await?;
+        }
     }
 
     /// Sends a command with the next id; returns the id.
@@ -135,13 +193,19 @@ impl Client {
     /// Reads one WebSocket message into the inbox (several objects per message are split;
     /// server pings are answered, not queued), or records the close.
     async fn fill(&mut self) {
-        let msg = tokio::time::timeout(WAIT, self.ws.next())
+        self.try_fill(WAIT).await.unwrap()
+    }
+
+    /// [`Client::fill`] bounded by `within`; an error on a timeout or a non-JSON frame.
+    async fn try_fill(&mut self, within: Duration) -> Result<(), String> {
+        let msg = tokio::time::timeout(within, self.ws.next())
             .await
-            .expect("timed out waiting for the server");
+            .map_err(|_| format!("no frame from the server within {within:?}"))?;
         match msg {
             Some(Ok(Message::Text(t))) => {
                 for line in t.as_str().split('\n') {
-                    let v: Value = serde_json::from_str(line).expect("server sent JSON");
+                    let v: Value = serde_json::from_str(line)
+                        .map_err(|e| format!("server sent non-JSON ({e}): {line:.200}"))?;
                     if v.as_object().is_some_and(|o| o.is_empty()) {
                         if self.auto_pong {
                             self.ws.send(Message::text("{}")).await.ok();
@@ -155,6 +219,7 @@ impl Client {
             Some(Ok(_)) => {}
             Some(Err(_)) | None => self.closed = Some(None),
         }
+        Ok(())
     }
 
     pub async fn subscribe(&mut self, channel: &str) -> Value {

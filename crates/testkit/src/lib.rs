@@ -10,6 +10,8 @@
 //! - [`services`]: private Redis, Redis Cluster, PostgreSQL, NATS (JetStream) and nginx
 //!   on free loopback ports in temporary directories. A missing program fails the test
 //!   with the Debian package to install; nothing ever skips.
+//! - [`Proxy`]: a TCP proxy the test cuts (drop and refuse connections) and heals, to
+//!   partition a node from Redis or PostgreSQL.
 //! - [`eventually`]: poll a condition with a deadline.
 //!
 //! Every test file takes it all with `use roomcast_testkit::*;`.
@@ -17,6 +19,7 @@
 mod api;
 mod client;
 mod node;
+mod proxy;
 mod server;
 pub mod services;
 mod subscriber;
@@ -26,9 +29,10 @@ use std::time::Duration;
 
 use roomcast::auth::{now_secs, Auth, Claims};
 
-pub use api::{api, api_raw, publish};
+pub use api::{api, api_raw, publish, try_api, try_api_raw};
 pub use client::{error_code, Client, Event};
 pub use node::{roomcast_bin, Node, NodeBuilder};
+pub use proxy::Proxy;
 pub use server::{config, TestServer};
 pub use services::{free_port, Nats, Nginx, Postgres, Redis, RedisCluster};
 pub use subscriber::Subscriber;

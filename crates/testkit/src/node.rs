@@ -26,18 +26,20 @@ const READY_WITHIN: Duration = Duration::from_secs(30);
 
 /// The `roomcast` binary under test: `ROOMCAST_BIN` when set, else the one Cargo built
 /// beside the running test (`target/<profile>/roomcast`; `cargo test -p roomcast` builds
-/// it before the integration tests).
+/// it before the integration tests) or beside the running binary.
 pub fn roomcast_bin() -> PathBuf {
     if let Some(bin) = std::env::var_os("ROOMCAST_BIN") {
         return bin.into();
     }
     let exe = std::env::current_exe().expect("the test binary's path");
-    // target/<profile>/deps/<test> -> target/<profile>/roomcast
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
+    // target/<profile>/deps/<test> -> target/<profile>/roomcast; a binary of the
+    // workspace (target/<profile>/<bin>, e.g. roomcast-chaos) has it beside itself.
+    let beside = exe.parent();
+    let bin = [beside.and_then(|deps| deps.parent()), beside]
+        .into_iter()
+        .flatten()
         .map(|profile| profile.join("roomcast"))
-        .filter(|p| p.is_file());
+        .find(|p| p.is_file());
     bin.unwrap_or_else(|| {
         panic!(
             "no roomcast binary beside {}: run the test with `cargo test -p roomcast`, \
