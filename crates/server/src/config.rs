@@ -3,8 +3,9 @@
 //!
 //! Channel namespaces come from the TOML file only. The default namespace (channels with
 //! no `ns:` prefix) has chat-friendly defaults: clients may subscribe, subscribers may
-//! publish and read history, presence and join/leave are on, and every subscription is
-//! recoverable from the durable history.
+//! publish and read history, presence and join/leave are on (pushed to the subscriptions
+//! that ask, in rooms of up to 1,000 members), and every subscription is recoverable from
+//! the durable history.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,9 @@ pub struct NamespaceOptions {
     /// Send join/leave to every subscriber, not only to those that asked (`join_leave`
     /// in their subscribe request).
     pub force_push_join_leave: bool,
+    /// Above this many subscribers of a room on a node, joins and leaves there are no
+    /// longer pushed (counts only: `presence_stats` stays exact). 0: no limit.
+    pub join_leave_max_room_size: usize,
     /// Every subscription is recoverable, whether or not the client asked for it.
     pub force_recovery: bool,
 }
@@ -47,7 +51,8 @@ impl Default for NamespaceOptions {
             allow_presence_for_subscriber: true,
             presence: true,
             join_leave: true,
-            force_push_join_leave: true,
+            force_push_join_leave: false,
+            join_leave_max_room_size: 1000,
             force_recovery: true,
         }
     }

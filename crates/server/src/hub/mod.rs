@@ -15,7 +15,7 @@
 //! a gap: the connection is closed with "insufficient state" and its SDK recovers.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -68,8 +68,35 @@ struct Sub {
     next: Option<u64>,
     /// Events held while the subscribe is in progress.
     pending: Option<Vec<(u64, Bytes)>>,
+}
+
+/// How a connection takes part in a room.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubMode {
     /// Wants join/leave pushes.
-    join_leave: bool,
+    pub join_leave: bool,
+}
+
+/// What `Hub::subscribe` did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Joined {
+    /// The room had no local subscriber before (the bus must start carrying it here).
+    pub new_room: bool,
+    /// Local subscribers of the room, this one included.
+    pub size: usize,
+}
+
+/// Holds an event for a pending subscriber (true), or leaves it to be delivered (false).
+fn hold(sub: &mut Sub, offset: u64, frame: &Bytes) -> bool {
+    let Some(held) = &mut sub.pending else {
+        return false;
+    };
+    if held.len() >= MAX_PENDING {
+        sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
+    } else {
+        held.push((offset, frame.clone()));
+    }
+    true
 }
 
 /// One shard of the room table.
@@ -78,6 +105,9 @@ type Shard = Mutex<HashMap<Arc<str>, Room>>;
 #[derive(Default)]
 struct Room {
     subs: HashMap<ConnId, Sub>,
+    /// The subscribers that want join/leave pushes: a join or leave visits these only,
+    /// never every subscriber of the room.
+    join_leave: HashSet<ConnId>,
 }
 
 /// A local connection, as the server API finds it by user.
@@ -171,15 +201,14 @@ impl Hub {
         (users.values().map(HashMap::len).sum(), users.len())
     }
 
-    /// Adds a pending subscriber. Returns true when the room had no local subscriber
-    /// before (the bus must start carrying it to this node).
+    /// Adds a pending subscriber (O(1), whatever the room's size).
     pub fn subscribe(
         &self,
         room: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        join_leave: bool,
-    ) -> bool {
+        mode: SubMode,
+    ) -> Joined {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let new_room = !shard.contains_key(room);
         let r = shard.entry(room.into()).or_default();
@@ -189,10 +218,15 @@ impl Hub {
                 outbox,
                 next: None,
                 pending: Some(Vec::new()),
-                join_leave,
             },
         );
-        new_room
+        if mode.join_leave {
+            r.join_leave.insert(conn);
+        }
+        Joined {
+            new_room,
+            size: r.subs.len(),
+        }
     }
 
     /// Ends the pending state of a subscriber whose subscribe reply is queued: held events
@@ -214,19 +248,18 @@ impl Hub {
         }
     }
 
-    /// Removes a subscriber. Returns true when the room has no local subscriber left.
-    pub fn unsubscribe(&self, room: &str, conn: ConnId) -> bool {
+    /// Removes a subscriber. Returns the number of local subscribers left, `None` when
+    /// the room had none (0: the room is gone, the bus may stop carrying it here).
+    pub fn unsubscribe(&self, room: &str, conn: ConnId) -> Option<usize> {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
-        let Some(r) = shard.get_mut(room) else {
-            return false;
-        };
+        let r = shard.get_mut(room)?;
         r.subs.remove(&conn);
-        if r.subs.is_empty() {
+        r.join_leave.remove(&conn);
+        let left = r.subs.len();
+        if left == 0 {
             shard.remove(room);
-            true
-        } else {
-            false
         }
+        Some(left)
     }
 
     /// Fans one event out to the room's local subscribers.
@@ -243,21 +276,21 @@ impl Hub {
         };
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let Some(r) = shard.get_mut(room) else { return };
-        for sub in r.subs.values_mut() {
-            if join_leave && !sub.join_leave {
-                continue;
-            }
-            if let Some(held) = &mut sub.pending {
-                if held.len() >= MAX_PENDING {
-                    sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
-                } else {
-                    held.push((offset, frame.clone()));
+        if join_leave {
+            let Room {
+                subs, join_leave, ..
+            } = r;
+            for conn in join_leave.iter() {
+                if let Some(sub) = subs.get_mut(conn) {
+                    if !hold(sub, 0, &frame) {
+                        self.put(sub, frame.clone());
+                    }
                 }
-                continue;
             }
-            if join_leave {
-                self.put(sub, frame.clone());
-            } else {
+            return;
+        }
+        for sub in r.subs.values_mut() {
+            if !hold(sub, offset, &frame) {
                 self.deliver(sub, offset, frame.clone());
             }
         }
@@ -339,7 +372,10 @@ mod tests {
     fn pending_events_follow_the_reply_without_duplicates() {
         let hub = Hub::new();
         let ob = Arc::new(Outbox::new(1 << 20));
-        assert!(hub.subscribe("r", 1, ob.clone(), false));
+        assert!(
+            hub.subscribe("r", 1, ob.clone(), SubMode::default())
+                .new_room
+        );
         hub.dispatch(&publication("r", 4));
         hub.dispatch(&publication("r", 5));
         assert!(offsets(&ob).0.is_empty(), "nothing goes out while pending");
@@ -353,7 +389,7 @@ mod tests {
     fn a_gap_closes_with_insufficient_state() {
         let hub = Hub::new();
         let ob = Arc::new(Outbox::new(1 << 20));
-        hub.subscribe("r", 1, ob.clone(), false);
+        hub.subscribe("r", 1, ob.clone(), SubMode::default());
         hub.activate("r", 1, Some(1));
         hub.dispatch(&publication("r", 1));
         hub.dispatch(&publication("r", 3));
@@ -369,8 +405,8 @@ mod tests {
         let hub = Hub::new();
         let a = Arc::new(Outbox::new(1 << 20));
         let b = Arc::new(Outbox::new(1 << 20));
-        hub.subscribe("r", 1, a.clone(), true);
-        hub.subscribe("r", 2, b.clone(), false);
+        hub.subscribe("r", 1, a.clone(), SubMode { join_leave: true });
+        hub.subscribe("r", 2, b.clone(), SubMode::default());
         hub.activate("r", 1, None);
         hub.activate("r", 2, None);
         hub.dispatch(&publication("r", 1));
@@ -388,8 +424,9 @@ mod tests {
             }
             _ => panic!("frames expected"),
         }
-        assert!(!hub.unsubscribe("r", 1));
-        assert!(hub.unsubscribe("r", 2));
+        assert_eq!(hub.unsubscribe("r", 1), Some(1));
+        assert_eq!(hub.unsubscribe("r", 2), Some(0));
+        assert_eq!(hub.unsubscribe("r", 2), None);
         assert!(hub.channels().is_empty());
     }
 }

@@ -14,8 +14,16 @@ use roomcast_proto::{
 use super::{Now, Services, Session, Subscription};
 use crate::auth::TokenError;
 use crate::channel::Channel;
-use crate::hub::RoomEvent;
+use crate::config::NamespaceOptions;
+use crate::hub::{RoomEvent, SubMode};
 use crate::node::internal;
+
+/// Whether joins and leaves are pushed one by one in a room of `size` local subscribers
+/// (the one joining or leaving included): not above `join_leave_max_room_size`, where they
+/// would cost a push to every interested member for each of them.
+fn pushes_join_leave(options: &NamespaceOptions, size: usize) -> bool {
+    options.join_leave_max_room_size == 0 || size <= options.join_leave_max_room_size
+}
 
 impl<S: Services> Session<S> {
     /// Checks a subscription token: valid signature, this user, this channel, not expired.
@@ -96,8 +104,11 @@ impl<S: Services> Session<S> {
             .options
             .clone();
         let room: Arc<str> = req.channel.as_str().into();
-        let join_leave = options.join_leave && (options.force_push_join_leave || req.join_leave);
-        node.join(&room, self.conn, self.peer.outbox.clone(), join_leave)
+        let mode = SubMode {
+            join_leave: options.join_leave && (options.force_push_join_leave || req.join_leave),
+        };
+        let size = node
+            .join(&room, self.conn, self.peer.outbox.clone(), mode)
             .await?;
         let recoverable = options.force_recovery || req.recoverable;
         let positioned = recoverable || req.positioned;
@@ -150,7 +161,7 @@ impl<S: Services> Session<S> {
         if options.presence {
             node.presence_add(&room, identity.clone()).await;
         }
-        if options.join_leave {
+        if options.join_leave && pushes_join_leave(&options, size) {
             node.announce(RoomEvent::Join {
                 room: room.clone(),
                 info: identity,
@@ -172,12 +183,14 @@ impl<S: Services> Session<S> {
         let Some((room, sub)) = self.subs.remove_entry(channel) else {
             return;
         };
-        self.node.leave(&room, self.conn).await;
+        let left = self.node.leave(&room, self.conn).await;
         let identity = self.identity.clone().expect("connected");
         if sub.presence {
             self.node.presence_remove(&room, &identity.client).await;
         }
-        if sub.join_leave {
+        let pushed = Channel::resolve(self.node.config(), &room)
+            .is_ok_and(|c| pushes_join_leave(c.options, left + 1));
+        if sub.join_leave && pushed {
             self.node
                 .announce(RoomEvent::Leave {
                     room,

@@ -12,7 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::auth::{Claims, TokenError};
 use crate::config::SessionConfig;
-use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent};
+use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent, SubMode};
 use crate::node::Node;
 use crate::store::{Appended, Message, Position, Range, StoreError};
 
@@ -31,16 +31,17 @@ pub trait Services: Send + Sync + 'static {
     /// Registers a connected client (server API disconnects and counts find it).
     fn register(&self, user: &str, conn: ConnId, entry: ConnEntry);
     fn unregister(&self, user: &str, conn: ConnId);
-    /// Adds a pending subscriber to a room (see `Node::join`).
+    /// Adds a pending subscriber to a room (see `Node::join`); the room's local
+    /// subscribers, this one included.
     fn join(
         &self,
         room: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        join_leave: bool,
-    ) -> impl Future<Output = Result<(), ErrorCode>> + Send;
-    /// Removes a subscriber from a room.
-    fn leave(&self, room: &str, conn: ConnId) -> impl Future<Output = ()> + Send;
+        mode: SubMode,
+    ) -> impl Future<Output = Result<usize, ErrorCode>> + Send;
+    /// Removes a subscriber from a room; the room's local subscribers left.
+    fn leave(&self, room: &str, conn: ConnId) -> impl Future<Output = usize> + Send;
     /// Ends a subscriber's pending state once its reply is queued.
     fn activate(&self, room: &str, conn: ConnId, next: Option<u64>);
     /// Publishes a join or leave event.
@@ -107,13 +108,13 @@ impl Services for Node {
         room: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        join_leave: bool,
-    ) -> Result<(), ErrorCode> {
-        Node::join(self, room, conn, outbox, join_leave).await
+        mode: SubMode,
+    ) -> Result<usize, ErrorCode> {
+        Node::join(self, room, conn, outbox, mode).await
     }
 
-    async fn leave(&self, room: &str, conn: ConnId) {
-        Node::leave(self, room, conn).await;
+    async fn leave(&self, room: &str, conn: ConnId) -> usize {
+        Node::leave(self, room, conn).await
     }
 
     fn activate(&self, room: &str, conn: ConnId, next: Option<u64>) {

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{Flow, Now, Services, Session};
 use crate::auth::{now_secs, Auth, Claims, TokenError};
 use crate::config::{Config, SessionConfig};
-use crate::hub::{ConnEntry, ConnId, Out, Outbox, RoomEvent};
+use crate::hub::{ConnEntry, ConnId, Out, Outbox, RoomEvent, SubMode};
 use crate::keepalive::Peer;
 use crate::store::{Appended, Message, Position, Range, StoreError};
 
@@ -28,6 +28,8 @@ struct Fake {
     conn_ids: AtomicU64,
     history: Mutex<HashMap<String, Vec<Message>>>,
     joined: Mutex<Vec<(String, ConnId)>>,
+    /// How each subscription joined its room.
+    modes: Mutex<Vec<(String, SubMode)>>,
     activated: Mutex<Vec<(String, Option<u64>)>>,
     registered: Mutex<HashMap<String, usize>>,
     presence: Mutex<HashMap<String, HashMap<String, ClientInfo>>>,
@@ -44,6 +46,7 @@ impl Fake {
             conn_ids: AtomicU64::new(1),
             history: Mutex::default(),
             joined: Mutex::default(),
+            modes: Mutex::default(),
             activated: Mutex::default(),
             registered: Mutex::default(),
             presence: Mutex::default(),
@@ -128,16 +131,17 @@ impl Services for Fake {
         room: &str,
         conn: ConnId,
         _outbox: Arc<Outbox>,
-        _join_leave: bool,
-    ) -> Result<(), ErrorCode> {
-        self.joined.lock().unwrap().push((room.into(), conn));
-        Ok(())
+        mode: SubMode,
+    ) -> Result<usize, ErrorCode> {
+        self.modes.lock().unwrap().push((room.into(), mode));
+        let mut joined = self.joined.lock().unwrap();
+        joined.push((room.into(), conn));
+        Ok(joined.iter().filter(|(r, _)| r == room).count())
     }
-    async fn leave(&self, room: &str, conn: ConnId) {
-        self.joined
-            .lock()
-            .unwrap()
-            .retain(|(r, c)| !(r == room && *c == conn));
+    async fn leave(&self, room: &str, conn: ConnId) -> usize {
+        let mut joined = self.joined.lock().unwrap();
+        joined.retain(|(r, c)| !(r == room && *c == conn));
+        joined.iter().filter(|(r, _)| r == room).count()
     }
     fn activate(&self, room: &str, _conn: ConnId, next: Option<u64>) {
         self.activated.lock().unwrap().push((room.into(), next));
@@ -472,4 +476,68 @@ async fn the_rate_limit_refills_with_the_time_passed_in() {
     }
     let r = c.call(json!({"id": 17, "ping": {}})).await;
     assert_eq!(error_code(&r), ErrorCode::TOO_MANY_REQUESTS.code as u64);
+}
+
+#[tokio::test]
+async fn join_leave_goes_to_those_asking_and_stops_above_the_room_size_limit() {
+    let node = Fake::new(|c| c.default_namespace.join_leave_max_room_size = 2);
+    let mut conns = Vec::new();
+    for (i, user) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut c = Conn::new(&node);
+        c.connect(&node, user).await;
+        let asks = i == 0;
+        let r = c
+            .call(json!({"id": 2, "subscribe": {"channel": "room", "join_leave": asks}}))
+            .await;
+        assert!(r["subscribe"].is_object(), "{r}");
+        conns.push(c);
+    }
+    let modes: Vec<bool> = node
+        .modes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, m)| m.join_leave)
+        .collect();
+    assert_eq!(
+        modes,
+        vec![true, false, false],
+        "pushed only to those asking"
+    );
+    let joins = |node: &Fake| {
+        node.announced
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                RoomEvent::Join { info, .. } => format!("+{}", info.user),
+                RoomEvent::Leave { info, .. } => format!("-{}", info.user),
+                RoomEvent::Publication(_) => "pub".into(),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        joins(&node),
+        ["+a", "+b"],
+        "the third join is above the limit"
+    );
+    assert_eq!(
+        node.presence("room").await.len(),
+        3,
+        "presence still counts every member"
+    );
+    conns.pop().unwrap().session.close().await;
+    conns.pop().unwrap().session.close().await;
+    assert_eq!(
+        joins(&node),
+        ["+a", "+b", "-b"],
+        "leaves from 3 are not pushed, from 2 are"
+    );
+    // A namespace forcing join/leave pushes them to everyone.
+    let node = Fake::new(|c| c.default_namespace.force_push_join_leave = true);
+    let mut c = Conn::new(&node);
+    c.connect(&node, "a").await;
+    c.call(json!({"id": 2, "subscribe": {"channel": "room"}}))
+        .await;
+    assert!(node.modes.lock().unwrap()[0].1.join_leave);
 }

@@ -1,0 +1,109 @@
+//! Large rooms over real WebSockets: join/leave only for the subscriptions that ask and
+//! not one by one above `join_leave_max_room_size`.
+
+use roomcast::config::NamespaceOptions;
+use roomcast_testkit::*;
+use serde_json::{json, Value};
+
+/// Reads until the publication with `data` arrives in `channel`; returns the pushes seen
+/// before it (join, leave, ...), by kind and user.
+async fn pushes_before_pub(c: &mut Client, channel: &str, data: &Value) -> Vec<String> {
+    let mut seen = Vec::new();
+    loop {
+        let push = c.next_push(|p| p["channel"] == channel).await;
+        if push["pub"]["data"] == *data {
+            return seen;
+        }
+        for kind in ["join", "leave"] {
+            if let Some(info) = push.get(kind) {
+                seen.push(format!("{kind} {}", info["info"]["user"].as_str().unwrap()));
+            }
+        }
+    }
+}
+
+async fn subscribe_with(c: &mut Client, channel: &str, join_leave: bool) {
+    let r = c
+        .call(json!({"subscribe": {"channel": channel, "join_leave": join_leave}}))
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+}
+
+#[tokio::test]
+async fn join_leave_reaches_only_the_subscriptions_that_asked() {
+    let s = TestServer::start().await;
+    let mut quiet = s.client("quiet").await;
+    subscribe_with(&mut quiet, "room", false).await;
+    let mut asking = s.client("asking").await;
+    subscribe_with(&mut asking, "room", true).await;
+    let mut bob = s.client("bob").await;
+    subscribe_with(&mut bob, "room", false).await;
+    bob.close().await;
+    // The leave is announced after the close is seen: wait for it on the asking side.
+    asking.next_push(|p| p.get("leave").is_some()).await;
+    s.publish("room", json!("marker")).await;
+    assert_eq!(
+        pushes_before_pub(&mut quiet, "room", &json!("marker")).await,
+        Vec::<String>::new(),
+        "a subscriber that did not ask gets no join/leave"
+    );
+    let mut asking2 = s.client("asking2").await;
+    subscribe_with(&mut asking2, "room", true).await;
+    s.publish("room", json!("second")).await;
+    assert_eq!(
+        pushes_before_pub(&mut asking, "room", &json!("second")).await,
+        vec!["join asking2"],
+        "one that asked does"
+    );
+}
+
+#[tokio::test]
+async fn above_the_room_size_limit_joins_are_counted_not_pushed() {
+    let s = TestServer::start_with(|c| {
+        c.namespaces.insert(
+            "big".into(),
+            NamespaceOptions {
+                join_leave_max_room_size: 3,
+                ..NamespaceOptions::default()
+            },
+        );
+    })
+    .await;
+    let room = "big:hall";
+    let mut watcher = s.client("watcher").await;
+    subscribe_with(&mut watcher, room, true).await;
+    let mut members = Vec::new();
+    for user in ["m2", "m3", "m4", "m5"] {
+        let mut c = s.client(user).await;
+        subscribe_with(&mut c, room, true).await;
+        members.push(c);
+    }
+    s.publish(room, json!("after joins")).await;
+    assert_eq!(
+        pushes_before_pub(&mut watcher, room, &json!("after joins")).await,
+        vec!["join watcher", "join m2", "join m3"],
+        "joins up to 3 members are pushed (its own too), the 4th and 5th are not"
+    );
+    let r = watcher
+        .call(json!({"presence_stats": {"channel": room}}))
+        .await;
+    assert_eq!(
+        r["presence_stats"],
+        json!({"num_clients": 5, "num_users": 5}),
+        "counts stay exact"
+    );
+    // m3 leaves from 5 members and m4 from 4: not pushed; m5 from 3: pushed again.
+    for c in members.drain(1..) {
+        let r = c_unsubscribe(c, room).await;
+        assert_eq!(r["unsubscribe"], json!({}));
+    }
+    s.publish(room, json!("after leaves")).await;
+    assert_eq!(
+        pushes_before_pub(&mut watcher, room, &json!("after leaves")).await,
+        vec!["leave m5"],
+    );
+}
+
+async fn c_unsubscribe(mut c: Client, room: &str) -> Value {
+    c.call(json!({"unsubscribe": {"channel": room}})).await
+}
