@@ -37,6 +37,9 @@ pub struct NamespaceOptions {
     /// Above this many subscribers of a room on a node, joins and leaves there are no
     /// longer pushed (counts only: `presence_stats` stays exact). 0: no limit.
     pub join_leave_max_room_size: usize,
+    /// Publications a second one room accepts on a node, from clients and the server API
+    /// together (bursts of twice that); beyond, error 111 "too many requests". 0: no limit.
+    pub publish_rate_per_room: u32,
     /// Every subscription is recoverable, whether or not the client asked for it.
     pub force_recovery: bool,
 }
@@ -53,6 +56,7 @@ impl Default for NamespaceOptions {
             join_leave: true,
             force_push_join_leave: false,
             join_leave_max_room_size: 1000,
+            publish_rate_per_room: 0,
             force_recovery: true,
         }
     }

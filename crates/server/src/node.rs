@@ -41,6 +41,8 @@ pub struct Node {
     pub tasks: TaskTracker,
     /// Publications accepted (committed) by this node.
     pub published: AtomicU64,
+    /// Publish rate of each room with recent publications (`publish_rate_per_room`).
+    pub room_rates: crate::rate::RoomRates,
 }
 
 impl Node {
@@ -95,6 +97,23 @@ impl Node {
         self.published
             .fetch_add(fresh as u64, std::sync::atomic::Ordering::Relaxed);
         results
+    }
+
+    /// Refuses a publication to `room` beyond its namespace's `publish_rate_per_room`
+    /// (error 111, "too many requests"), from clients and the server API alike.
+    pub fn check_room_rate(
+        &self,
+        room: &str,
+        options: &crate::config::NamespaceOptions,
+    ) -> Result<(), ErrorCode> {
+        if self
+            .room_rates
+            .allow(room, options.publish_rate_per_room, Instant::now())
+        {
+            Ok(())
+        } else {
+            Err(ErrorCode::TOO_MANY_REQUESTS)
+        }
     }
 
     /// History with the protocol's semantics: `limit` 0 returns only the position, a

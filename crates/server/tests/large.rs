@@ -107,3 +107,43 @@ async fn above_the_room_size_limit_joins_are_counted_not_pushed() {
 async fn c_unsubscribe(mut c: Client, room: &str) -> Value {
     c.call(json!({"unsubscribe": {"channel": room}})).await
 }
+
+#[tokio::test]
+async fn a_room_over_its_publish_rate_gets_error_111_over_websocket_and_api() {
+    let s = TestServer::start_with(|c| c.default_namespace.publish_rate_per_room = 5).await;
+    let mut a = s.client("alice").await;
+    a.subscribe("busy").await;
+    // 10 (twice the rate) go through, from the client and the API together; then 111.
+    let mut refused = 0;
+    for i in 0..12 {
+        let r = if i % 2 == 0 {
+            a.call(json!({"publish": {"channel": "busy", "data": i}}))
+                .await
+        } else {
+            s.api("publish", json!({"channel": "busy", "data": i}))
+                .await
+        };
+        if r.get("error").is_some() {
+            assert_eq!(r["error"]["code"], 111, "{r}");
+            refused += 1;
+        }
+    }
+    assert!(
+        (1..=2).contains(&refused),
+        "a burst of 10 at most: {refused} of 12 refused"
+    );
+    let r = s
+        .api(
+            "broadcast",
+            json!({"channels": ["busy", "quiet"], "data": 1}),
+        )
+        .await;
+    assert_eq!(r["result"]["responses"][0]["error"]["code"], 111, "{r}");
+    assert!(
+        r["result"]["responses"][1]["result"]["offset"].is_u64(),
+        "{r}"
+    );
+    // The publications that went through reached the subscriber, in order.
+    let first = a.next_pub("busy").await["offset"].as_u64().unwrap();
+    assert_eq!(first, 1);
+}

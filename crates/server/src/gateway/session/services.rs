@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use roomcast_proto::{ClientInfo, ErrorCode, StreamPosition};
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use crate::auth::{Claims, TokenError};
 use crate::config::SessionConfig;
@@ -61,6 +62,8 @@ pub trait Services: Send + Sync + 'static {
         since: Option<&StreamPosition>,
         reverse: bool,
     ) -> impl Future<Output = Result<(Vec<Message>, Position), ErrorCode>> + Send;
+    /// Takes one publication from `room`'s publish rate (`rate` a second, 0: no limit).
+    fn allow_room_publish(&self, room: &str, rate: u32, now: Instant) -> bool;
     /// Commits publications of one sender together.
     fn publish_batch(
         &self,
@@ -145,6 +148,10 @@ impl Services for Node {
         reverse: bool,
     ) -> Result<(Vec<Message>, Position), ErrorCode> {
         Node::history(self, room, limit, since, reverse).await
+    }
+
+    fn allow_room_publish(&self, room: &str, rate: u32, now: Instant) -> bool {
+        self.room_rates.allow(room, rate, now)
     }
 
     async fn publish_batch(

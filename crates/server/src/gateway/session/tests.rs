@@ -34,6 +34,7 @@ struct Fake {
     registered: Mutex<HashMap<String, usize>>,
     presence: Mutex<HashMap<String, HashMap<String, ClientInfo>>>,
     announced: Mutex<Vec<RoomEvent>>,
+    room_rates: crate::rate::RoomRates,
 }
 
 impl Fake {
@@ -51,6 +52,7 @@ impl Fake {
             registered: Mutex::default(),
             presence: Mutex::default(),
             announced: Mutex::default(),
+            room_rates: Default::default(),
         })
     }
 
@@ -185,6 +187,9 @@ impl Services for Fake {
             reverse: false,
         };
         Ok(self.range(room, range).await.unwrap())
+    }
+    fn allow_room_publish(&self, room: &str, rate: u32, now: tokio::time::Instant) -> bool {
+        self.room_rates.allow(room, rate, now)
     }
     async fn publish_batch(
         &self,
@@ -540,4 +545,41 @@ async fn join_leave_goes_to_those_asking_and_stops_above_the_room_size_limit() {
     c.call(json!({"id": 2, "subscribe": {"channel": "room"}}))
         .await;
     assert!(node.modes.lock().unwrap()[0].1.join_leave);
+}
+
+#[tokio::test]
+async fn a_room_publish_rate_is_shared_by_its_publishers() {
+    let node = Fake::new(|c| c.default_namespace.publish_rate_per_room = 2);
+    let (mut a, mut b) = (Conn::new(&node), Conn::new(&node));
+    a.connect(&node, "alice").await;
+    b.connect(&node, "bob").await;
+    b.now = a.now;
+    for c in [&mut a, &mut b] {
+        c.call(json!({"id": 1, "subscribe": {"channel": "room"}}))
+            .await;
+        c.call(json!({"id": 1, "subscribe": {"channel": "other"}}))
+            .await;
+    }
+    let mut codes = Vec::new();
+    for id in 2..=4 {
+        for c in [&mut a, &mut b] {
+            let r = c
+                .call(json!({"id": id, "publish": {"channel": "room", "data": id}}))
+                .await;
+            codes.push(error_code(&r));
+        }
+    }
+    // A burst of twice the rate for the room, whoever publishes.
+    assert_eq!(codes, [0, 0, 0, 0, 111, 111]);
+    let r = a
+        .call(json!({"id": 5, "publish": {"channel": "other", "data": 1}}))
+        .await;
+    assert_eq!(error_code(&r), 0, "another room has its own budget");
+    b.now.at += Duration::from_secs(1);
+    for expect in [0, 0, 111] {
+        let r = b
+            .call(json!({"id": 6, "publish": {"channel": "room", "data": 1}}))
+            .await;
+        assert_eq!(error_code(&r), expect, "{r}");
+    }
 }
