@@ -157,6 +157,13 @@ impl Node {
         mode: SubMode,
     ) -> Result<usize, ErrorCode> {
         let joined = self.hub.subscribe(room, conn, outbox, mode);
+        if let (Some(id), Some(every)) = (joined.start_digest, mode.digest) {
+            let timer = self
+                .hub
+                .clone()
+                .run_digest(room.into(), id, every, self.shutdown.clone());
+            self.tasks.spawn(timer);
+        }
         if joined.new_room {
             if let Err(e) = self.bus.watch(room).await {
                 tracing::warn!(error = %e, "bus watch failed");

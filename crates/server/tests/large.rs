@@ -147,3 +147,93 @@ async fn a_room_over_its_publish_rate_gets_error_111_over_websocket_and_api() {
     let first = a.next_pub("busy").await["offset"].as_u64().unwrap();
     assert_eq!(first, 1);
 }
+
+/// Publications `from..=to` through the API, back to back.
+async fn burst(s: &TestServer, room: &str, from: u64, to: u64) {
+    for n in from..=to {
+        assert_eq!(s.publish(room, json!({ "n": n })).await, n);
+    }
+}
+
+#[tokio::test]
+async fn digest_subscribers_get_at_most_one_publication_per_interval_and_the_newest() {
+    let interval = std::time::Duration::from_millis(400);
+    let s = TestServer::start_with(|c| {
+        c.namespaces.insert(
+            "feed".into(),
+            NamespaceOptions {
+                digest_above: 2,
+                digest_interval_ms: interval.as_millis() as u64,
+                ..NamespaceOptions::default()
+            },
+        );
+    })
+    .await;
+    let room = "feed:news";
+    let mut live = s.client("live").await;
+    live.subscribe(room).await;
+    // One asks for a digest in its subscribe data; the third is given one by the room's size.
+    let mut asked = s.client("asked").await;
+    let r = asked
+        .call(json!({"subscribe": {"channel": room, "data": {"digest": true}}}))
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+    let mut by_size = s.client("by-size").await;
+    by_size.subscribe(room).await;
+    // And a fourth opts out of it: live again.
+    let mut opted_out = s.client("opted-out").await;
+    let r = opted_out
+        .call(json!({"subscribe": {"channel": room, "data": {"digest": false}}}))
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
+
+    let mut seen: Vec<Vec<(u64, std::time::Instant)>> = vec![Vec::new(), Vec::new()];
+    for round in 0..3u64 {
+        let (from, to) = (round * 10 + 1, round * 10 + 10);
+        burst(&s, room, from, to).await;
+        for (i, c) in [&mut asked, &mut by_size].into_iter().enumerate() {
+            loop {
+                let p = c.next_pub(room).await;
+                let offset = p["offset"].as_u64().unwrap();
+                assert_eq!(p["data"]["n"], offset, "the real offset of its publication");
+                seen[i].push((offset, std::time::Instant::now()));
+                if offset == to {
+                    break; // the newest of the burst always comes
+                }
+            }
+        }
+    }
+    for got in &seen {
+        let offsets: Vec<u64> = got.iter().map(|(o, _)| *o).collect();
+        assert!(offsets.windows(2).all(|w| w[0] < w[1]), "{offsets:?}");
+        assert!(
+            offsets.len() <= 6,
+            "at most two ticks per burst: {offsets:?}"
+        );
+        for w in got.windows(2) {
+            let gap = w[1].1 - w[0].1;
+            assert!(
+                gap >= interval / 2,
+                "two digests {gap:?} apart (interval {interval:?}): {offsets:?}"
+            );
+        }
+    }
+    for c in [&mut live, &mut opted_out] {
+        for n in 1..=30u64 {
+            assert_eq!(
+                c.next_pub(room).await["offset"],
+                n,
+                "live: every publication"
+            );
+        }
+    }
+    // A digest subscription recovering learns the newest position, without publications.
+    let mut back = s.client("back").await;
+    let r = back
+        .call(json!({"subscribe": {"channel": room, "recover": true, "offset": 1, "data": {"digest": true}}}))
+        .await;
+    assert_eq!(r["subscribe"]["offset"], 30, "{r}");
+    assert!(r["subscribe"]
+        .get("publications")
+        .is_none_or(|p| p.as_array().unwrap().is_empty()));
+}

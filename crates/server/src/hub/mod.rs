@@ -25,6 +25,7 @@ use roomcast_proto::{encode_push, ClientInfo, Disconnect, PushBody};
 
 use crate::store::Message;
 
+mod digest;
 pub mod outbox;
 
 pub use outbox::{Out, Outbox};
@@ -75,6 +76,9 @@ struct Sub {
 pub struct SubMode {
     /// Wants join/leave pushes.
     pub join_leave: bool,
+    /// A digest subscription: at most the newest publication once per this interval,
+    /// instead of every one (see `digest.rs`).
+    pub digest: Option<std::time::Duration>,
 }
 
 /// What `Hub::subscribe` did.
@@ -84,6 +88,8 @@ pub struct Joined {
     pub new_room: bool,
     /// Local subscribers of the room, this one included.
     pub size: usize,
+    /// The room needs its digest timer started: run `Hub::run_digest` with this id.
+    pub start_digest: Option<u64>,
 }
 
 /// Holds an event for a pending subscriber (true), or leaves it to be delivered (false).
@@ -104,10 +110,26 @@ type Shard = Mutex<HashMap<Arc<str>, Room>>;
 
 #[derive(Default)]
 struct Room {
+    /// Live subscribers: every publication.
     subs: HashMap<ConnId, Sub>,
-    /// The subscribers that want join/leave pushes: a join or leave visits these only,
-    /// never every subscriber of the room.
+    /// Digest subscribers: the newest publication once per interval.
+    digest: digest::Digest,
+    /// The subscribers (live or digest) that want join/leave pushes: a join or leave
+    /// visits these only, never every subscriber of the room.
     join_leave: HashSet<ConnId>,
+}
+
+impl Room {
+    fn size(&self) -> usize {
+        self.subs.len() + self.digest.subs.len()
+    }
+
+    fn sub_mut(&mut self, conn: &ConnId) -> Option<&mut Sub> {
+        match self.subs.get_mut(conn) {
+            Some(sub) => Some(sub),
+            None => self.digest.subs.get_mut(conn),
+        }
+    }
 }
 
 /// A local connection, as the server API finds it by user.
@@ -123,6 +145,8 @@ pub struct Hub {
     /// Local connections by user, for user-targeted operations.
     users: Mutex<HashMap<Arc<str>, HashMap<ConnId, ConnEntry>>>,
     next_conn: AtomicU64,
+    /// Ids of digest timers (one per room with digest subscribers).
+    next_timer: AtomicU64,
     /// Frames put into outboxes (a delivery is one frame to one connection).
     pub deliveries: AtomicU64,
     /// Subscriptions closed for a gap in their offsets.
@@ -141,6 +165,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            next_timer: AtomicU64::new(1),
             deliveries: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
         }
@@ -212,28 +237,43 @@ impl Hub {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let new_room = !shard.contains_key(room);
         let r = shard.entry(room.into()).or_default();
-        r.subs.insert(
-            conn,
-            Sub {
-                outbox,
-                next: None,
-                pending: Some(Vec::new()),
-            },
-        );
+        let sub = Sub {
+            outbox,
+            next: None,
+            pending: Some(Vec::new()),
+        };
+        let mut start_digest = None;
+        if mode.digest.is_some() {
+            r.digest.subs.insert(conn, sub);
+            if r.digest.timer.is_none() {
+                let id = self.next_timer.fetch_add(1, Ordering::Relaxed);
+                r.digest.timer = Some(id);
+                start_digest = Some(id);
+            }
+        } else {
+            r.subs.insert(conn, sub);
+        }
         if mode.join_leave {
             r.join_leave.insert(conn);
         }
         Joined {
             new_room,
-            size: r.subs.len(),
+            size: r.size(),
+            start_digest,
         }
+    }
+
+    /// Local subscribers of a room (O(1)).
+    pub fn room_size(&self, room: &str) -> usize {
+        let shard = self.shard(room).lock().expect("hub shard lock");
+        shard.get(room).map_or(0, Room::size)
     }
 
     /// Ends the pending state of a subscriber whose subscribe reply is queued: held events
     /// from `next` on go out now, in order. `next` is `None` for unpositioned subscriptions.
     pub fn activate(&self, room: &str, conn: ConnId, next: Option<u64>) {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
-        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(&conn)) else {
+        let Some(sub) = shard.get_mut(room).and_then(|r| r.sub_mut(&conn)) else {
             return;
         };
         sub.next = next;
@@ -253,9 +293,11 @@ impl Hub {
     pub fn unsubscribe(&self, room: &str, conn: ConnId) -> Option<usize> {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let r = shard.get_mut(room)?;
-        r.subs.remove(&conn);
+        if r.subs.remove(&conn).is_none() {
+            r.digest.subs.remove(&conn);
+        }
         r.join_leave.remove(&conn);
-        let left = r.subs.len();
+        let left = r.size();
         if left == 0 {
             shard.remove(room);
         }
@@ -278,16 +320,27 @@ impl Hub {
         let Some(r) = shard.get_mut(room) else { return };
         if join_leave {
             let Room {
-                subs, join_leave, ..
+                subs,
+                digest,
+                join_leave,
             } = r;
             for conn in join_leave.iter() {
-                if let Some(sub) = subs.get_mut(conn) {
+                let sub = match subs.get_mut(conn) {
+                    Some(sub) => Some(sub),
+                    None => digest.subs.get_mut(conn),
+                };
+                if let Some(sub) = sub {
                     if !hold(sub, 0, &frame) {
                         self.put(sub, frame.clone());
                     }
                 }
             }
             return;
+        }
+        if !r.digest.subs.is_empty() {
+            // O(1) for the digest side: the room's timer sends the newest.
+            r.digest.latest = Some((offset, frame.clone()));
+            r.digest.undelivered = true;
         }
         for sub in r.subs.values_mut() {
             if !hold(sub, offset, &frame) {
@@ -328,7 +381,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             for (name, room) in shard.lock().expect("hub shard lock").iter() {
-                out.push((name.to_string(), room.subs.len()));
+                out.push((name.to_string(), room.size()));
             }
         }
         out
@@ -336,11 +389,11 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
-    fn publication(room: &str, offset: u64) -> RoomEvent {
+    pub(crate) fn publication(room: &str, offset: u64) -> RoomEvent {
         RoomEvent::Publication(Arc::new(Message {
             room: room.into(),
             offset,
@@ -353,7 +406,7 @@ mod tests {
         }))
     }
 
-    fn offsets(outbox: &Outbox) -> (Vec<u64>, Option<Disconnect>) {
+    pub(crate) fn offsets(outbox: &Outbox) -> (Vec<u64>, Option<Disconnect>) {
         let mut out = Vec::new();
         let close = outbox.take(&mut out);
         let offs = out
@@ -405,7 +458,15 @@ mod tests {
         let hub = Hub::new();
         let a = Arc::new(Outbox::new(1 << 20));
         let b = Arc::new(Outbox::new(1 << 20));
-        hub.subscribe("r", 1, a.clone(), SubMode { join_leave: true });
+        hub.subscribe(
+            "r",
+            1,
+            a.clone(),
+            SubMode {
+                join_leave: true,
+                ..SubMode::default()
+            },
+        );
         hub.subscribe("r", 2, b.clone(), SubMode::default());
         hub.activate("r", 1, None);
         hub.activate("r", 2, None);

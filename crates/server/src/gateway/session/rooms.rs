@@ -4,12 +4,15 @@
 //! so no publication falls between the recovery and the live stream (see `hub/mod.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use roomcast_proto::command::{HistoryRequest, SubscribeRequest};
 use roomcast_proto::{
     encode_error_message, encode_push, encode_reply, ErrorCode, HistoryResult, PresenceResult,
     PresenceStatsResult, PushBody, SubscribeResult,
 };
+
+use serde::Deserialize;
 
 use super::{Now, Services, Session, Subscription};
 use crate::auth::TokenError;
@@ -23,6 +26,24 @@ use crate::node::internal;
 /// would cost a push to every interested member for each of them.
 fn pushes_join_leave(options: &NamespaceOptions, size: usize) -> bool {
     options.join_leave_max_room_size == 0 || size <= options.join_leave_max_room_size
+}
+
+/// What the subscribe request's `data` may ask of the server (other fields are the
+/// application's).
+#[derive(Deserialize)]
+struct SubscribeData {
+    digest: Option<bool>,
+}
+
+/// Whether a subscription gets a digest instead of every publication: as its `data` asks
+/// (`{"digest": true}` or `false`), else by the namespace's `digest_above` room size.
+fn wants_digest(req: &SubscribeRequest, options: &NamespaceOptions, room_size: usize) -> bool {
+    let asked = req
+        .data
+        .as_ref()
+        .and_then(|d| serde_json::from_str::<SubscribeData>(d.get()).ok())
+        .and_then(|d| d.digest);
+    asked.unwrap_or(options.digest_above > 0 && room_size >= options.digest_above)
 }
 
 impl<S: Services> Session<S> {
@@ -104,8 +125,10 @@ impl<S: Services> Session<S> {
             .options
             .clone();
         let room: Arc<str> = req.channel.as_str().into();
+        let digest = wants_digest(req, &options, node.room_size(&room));
         let mode = SubMode {
             join_leave: options.join_leave && (options.force_push_join_leave || req.join_leave),
+            digest: digest.then(|| Duration::from_millis(options.digest_interval_ms)),
         };
         let size = node
             .join(&room, self.conn, self.peer.outbox.clone(), mode)
@@ -115,7 +138,8 @@ impl<S: Services> Session<S> {
         let mut result = SubscribeResult::default();
         let mut next = None;
         if positioned {
-            let read = if req.recover {
+            // A digest subscription recovers nothing: it learns the newest position.
+            let read = if req.recover && !digest {
                 let limit = node.config().recovery_max_publications as usize;
                 let range = crate::store::Range {
                     since: Some(req.offset),
@@ -146,7 +170,7 @@ impl<S: Services> Session<S> {
                 if bytes > node.config().recovery_max_bytes {
                     tracing::debug!(bytes, "recovery over the byte budget; client pages history");
                 }
-                if same_stream && within && bytes <= node.config().recovery_max_bytes {
+                if same_stream && within && bytes <= node.config().recovery_max_bytes && !digest {
                     result.recovered = true;
                     result.publications = msgs.iter().map(|m| m.publication()).collect();
                 }

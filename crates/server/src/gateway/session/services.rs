@@ -41,6 +41,8 @@ pub trait Services: Send + Sync + 'static {
         outbox: Arc<Outbox>,
         mode: SubMode,
     ) -> impl Future<Output = Result<usize, ErrorCode>> + Send;
+    /// Local subscribers of a room.
+    fn room_size(&self, room: &str) -> usize;
     /// Removes a subscriber from a room; the room's local subscribers left.
     fn leave(&self, room: &str, conn: ConnId) -> impl Future<Output = usize> + Send;
     /// Ends a subscriber's pending state once its reply is queued.
@@ -114,6 +116,10 @@ impl Services for Node {
         mode: SubMode,
     ) -> Result<usize, ErrorCode> {
         Node::join(self, room, conn, outbox, mode).await
+    }
+
+    fn room_size(&self, room: &str) -> usize {
+        self.hub.room_size(room)
     }
 
     async fn leave(&self, room: &str, conn: ConnId) -> usize {

@@ -140,6 +140,14 @@ impl Services for Fake {
         joined.push((room.into(), conn));
         Ok(joined.iter().filter(|(r, _)| r == room).count())
     }
+    fn room_size(&self, room: &str) -> usize {
+        self.joined
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(r, _)| r == room)
+            .count()
+    }
     async fn leave(&self, room: &str, conn: ConnId) -> usize {
         let mut joined = self.joined.lock().unwrap();
         joined.retain(|(r, c)| !(r == room && *c == conn));
@@ -582,4 +590,32 @@ async fn a_room_publish_rate_is_shared_by_its_publishers() {
             .await;
         assert_eq!(error_code(&r), expect, "{r}");
     }
+}
+
+#[tokio::test]
+async fn digest_is_asked_in_data_or_given_above_the_room_size() {
+    let node = Fake::new(|c| c.default_namespace.digest_above = 2);
+    node.store("room", 3);
+    let mut digests = Vec::new();
+    for data in [
+        json!(null),
+        json!({"digest": true}),
+        json!("app data"),
+        json!({"digest": false}),
+    ] {
+        let mut c = Conn::new(&node);
+        c.connect(&node, "a").await;
+        let r = c
+            .call(json!({"id": 2, "subscribe": {"channel": "room", "data": data, "recover": true, "offset": 1}}))
+            .await;
+        let mode = node.modes.lock().unwrap().last().unwrap().1;
+        digests.push(mode.digest.map(|d| d.as_millis()));
+        if mode.digest.is_some() {
+            // Not recovered: the newest position, for the client to page history from.
+            assert_eq!(r["subscribe"]["offset"], 3, "{r}");
+            assert!(r["subscribe"].get("publications").is_none(), "{r}");
+        }
+    }
+    // Room of 0: live; asked: digest; room of 2 with other data: digest; opted out: live.
+    assert_eq!(digests, [None, Some(1000), Some(1000), None]);
 }
