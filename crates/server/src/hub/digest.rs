@@ -102,33 +102,20 @@ mod tests {
         let hub = Hub::new();
         let live = Arc::new(Outbox::new(1 << 20));
         let dig = Arc::new(Outbox::new(1 << 20));
-        let every = Some(Duration::from_secs(1));
+        let digest = SubMode {
+            digest: Some(Duration::from_secs(1)),
+            ..SubMode::default()
+        };
         assert_eq!(
             hub.subscribe("r", 1, live.clone(), SubMode::default())
                 .start_digest,
             None
         );
         let id = hub
-            .subscribe(
-                "r",
-                2,
-                dig.clone(),
-                SubMode {
-                    digest: every,
-                    ..SubMode::default()
-                },
-            )
+            .subscribe("r", 2, dig.clone(), digest)
             .start_digest
             .expect("the first digest subscriber starts the room's timer");
-        let again = hub.subscribe(
-            "r",
-            3,
-            Arc::new(Outbox::new(1 << 20)),
-            SubMode {
-                digest: every,
-                ..SubMode::default()
-            },
-        );
+        let again = hub.subscribe("r", 3, Arc::new(Outbox::new(1 << 20)), digest);
         assert_eq!(
             (again.start_digest, again.size),
             (None, 3),
@@ -155,15 +142,7 @@ mod tests {
             "no digest subscriber: the timer stops"
         );
         assert!(hub
-            .subscribe(
-                "r",
-                4,
-                dig.clone(),
-                SubMode {
-                    digest: every,
-                    ..SubMode::default()
-                }
-            )
+            .subscribe("r", 4, dig.clone(), digest)
             .start_digest
             .is_some_and(|new| new != id));
         assert!(!hub.flush_digest("r", id), "a stopped timer stays stopped");
