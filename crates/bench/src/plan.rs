@@ -20,7 +20,7 @@ pub struct RunArgs {
     /// hold more connections than one process's 20,000 files.
     #[arg(long, default_value_t = 1)]
     pub limit_processes: u32,
-    /// Comma-separated subset of idle,fanout,storm,accept.
+    /// Comma-separated subset of idle,fanout,storm,accept,large.
     #[arg(
         long,
         default_value = "idle,fanout,storm,accept",
@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// idle: members per room.
     #[arg(long, default_value_t = 100)]
     pub idle_room_size: u32,
+
+    /// large: members joining one room (and, for comparison, the same number in rooms of 100).
+    #[arg(long, default_value_t = 15_000)]
+    pub large_members: u32,
 
     /// fanout: room sizes to sweep (members per room).
     #[arg(long, default_value = "10,100,500", value_delimiter = ',')]
@@ -163,6 +167,19 @@ impl RunArgs {
                     t.clone(),
                     base("idle", a.idle_members, rooms, None, false, a.per_process),
                 ));
+            }
+        }
+        if self.wants("large") {
+            // One room of every member, then the same members in rooms of 100: RSS per
+            // connection and join rate of the large room against the small-room figure.
+            let n = if self.quick { 300 } else { a.large_members };
+            for t in all {
+                for rooms in [1, n.div_ceil(100)] {
+                    out.push((
+                        t.clone(),
+                        base("large", n, rooms, None, false, a.per_process),
+                    ));
+                }
             }
         }
         // Heaviest last: a peer that falls over in the biggest fan-out cannot spoil the other cases.

@@ -216,15 +216,15 @@ pub fn summary(runs: &[RunResult]) -> String {
             r.params.rooms,
             r.params.room_size,
             match (r.scenario.as_str(), r.params.rate_per_room) {
-                ("idle", _) => "-".into(),
+                ("idle" | "large", _) => "-".into(),
                 (_, Some(v)) => format!("{v:.0}"),
                 (_, None) => "max".into(),
             },
             // A connect rate over a handful of members says nothing; show it where members are many.
-            if r.scenario == "idle" || r.scenario == "storm" { format!("{:.0}", r.joins_per_s) } else { "-".into() },
+            if matches!(r.scenario.as_str(), "idle" | "storm" | "large") { format!("{:.0}", r.joins_per_s) } else { "-".into() },
             opt(r.server_kib_per_conn, 1),
             r.deliveries_per_s,
-            if r.scenario == "idle" { "-".into() } else { ratio(key, base_key) },
+            if matches!(r.scenario.as_str(), "idle" | "large") { "-".into() } else { ratio(key, base_key) },
             opt(r.server_cpu_us_per_delivery, 2),
             us(&r.latency_us),
             r.acks_per_s,

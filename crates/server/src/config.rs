@@ -3,8 +3,9 @@
 //!
 //! Channel namespaces come from the TOML file only. The default namespace (channels with
 //! no `ns:` prefix) has chat-friendly defaults: clients may subscribe, subscribers may
-//! publish and read history, presence and join/leave are on, and every subscription is
-//! recoverable from the durable history.
+//! publish and read history, presence and join/leave are on (pushed to the subscriptions
+//! that ask, in rooms of up to 1,000 members), and every subscription is recoverable from
+//! the durable history.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -33,6 +34,19 @@ pub struct NamespaceOptions {
     /// Send join/leave to every subscriber, not only to those that asked (`join_leave`
     /// in their subscribe request).
     pub force_push_join_leave: bool,
+    /// Above this many subscribers of a room on a node, joins and leaves there are no
+    /// longer pushed (counts only: `presence_stats` stays exact). 0: no limit.
+    pub join_leave_max_room_size: usize,
+    /// Publications a second one room accepts on a node, from clients and the server API
+    /// together (bursts of twice that); beyond, error 111 "too many requests". 0: no limit.
+    pub publish_rate_per_room: u32,
+    /// Subscriptions joining a room with at least this many subscribers on the node get a
+    /// digest (see `digest_interval_ms`) unless their subscribe `data` says
+    /// `{"digest": false}`. 0: only those asking (`{"digest": true}`).
+    pub digest_above: usize,
+    /// A digest subscription gets at most one publication per this many milliseconds,
+    /// the room's newest (at least 10).
+    pub digest_interval_ms: u64,
     /// Every subscription is recoverable, whether or not the client asked for it.
     pub force_recovery: bool,
 }
@@ -47,7 +61,11 @@ impl Default for NamespaceOptions {
             allow_presence_for_subscriber: true,
             presence: true,
             join_leave: true,
-            force_push_join_leave: true,
+            force_push_join_leave: false,
+            join_leave_max_room_size: 1000,
+            publish_rate_per_room: 0,
+            digest_above: 0,
+            digest_interval_ms: 1000,
             force_recovery: true,
         }
     }
@@ -279,6 +297,10 @@ impl Config {
         }
         if self.write_timeout_secs == 0 {
             return bad("write_timeout_secs must be at least 1".into());
+        }
+        let namespaces = std::iter::once(&self.default_namespace).chain(self.namespaces.values());
+        if namespaces.into_iter().any(|ns| ns.digest_interval_ms < 10) {
+            return bad("digest_interval_ms must be at least 10".into());
         }
         if self.max_message_size < 1024 {
             return bad("max_message_size must be at least 1024 bytes".into());

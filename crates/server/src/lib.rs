@@ -16,6 +16,7 @@ pub mod hub;
 pub mod keepalive;
 pub mod node;
 pub mod presence;
+pub mod rate;
 pub mod server;
 pub mod store;
 

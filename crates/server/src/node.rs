@@ -18,7 +18,7 @@ use tokio_util::task::TaskTracker;
 use crate::auth::Auth;
 use crate::bus::Bus;
 use crate::config::{Config, SessionConfig};
-use crate::hub::{ConnId, Hub, Outbox, RoomEvent};
+use crate::hub::{ConnId, Hub, Outbox, RoomEvent, SubMode};
 use crate::presence::Presence;
 use crate::store::{Appended, Committed, Message, NewMessage, Position, Range, Store, StoreError};
 
@@ -42,6 +42,8 @@ pub struct Node {
     pub tasks: TaskTracker,
     /// Publications accepted (committed) by this node.
     pub published: AtomicU64,
+    /// Publish rate of each room with recent publications (`publish_rate_per_room`).
+    pub room_rates: crate::rate::RoomRates,
 }
 
 /// Bytes of a history reply around its publications (`{"id":N,"history":{...}}` or the
@@ -133,6 +135,23 @@ impl Node {
         results
     }
 
+    /// Refuses a publication to `room` beyond its namespace's `publish_rate_per_room`
+    /// (error 111, "too many requests"), from clients and the server API alike.
+    pub fn check_room_rate(
+        &self,
+        room: &str,
+        options: &crate::config::NamespaceOptions,
+    ) -> Result<(), ErrorCode> {
+        if self
+            .room_rates
+            .allow(room, options.publish_rate_per_room, Instant::now())
+        {
+            Ok(())
+        } else {
+            Err(ErrorCode::TOO_MANY_REQUESTS)
+        }
+    }
+
     /// History with the protocol's semantics: `limit` 0 returns only the position, a
     /// negative limit as many as allowed; `since` with another epoch is an unrecoverable
     /// position.
@@ -196,29 +215,41 @@ impl Node {
     }
 
     /// Adds a (pending) local subscriber to a room; the first one on this node makes the
-    /// bus carry the room here. On a bus failure the subscriber is removed again.
+    /// bus carry the room here. On a bus failure the subscriber is removed again. Returns
+    /// the room's local subscribers, this one included.
     pub async fn join(
         &self,
         room: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        join_leave: bool,
-    ) -> Result<(), ErrorCode> {
-        if self.hub.subscribe(room, conn, outbox, join_leave) {
+        mode: SubMode,
+    ) -> Result<usize, ErrorCode> {
+        let joined = self.hub.subscribe(room, conn, outbox, mode);
+        if let (Some(id), Some(every)) = (joined.start_digest, mode.digest) {
+            let timer = self
+                .hub
+                .clone()
+                .run_digest(room.into(), id, every, self.shutdown.clone());
+            self.tasks.spawn(timer);
+        }
+        if joined.new_room {
             if let Err(e) = self.bus.watch(room).await {
                 tracing::warn!(error = %e, "bus watch failed");
                 self.leave(room, conn).await;
                 return Err(ErrorCode::INTERNAL);
             }
         }
-        Ok(())
+        Ok(joined.size)
     }
 
     /// Removes a local subscriber; the last one on this node stops the bus carrying the room.
-    pub async fn leave(&self, room: &str, conn: ConnId) {
-        if self.hub.unsubscribe(room, conn) {
+    /// Returns the room's local subscribers left.
+    pub async fn leave(&self, room: &str, conn: ConnId) -> usize {
+        let left = self.hub.unsubscribe(room, conn);
+        if left == Some(0) {
             self.bus.unwatch(room).await;
         }
+        left.unwrap_or(0)
     }
 
     /// Publishes a join or leave to the room's subscribers on every node (not stored).

@@ -95,6 +95,7 @@ impl Server {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             published: AtomicU64::new(0),
+            room_rates: Default::default(),
             session: config.session(),
             config,
         });

@@ -114,7 +114,11 @@ async fn history_limits_since_reverse_and_epoch() {
 async fn presence_and_join_leave() {
     let s = TestServer::start().await;
     let mut a = s.client("alice").await;
-    a.subscribe("room").await;
+    // Join/leave pushes go to the subscriptions that ask for them (the SDKs' `joinLeave`).
+    let r = a
+        .call(json!({"subscribe": {"channel": "room", "join_leave": true}}))
+        .await;
+    assert!(r["subscribe"].is_object(), "{r}");
     let mut b = s.client("bob").await;
     b.subscribe("room").await;
     let join = a.next_push(|p| p["join"]["info"]["user"] == "bob").await;

@@ -209,8 +209,9 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
     match method {
         "publish" => {
             let b: PublishBody = parse(body)?;
-            Channel::resolve(&node.config, &b.channel)?;
+            let channel = Channel::resolve(&node.config, &b.channel)?;
             check_data(node, &b.data)?;
+            node.check_room_rate(&b.channel, channel.options)?;
             let r = node
                 .publish(&b.channel, b.data, None, b.idempotency_key)
                 .await
@@ -222,9 +223,11 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
             check_data(node, &b.data)?;
             let mut responses = Vec::with_capacity(b.channels.len());
             for channel in &b.channels {
-                let r = match Channel::resolve(&node.config, channel) {
+                let allowed = Channel::resolve(&node.config, channel)
+                    .and_then(|c| node.check_room_rate(channel, c.options));
+                let r = match allowed {
                     Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
-                    Ok(_) => match node
+                    Ok(()) => match node
                         .publish(channel, b.data.clone(), None, b.idempotency_key.clone())
                         .await
                     {

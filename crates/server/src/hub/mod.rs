@@ -15,7 +15,7 @@
 //! a gap: the connection is closed with "insufficient state" and its SDK recovers.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +25,7 @@ use roomcast_proto::{encode_push, ClientInfo, Disconnect, PushBody};
 
 use crate::store::Message;
 
+mod digest;
 pub mod outbox;
 
 pub use outbox::{Out, Outbox};
@@ -68,8 +69,40 @@ struct Sub {
     next: Option<u64>,
     /// Events held while the subscribe is in progress.
     pending: Option<Vec<(u64, Bytes)>>,
+}
+
+/// How a connection takes part in a room.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SubMode {
     /// Wants join/leave pushes.
-    join_leave: bool,
+    pub join_leave: bool,
+    /// A digest subscription: at most the newest publication once per this interval,
+    /// instead of every one (see `digest.rs`).
+    pub digest: Option<std::time::Duration>,
+}
+
+/// What `Hub::subscribe` did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Joined {
+    /// The room had no local subscriber before (the bus must start carrying it here).
+    pub new_room: bool,
+    /// Local subscribers of the room, this one included.
+    pub size: usize,
+    /// The room needs its digest timer started: run `Hub::run_digest` with this id.
+    pub start_digest: Option<u64>,
+}
+
+/// Holds an event for a pending subscriber (true), or leaves it to be delivered (false).
+fn hold(sub: &mut Sub, offset: u64, frame: &Bytes) -> bool {
+    let Some(held) = &mut sub.pending else {
+        return false;
+    };
+    if held.len() >= MAX_PENDING {
+        sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
+    } else {
+        held.push((offset, frame.clone()));
+    }
+    true
 }
 
 /// One shard of the room table.
@@ -77,7 +110,26 @@ type Shard = Mutex<HashMap<Arc<str>, Room>>;
 
 #[derive(Default)]
 struct Room {
+    /// Live subscribers: every publication.
     subs: HashMap<ConnId, Sub>,
+    /// Digest subscribers: the newest publication once per interval.
+    digest: digest::Digest,
+    /// The subscribers (live or digest) that want join/leave pushes: a join or leave
+    /// visits these only, never every subscriber of the room.
+    join_leave: HashSet<ConnId>,
+}
+
+impl Room {
+    fn size(&self) -> usize {
+        self.subs.len() + self.digest.subs.len()
+    }
+
+    fn sub_mut(&mut self, conn: &ConnId) -> Option<&mut Sub> {
+        match self.subs.get_mut(conn) {
+            Some(sub) => Some(sub),
+            None => self.digest.subs.get_mut(conn),
+        }
+    }
 }
 
 /// A local connection, as the server API finds it by user.
@@ -93,6 +145,8 @@ pub struct Hub {
     /// Local connections by user, for user-targeted operations.
     users: Mutex<HashMap<Arc<str>, HashMap<ConnId, ConnEntry>>>,
     next_conn: AtomicU64,
+    /// Ids of digest timers (one per room with digest subscribers).
+    next_timer: AtomicU64,
     /// Frames put into outboxes (a delivery is one frame to one connection).
     pub deliveries: AtomicU64,
     /// Subscriptions closed for a gap in their offsets.
@@ -111,6 +165,7 @@ impl Hub {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            next_timer: AtomicU64::new(1),
             deliveries: AtomicU64::new(0),
             gaps: AtomicU64::new(0),
         }
@@ -171,35 +226,54 @@ impl Hub {
         (users.values().map(HashMap::len).sum(), users.len())
     }
 
-    /// Adds a pending subscriber. Returns true when the room had no local subscriber
-    /// before (the bus must start carrying it to this node).
+    /// Adds a pending subscriber (O(1), whatever the room's size).
     pub fn subscribe(
         &self,
         room: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        join_leave: bool,
-    ) -> bool {
+        mode: SubMode,
+    ) -> Joined {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let new_room = !shard.contains_key(room);
         let r = shard.entry(room.into()).or_default();
-        r.subs.insert(
-            conn,
-            Sub {
-                outbox,
-                next: None,
-                pending: Some(Vec::new()),
-                join_leave,
-            },
-        );
-        new_room
+        let sub = Sub {
+            outbox,
+            next: None,
+            pending: Some(Vec::new()),
+        };
+        let mut start_digest = None;
+        if mode.digest.is_some() {
+            r.digest.subs.insert(conn, sub);
+            if r.digest.timer.is_none() {
+                let id = self.next_timer.fetch_add(1, Ordering::Relaxed);
+                r.digest.timer = Some(id);
+                start_digest = Some(id);
+            }
+        } else {
+            r.subs.insert(conn, sub);
+        }
+        if mode.join_leave {
+            r.join_leave.insert(conn);
+        }
+        Joined {
+            new_room,
+            size: r.size(),
+            start_digest,
+        }
+    }
+
+    /// Local subscribers of a room (O(1)).
+    pub fn room_size(&self, room: &str) -> usize {
+        let shard = self.shard(room).lock().expect("hub shard lock");
+        shard.get(room).map_or(0, Room::size)
     }
 
     /// Ends the pending state of a subscriber whose subscribe reply is queued: held events
     /// from `next` on go out now, in order. `next` is `None` for unpositioned subscriptions.
     pub fn activate(&self, room: &str, conn: ConnId, next: Option<u64>) {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
-        let Some(sub) = shard.get_mut(room).and_then(|r| r.subs.get_mut(&conn)) else {
+        let Some(sub) = shard.get_mut(room).and_then(|r| r.sub_mut(&conn)) else {
             return;
         };
         sub.next = next;
@@ -214,19 +288,20 @@ impl Hub {
         }
     }
 
-    /// Removes a subscriber. Returns true when the room has no local subscriber left.
-    pub fn unsubscribe(&self, room: &str, conn: ConnId) -> bool {
+    /// Removes a subscriber. Returns the number of local subscribers left, `None` when
+    /// the room had none (0: the room is gone, the bus may stop carrying it here).
+    pub fn unsubscribe(&self, room: &str, conn: ConnId) -> Option<usize> {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
-        let Some(r) = shard.get_mut(room) else {
-            return false;
-        };
-        r.subs.remove(&conn);
-        if r.subs.is_empty() {
-            shard.remove(room);
-            true
-        } else {
-            false
+        let r = shard.get_mut(room)?;
+        if r.subs.remove(&conn).is_none() {
+            r.digest.subs.remove(&conn);
         }
+        r.join_leave.remove(&conn);
+        let left = r.size();
+        if left == 0 {
+            shard.remove(room);
+        }
+        Some(left)
     }
 
     /// Fans one event out to the room's local subscribers.
@@ -243,21 +318,32 @@ impl Hub {
         };
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let Some(r) = shard.get_mut(room) else { return };
-        for sub in r.subs.values_mut() {
-            if join_leave && !sub.join_leave {
-                continue;
-            }
-            if let Some(held) = &mut sub.pending {
-                if held.len() >= MAX_PENDING {
-                    sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
-                } else {
-                    held.push((offset, frame.clone()));
+        if join_leave {
+            let Room {
+                subs,
+                digest,
+                join_leave,
+            } = r;
+            for conn in join_leave.iter() {
+                let sub = match subs.get_mut(conn) {
+                    Some(sub) => Some(sub),
+                    None => digest.subs.get_mut(conn),
+                };
+                if let Some(sub) = sub {
+                    if !hold(sub, 0, &frame) {
+                        self.put(sub, frame.clone());
+                    }
                 }
-                continue;
             }
-            if join_leave {
-                self.put(sub, frame.clone());
-            } else {
+            return;
+        }
+        if !r.digest.subs.is_empty() {
+            // O(1) for the digest side: the room's timer sends the newest.
+            r.digest.latest = Some((offset, frame.clone()));
+            r.digest.undelivered = true;
+        }
+        for sub in r.subs.values_mut() {
+            if !hold(sub, offset, &frame) {
                 self.deliver(sub, offset, frame.clone());
             }
         }
@@ -295,7 +381,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             for (name, room) in shard.lock().expect("hub shard lock").iter() {
-                out.push((name.to_string(), room.subs.len()));
+                out.push((name.to_string(), room.size()));
             }
         }
         out
@@ -303,11 +389,11 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use serde_json::value::RawValue;
 
-    fn publication(room: &str, offset: u64) -> RoomEvent {
+    pub(crate) fn publication(room: &str, offset: u64) -> RoomEvent {
         RoomEvent::Publication(Arc::new(Message {
             room: room.into(),
             offset,
@@ -320,7 +406,7 @@ mod tests {
         }))
     }
 
-    fn offsets(outbox: &Outbox) -> (Vec<u64>, Option<Disconnect>) {
+    pub(crate) fn offsets(outbox: &Outbox) -> (Vec<u64>, Option<Disconnect>) {
         let mut out = Vec::new();
         let close = outbox.take(&mut out);
         let offs = out
@@ -339,7 +425,10 @@ mod tests {
     fn pending_events_follow_the_reply_without_duplicates() {
         let hub = Hub::new();
         let ob = Arc::new(Outbox::new(1 << 20));
-        assert!(hub.subscribe("r", 1, ob.clone(), false));
+        assert!(
+            hub.subscribe("r", 1, ob.clone(), SubMode::default())
+                .new_room
+        );
         hub.dispatch(&publication("r", 4));
         hub.dispatch(&publication("r", 5));
         assert!(offsets(&ob).0.is_empty(), "nothing goes out while pending");
@@ -353,7 +442,7 @@ mod tests {
     fn a_gap_closes_with_insufficient_state() {
         let hub = Hub::new();
         let ob = Arc::new(Outbox::new(1 << 20));
-        hub.subscribe("r", 1, ob.clone(), false);
+        hub.subscribe("r", 1, ob.clone(), SubMode::default());
         hub.activate("r", 1, Some(1));
         hub.dispatch(&publication("r", 1));
         hub.dispatch(&publication("r", 3));
@@ -369,8 +458,16 @@ mod tests {
         let hub = Hub::new();
         let a = Arc::new(Outbox::new(1 << 20));
         let b = Arc::new(Outbox::new(1 << 20));
-        hub.subscribe("r", 1, a.clone(), true);
-        hub.subscribe("r", 2, b.clone(), false);
+        hub.subscribe(
+            "r",
+            1,
+            a.clone(),
+            SubMode {
+                join_leave: true,
+                ..SubMode::default()
+            },
+        );
+        hub.subscribe("r", 2, b.clone(), SubMode::default());
         hub.activate("r", 1, None);
         hub.activate("r", 2, None);
         hub.dispatch(&publication("r", 1));
@@ -388,8 +485,9 @@ mod tests {
             }
             _ => panic!("frames expected"),
         }
-        assert!(!hub.unsubscribe("r", 1));
-        assert!(hub.unsubscribe("r", 2));
+        assert_eq!(hub.unsubscribe("r", 1), Some(1));
+        assert_eq!(hub.unsubscribe("r", 2), Some(0));
+        assert_eq!(hub.unsubscribe("r", 2), None);
         assert!(hub.channels().is_empty());
     }
 }

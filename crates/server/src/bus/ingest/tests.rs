@@ -91,7 +91,11 @@ async fn publications_of_another_node_arrive_in_order_and_a_lost_subscription_is
     });
     // A subscriber on node b.
     let outbox = Arc::new(Outbox::new(1 << 20));
-    assert!(b.hub.subscribe("r", 1, outbox.clone(), false));
+    assert!(
+        b.hub
+            .subscribe("r", 1, outbox.clone(), crate::hub::SubMode::default())
+            .new_room
+    );
     b.bus.watch("r").await.unwrap();
     b.hub.activate("r", 1, Some(1));
     let mut seen = Vec::new();

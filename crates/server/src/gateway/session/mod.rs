@@ -140,7 +140,7 @@ impl<S: Services> Session<S> {
                 self.unsubscribe(&req.channel).await;
                 self.reply(encode_empty_reply(id, "unsubscribe"));
             }
-            Method::Publish(req) => self.commit_publishes(vec![(id, req)]).await,
+            Method::Publish(req) => self.commit_publishes(vec![(id, req)], now).await,
             Method::Presence(req) => self.presence(id, &req.channel, false).await,
             Method::PresenceStats(req) => self.presence(id, &req.channel, true).await,
             Method::History(req) => self.history(id, req).await,

@@ -1,44 +1,15 @@
 //! Publishes from the client (each checked on its own, the allowed ones of a batch
-//! committed together) and the command rate limit every command passes.
+//! committed together, each room within its publish rate) and the command rate limit every
+//! command passes.
 
 use roomcast_proto::command::PublishRequest;
 use roomcast_proto::{encode_empty_reply, ErrorCode};
-use tokio::time::Instant;
 
 use super::{Now, Services, Session};
 use crate::channel::Channel;
 use crate::node::internal;
 
-/// A token bucket: `rate` commands a second on average, bursts up to twice that. Time is
-/// passed in, so tests drive it.
-pub(super) struct RateLimit {
-    tokens: f32,
-    last: Instant,
-}
-
-impl RateLimit {
-    pub(super) fn new(rate: u32, now: Instant) -> RateLimit {
-        RateLimit {
-            tokens: rate as f32 * 2.0,
-            last: now,
-        }
-    }
-
-    pub(super) fn allow(&mut self, rate: u32, now: Instant) -> bool {
-        if rate == 0 {
-            return true;
-        }
-        let refill = now.saturating_duration_since(self.last).as_secs_f32() * rate as f32;
-        self.last = now;
-        self.tokens = (self.tokens + refill).min(rate as f32 * 2.0);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
+pub(super) use crate::rate::TokenBucket as RateLimit;
 
 impl<S: Services> Session<S> {
     /// Pipelined publishes (consecutive `publish` commands read together): each is checked
@@ -59,11 +30,15 @@ impl<S: Services> Session<S> {
                 self.error(id, ErrorCode::TOO_MANY_REQUESTS);
             }
         }
-        self.commit_publishes(allowed).await;
+        self.commit_publishes(allowed, now).await;
     }
 
     /// Checks each publish, commits the allowed ones together, replies to each.
-    pub(super) async fn commit_publishes(&mut self, commands: Vec<(u32, PublishRequest)>) {
+    pub(super) async fn commit_publishes(
+        &mut self,
+        commands: Vec<(u32, PublishRequest)>,
+        now: Now,
+    ) {
         let Some(identity) = self.identity.clone() else {
             return;
         };
@@ -75,7 +50,7 @@ impl<S: Services> Session<S> {
                     .map_err(|_| ErrorCode::BAD_REQUEST)
             };
             match self
-                .may_publish(&identity.user, &req.channel)
+                .may_publish(&identity.user, &req.channel, now)
                 .and_then(data_ok)
             {
                 Ok(()) => {
@@ -94,17 +69,20 @@ impl<S: Services> Session<S> {
         }
     }
 
-    fn may_publish(&self, user: &str, channel_name: &str) -> Result<(), ErrorCode> {
+    fn may_publish(&self, user: &str, channel_name: &str, now: Now) -> Result<(), ErrorCode> {
         let channel = Channel::resolve(self.node.config(), channel_name)?;
         let allowed = if self.subs.contains_key(channel_name) {
             channel.options.allow_publish_for_subscriber || channel.options.allow_publish_for_client
         } else {
             channel.options.allow_publish_for_client
         };
-        if allowed && channel.admits(user) {
-            Ok(())
-        } else {
-            Err(ErrorCode::PERMISSION_DENIED)
+        if !allowed || !channel.admits(user) {
+            return Err(ErrorCode::PERMISSION_DENIED);
         }
+        let rate = channel.options.publish_rate_per_room;
+        if !self.node.allow_room_publish(channel_name, rate, now.at) {
+            return Err(ErrorCode::TOO_MANY_REQUESTS);
+        }
+        Ok(())
     }
 }

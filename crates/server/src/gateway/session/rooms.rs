@@ -4,6 +4,7 @@
 //! so no publication falls between the recovery and the live stream (see `hub/mod.rs`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use roomcast_proto::command::{HistoryRequest, SubscribeRequest};
 use roomcast_proto::{
@@ -11,11 +12,39 @@ use roomcast_proto::{
     PresenceStatsResult, PushBody, SubscribeResult,
 };
 
+use serde::Deserialize;
+
 use super::{Now, Services, Session, Subscription};
 use crate::auth::TokenError;
 use crate::channel::Channel;
-use crate::hub::RoomEvent;
+use crate::config::NamespaceOptions;
+use crate::hub::{RoomEvent, SubMode};
 use crate::node::internal;
+
+/// Whether joins and leaves are pushed one by one in a room of `size` local subscribers
+/// (the one joining or leaving included): not above `join_leave_max_room_size`, where they
+/// would cost a push to every interested member for each of them.
+fn pushes_join_leave(options: &NamespaceOptions, size: usize) -> bool {
+    options.join_leave_max_room_size == 0 || size <= options.join_leave_max_room_size
+}
+
+/// What the subscribe request's `data` may ask of the server (other fields are the
+/// application's).
+#[derive(Deserialize)]
+struct SubscribeData {
+    digest: Option<bool>,
+}
+
+/// Whether a subscription gets a digest instead of every publication: as its `data` asks
+/// (`{"digest": true}` or `false`), else by the namespace's `digest_above` room size.
+fn wants_digest(req: &SubscribeRequest, options: &NamespaceOptions, room_size: usize) -> bool {
+    let asked = req
+        .data
+        .as_ref()
+        .and_then(|d| serde_json::from_str::<SubscribeData>(d.get()).ok())
+        .and_then(|d| d.digest);
+    asked.unwrap_or(options.digest_above > 0 && room_size >= options.digest_above)
+}
 
 impl<S: Services> Session<S> {
     /// Checks a subscription token: valid signature, this user, this channel, not expired.
@@ -96,15 +125,21 @@ impl<S: Services> Session<S> {
             .options
             .clone();
         let room: Arc<str> = req.channel.as_str().into();
-        let join_leave = options.join_leave && (options.force_push_join_leave || req.join_leave);
-        node.join(&room, self.conn, self.peer.outbox.clone(), join_leave)
+        let digest = wants_digest(req, &options, node.room_size(&room));
+        let mode = SubMode {
+            join_leave: options.join_leave && (options.force_push_join_leave || req.join_leave),
+            digest: digest.then(|| Duration::from_millis(options.digest_interval_ms)),
+        };
+        let size = node
+            .join(&room, self.conn, self.peer.outbox.clone(), mode)
             .await?;
         let recoverable = options.force_recovery || req.recoverable;
         let positioned = recoverable || req.positioned;
         let mut result = SubscribeResult::default();
         let mut next = None;
         if positioned {
-            let read = if req.recover {
+            // A digest subscription recovers nothing: it learns the newest position.
+            let read = if req.recover && !digest {
                 let limit = node.config().recovery_max_publications as usize;
                 let range = crate::store::Range {
                     since: Some(req.offset),
@@ -135,7 +170,7 @@ impl<S: Services> Session<S> {
                 if bytes > node.config().recovery_max_bytes {
                     tracing::debug!(bytes, "recovery over the byte budget; client pages history");
                 }
-                if same_stream && within && bytes <= node.config().recovery_max_bytes {
+                if same_stream && within && bytes <= node.config().recovery_max_bytes && !digest {
                     result.recovered = true;
                     result.publications = msgs.iter().map(|m| m.publication()).collect();
                 }
@@ -150,7 +185,7 @@ impl<S: Services> Session<S> {
         if options.presence {
             node.presence_add(&room, identity.clone()).await;
         }
-        if options.join_leave {
+        if options.join_leave && pushes_join_leave(&options, size) {
             node.announce(RoomEvent::Join {
                 room: room.clone(),
                 info: identity,
@@ -172,12 +207,14 @@ impl<S: Services> Session<S> {
         let Some((room, sub)) = self.subs.remove_entry(channel) else {
             return;
         };
-        self.node.leave(&room, self.conn).await;
+        let left = self.node.leave(&room, self.conn).await;
         let identity = self.identity.clone().expect("connected");
         if sub.presence {
             self.node.presence_remove(&room, &identity.client).await;
         }
-        if sub.join_leave {
+        let pushed = Channel::resolve(self.node.config(), &room)
+            .is_ok_and(|c| pushes_join_leave(c.options, left + 1));
+        if sub.join_leave && pushed {
             self.node
                 .announce(RoomEvent::Leave {
                     room,

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use roomcast_proto::{ClientInfo, ErrorCode, StreamPosition};
 use serde_json::value::RawValue;
+use tokio::time::Instant;
 
 use crate::auth::{Claims, TokenError};
 use crate::config::SessionConfig;
-use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent};
+use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent, SubMode};
 use crate::node::Node;
 use crate::store::{Appended, Message, Position, Range, StoreError};
 
@@ -33,16 +34,19 @@ pub trait Services: Send + Sync + 'static {
     /// Registers a connected client (server API disconnects and counts find it).
     fn register(&self, user: &str, conn: ConnId, entry: ConnEntry);
     fn unregister(&self, user: &str, conn: ConnId);
-    /// Adds a pending subscriber to a room (see `Node::join`).
+    /// Adds a pending subscriber to a room (see `Node::join`); the room's local
+    /// subscribers, this one included.
     fn join(
         &self,
         room: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        join_leave: bool,
-    ) -> impl Future<Output = Result<(), ErrorCode>> + Send;
-    /// Removes a subscriber from a room.
-    fn leave(&self, room: &str, conn: ConnId) -> impl Future<Output = ()> + Send;
+        mode: SubMode,
+    ) -> impl Future<Output = Result<usize, ErrorCode>> + Send;
+    /// Local subscribers of a room.
+    fn room_size(&self, room: &str) -> usize;
+    /// Removes a subscriber from a room; the room's local subscribers left.
+    fn leave(&self, room: &str, conn: ConnId) -> impl Future<Output = usize> + Send;
     /// Ends a subscriber's pending state once its reply is queued.
     fn activate(&self, room: &str, conn: ConnId, next: Option<u64>);
     /// Publishes a join or leave event.
@@ -62,6 +66,8 @@ pub trait Services: Send + Sync + 'static {
         since: Option<&StreamPosition>,
         reverse: bool,
     ) -> impl Future<Output = Result<(Vec<Message>, Position), ErrorCode>> + Send;
+    /// Takes one publication from `room`'s publish rate (`rate` a second, 0: no limit).
+    fn allow_room_publish(&self, room: &str, rate: u32, now: Instant) -> bool;
     /// Commits publications of one sender together.
     fn publish_batch(
         &self,
@@ -113,13 +119,17 @@ impl Services for Node {
         room: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
-        join_leave: bool,
-    ) -> Result<(), ErrorCode> {
-        Node::join(self, room, conn, outbox, join_leave).await
+        mode: SubMode,
+    ) -> Result<usize, ErrorCode> {
+        Node::join(self, room, conn, outbox, mode).await
     }
 
-    async fn leave(&self, room: &str, conn: ConnId) {
-        Node::leave(self, room, conn).await;
+    fn room_size(&self, room: &str) -> usize {
+        self.hub.room_size(room)
+    }
+
+    async fn leave(&self, room: &str, conn: ConnId) -> usize {
+        Node::leave(self, room, conn).await
     }
 
     fn activate(&self, room: &str, conn: ConnId, next: Option<u64>) {
@@ -150,6 +160,10 @@ impl Services for Node {
         reverse: bool,
     ) -> Result<(Vec<Message>, Position), ErrorCode> {
         Node::history(self, room, limit, since, reverse).await
+    }
+
+    fn allow_room_publish(&self, room: &str, rate: u32, now: Instant) -> bool {
+        self.room_rates.allow(room, rate, now)
     }
 
     async fn publish_batch(

@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use super::{Flow, Now, Services, Session};
 use crate::auth::{now_secs, Auth, Claims, TokenError};
 use crate::config::{Config, SessionConfig};
-use crate::hub::{ConnEntry, ConnId, Out, Outbox, RoomEvent};
+use crate::hub::{ConnEntry, ConnId, Out, Outbox, RoomEvent, SubMode};
 use crate::keepalive::Peer;
 use crate::store::{Appended, Message, Position, Range, StoreError};
 
@@ -28,10 +28,13 @@ struct Fake {
     conn_ids: AtomicU64,
     history: Mutex<HashMap<String, Vec<Message>>>,
     joined: Mutex<Vec<(String, ConnId)>>,
+    /// How each subscription joined its room.
+    modes: Mutex<Vec<(String, SubMode)>>,
     activated: Mutex<Vec<(String, Option<u64>)>>,
     registered: Mutex<HashMap<String, usize>>,
     presence: Mutex<HashMap<String, HashMap<String, ClientInfo>>>,
     announced: Mutex<Vec<RoomEvent>>,
+    room_rates: crate::rate::RoomRates,
 }
 
 impl Fake {
@@ -44,10 +47,12 @@ impl Fake {
             conn_ids: AtomicU64::new(1),
             history: Mutex::default(),
             joined: Mutex::default(),
+            modes: Mutex::default(),
             activated: Mutex::default(),
             registered: Mutex::default(),
             presence: Mutex::default(),
             announced: Mutex::default(),
+            room_rates: Default::default(),
         })
     }
 
@@ -132,16 +137,25 @@ impl Services for Fake {
         room: &str,
         conn: ConnId,
         _outbox: Arc<Outbox>,
-        _join_leave: bool,
-    ) -> Result<(), ErrorCode> {
-        self.joined.lock().unwrap().push((room.into(), conn));
-        Ok(())
+        mode: SubMode,
+    ) -> Result<usize, ErrorCode> {
+        self.modes.lock().unwrap().push((room.into(), mode));
+        let mut joined = self.joined.lock().unwrap();
+        joined.push((room.into(), conn));
+        Ok(joined.iter().filter(|(r, _)| r == room).count())
     }
-    async fn leave(&self, room: &str, conn: ConnId) {
+    fn room_size(&self, room: &str) -> usize {
         self.joined
             .lock()
             .unwrap()
-            .retain(|(r, c)| !(r == room && *c == conn));
+            .iter()
+            .filter(|(r, _)| r == room)
+            .count()
+    }
+    async fn leave(&self, room: &str, conn: ConnId) -> usize {
+        let mut joined = self.joined.lock().unwrap();
+        joined.retain(|(r, c)| !(r == room && *c == conn));
+        joined.iter().filter(|(r, _)| r == room).count()
     }
     fn activate(&self, room: &str, _conn: ConnId, next: Option<u64>) {
         self.activated.lock().unwrap().push((room.into(), next));
@@ -185,6 +199,9 @@ impl Services for Fake {
             reverse: false,
         };
         Ok(self.range(room, range).await.unwrap())
+    }
+    fn allow_room_publish(&self, room: &str, rate: u32, now: tokio::time::Instant) -> bool {
+        self.room_rates.allow(room, rate, now)
     }
     async fn publish_batch(
         &self,
@@ -476,4 +493,133 @@ async fn the_rate_limit_refills_with_the_time_passed_in() {
     }
     let r = c.call(json!({"id": 17, "ping": {}})).await;
     assert_eq!(error_code(&r), ErrorCode::TOO_MANY_REQUESTS.code as u64);
+}
+
+#[tokio::test]
+async fn join_leave_goes_to_those_asking_and_stops_above_the_room_size_limit() {
+    let node = Fake::new(|c| c.default_namespace.join_leave_max_room_size = 2);
+    let mut conns = Vec::new();
+    for (i, user) in ["a", "b", "c"].into_iter().enumerate() {
+        let mut c = Conn::new(&node);
+        c.connect(&node, user).await;
+        let asks = i == 0;
+        let r = c
+            .call(json!({"id": 2, "subscribe": {"channel": "room", "join_leave": asks}}))
+            .await;
+        assert!(r["subscribe"].is_object(), "{r}");
+        conns.push(c);
+    }
+    let modes: Vec<bool> = node
+        .modes
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, m)| m.join_leave)
+        .collect();
+    assert_eq!(
+        modes,
+        vec![true, false, false],
+        "pushed only to those asking"
+    );
+    let joins = |node: &Fake| {
+        node.announced
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| match e {
+                RoomEvent::Join { info, .. } => format!("+{}", info.user),
+                RoomEvent::Leave { info, .. } => format!("-{}", info.user),
+                RoomEvent::Publication(_) => "pub".into(),
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        joins(&node),
+        ["+a", "+b"],
+        "the third join is above the limit"
+    );
+    assert_eq!(
+        node.presence("room").await.len(),
+        3,
+        "presence still counts every member"
+    );
+    conns.pop().unwrap().session.close().await;
+    conns.pop().unwrap().session.close().await;
+    assert_eq!(
+        joins(&node),
+        ["+a", "+b", "-b"],
+        "leaves from 3 are not pushed, from 2 are"
+    );
+    // A namespace forcing join/leave pushes them to everyone.
+    let node = Fake::new(|c| c.default_namespace.force_push_join_leave = true);
+    let mut c = Conn::new(&node);
+    c.connect(&node, "a").await;
+    c.call(json!({"id": 2, "subscribe": {"channel": "room"}}))
+        .await;
+    assert!(node.modes.lock().unwrap()[0].1.join_leave);
+}
+
+#[tokio::test]
+async fn a_room_publish_rate_is_shared_by_its_publishers() {
+    let node = Fake::new(|c| c.default_namespace.publish_rate_per_room = 2);
+    let (mut a, mut b) = (Conn::new(&node), Conn::new(&node));
+    a.connect(&node, "alice").await;
+    b.connect(&node, "bob").await;
+    b.now = a.now;
+    for c in [&mut a, &mut b] {
+        c.call(json!({"id": 1, "subscribe": {"channel": "room"}}))
+            .await;
+        c.call(json!({"id": 1, "subscribe": {"channel": "other"}}))
+            .await;
+    }
+    let mut codes = Vec::new();
+    for id in 2..=4 {
+        for c in [&mut a, &mut b] {
+            let r = c
+                .call(json!({"id": id, "publish": {"channel": "room", "data": id}}))
+                .await;
+            codes.push(error_code(&r));
+        }
+    }
+    // A burst of twice the rate for the room, whoever publishes.
+    assert_eq!(codes, [0, 0, 0, 0, 111, 111]);
+    let r = a
+        .call(json!({"id": 5, "publish": {"channel": "other", "data": 1}}))
+        .await;
+    assert_eq!(error_code(&r), 0, "another room has its own budget");
+    b.now.at += Duration::from_secs(1);
+    for expect in [0, 0, 111] {
+        let r = b
+            .call(json!({"id": 6, "publish": {"channel": "room", "data": 1}}))
+            .await;
+        assert_eq!(error_code(&r), expect, "{r}");
+    }
+}
+
+#[tokio::test]
+async fn digest_is_asked_in_data_or_given_above_the_room_size() {
+    let node = Fake::new(|c| c.default_namespace.digest_above = 2);
+    node.store("room", 3);
+    let mut digests = Vec::new();
+    for data in [
+        json!(null),
+        json!({"digest": true}),
+        json!("app data"),
+        json!({"digest": false}),
+    ] {
+        let mut c = Conn::new(&node);
+        c.connect(&node, "a").await;
+        let r = c
+            .call(json!({"id": 2, "subscribe": {"channel": "room", "data": data, "recover": true, "offset": 1}}))
+            .await;
+        let mode = node.modes.lock().unwrap().last().unwrap().1;
+        digests.push(mode.digest.map(|d| d.as_millis()));
+        if mode.digest.is_some() {
+            // Not recovered: the newest position, for the client to page history from.
+            assert_eq!(r["subscribe"]["offset"], 3, "{r}");
+            assert!(r["subscribe"].get("publications").is_none(), "{r}");
+        }
+    }
+    // Room of 0: live; asked: digest; room of 2 with other data: digest; opted out: live.
+    assert_eq!(digests, [None, Some(1000), Some(1000), None]);
 }
