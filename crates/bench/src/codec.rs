@@ -9,7 +9,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 
 /// The publish message for WebSocket publishers (roomcast, limit, Socket.IO); `id` is the request id.
-pub fn publish_frame(kind: Kind, room: u32, id: u64, payload: &str) -> String {
+pub(crate) fn publish_frame(kind: Kind, room: u32, id: u64, payload: &str) -> String {
     let ch = channel(room);
     match kind {
         Kind::Roomcast => {
@@ -54,7 +54,7 @@ struct PusherEvent<'a> {
 
 /// Decodes one WebSocket text message into zero or more `Incoming` (roomcast batches several
 /// newline-separated replies and pushes in one message).
-pub fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
+pub(crate) fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
     match kind {
         Kind::Roomcast => {
             for line in text.split('\n').map(str::trim).filter(|l| !l.is_empty()) {
@@ -100,13 +100,12 @@ pub fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
             Ok(e) if e.event == "m" => e
                 .data
                 .and_then(|d| serde_json::from_str::<Payload>(&d).ok())
-                .map(|payload| {
+                .map_or(Incoming::Other, |payload| {
                     Incoming::Delivery(Delivery {
                         payload,
                         offset: None,
                     })
-                })
-                .unwrap_or(Incoming::Other),
+                }),
             _ => Incoming::Other,
         }),
     }

@@ -7,7 +7,7 @@ use crate::target::Target;
 use anyhow::{bail, Result};
 use std::time::{Duration, Instant};
 
-pub struct FleetPlan {
+pub(crate) struct FleetPlan {
     pub members: u32,
     pub rooms: u32,
     /// Members per process before the fleet spreads over worker processes.
@@ -15,7 +15,7 @@ pub struct FleetPlan {
     pub join_concurrency: usize,
 }
 
-pub struct Fleet {
+pub(crate) struct Fleet {
     groups: Vec<Handle>,
     /// Latest progress per group; progress events are cumulative, so the latest one is enough.
     latest: Vec<Snapshot>,
@@ -23,7 +23,7 @@ pub struct Fleet {
 }
 
 impl Fleet {
-    pub fn start(target: &Target, plan: &FleetPlan) -> Result<Fleet> {
+    pub(crate) fn start(target: &Target, plan: &FleetPlan) -> Result<Fleet> {
         let per = plan.per_process.max(1);
         let n_groups = plan.members.div_ceil(per).max(1);
         // ~28k ephemeral ports per source address towards one server port, but bind(port 0) (needed
@@ -57,19 +57,19 @@ impl Fleet {
         })
     }
 
-    pub fn processes(&self) -> usize {
+    pub(crate) fn processes(&self) -> usize {
         self.groups.iter().filter(|g| g.child.is_some()).count()
     }
 
-    pub fn worker_pids(&self) -> Vec<u32> {
+    pub(crate) fn worker_pids(&self) -> Vec<u32> {
         self.groups
             .iter()
-            .filter_map(|g| g.child.as_ref().and_then(|c| c.id()))
+            .filter_map(|g| g.child.as_ref().and_then(tokio::process::Child::id))
             .collect()
     }
 
     /// Takes in whatever progress has arrived and returns the sum over groups.
-    pub fn progress(&mut self) -> Snapshot {
+    pub(crate) fn progress(&mut self) -> Snapshot {
         for (i, g) in self.groups.iter_mut().enumerate() {
             while let Ok(ev) = g.events.try_recv() {
                 if let GroupEvent::Progress(s) = ev {
@@ -85,7 +85,7 @@ impl Fleet {
     }
 
     /// Waits until every member has joined or given up, calling `tick` with progress; bounded by `limit`.
-    pub async fn wait_joined(
+    pub(crate) async fn wait_joined(
         &mut self,
         limit: Duration,
         mut tick: impl FnMut(&Snapshot),
@@ -108,14 +108,14 @@ impl Fleet {
         }
     }
 
-    pub async fn drop_all(&self) {
+    pub(crate) async fn drop_all(&self) {
         for g in &self.groups {
             let _ = g.cmds.send(GroupCmd::Drop).await;
         }
     }
 
     /// Stops every member and merges the groups' results; a group silent for 60 s is an error.
-    pub async fn stop(mut self, expected: Vec<Expect>) -> Result<GroupResult> {
+    pub(crate) async fn stop(mut self, expected: Vec<Expect>) -> Result<GroupResult> {
         for g in &self.groups {
             let _ = g.cmds.send(GroupCmd::Stop(expected.clone())).await;
         }

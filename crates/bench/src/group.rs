@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 
 /// What one group runs: members `first..first+count` of the whole run.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct GroupJob {
+pub(crate) struct GroupJob {
     pub target: Target,
     pub first: u32,
     pub count: u32,
@@ -31,7 +31,7 @@ pub struct GroupJob {
 
 /// How many publications each room's publisher got accepted, for the missing-count.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Expect {
+pub(crate) struct Expect {
     pub room: u32,
     pub sent: u64,
     /// Sequence numbers refused by the server or whose fate is unknown; reported apart.
@@ -39,19 +39,19 @@ pub struct Expect {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum GroupCmd {
+pub(crate) enum GroupCmd {
     Drop,
     Stop(Vec<Expect>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum GroupEvent {
+pub(crate) enum GroupEvent {
     Progress(Snapshot),
     Done(Box<GroupResult>),
 }
 
 /// Runs a group until it is told to stop; reports progress every 200 ms.
-pub async fn run(
+pub(crate) async fn run(
     job: GroupJob,
     mut cmds: mpsc::Receiver<GroupCmd>,
     events: mpsc::Sender<GroupEvent>,
@@ -119,14 +119,14 @@ pub async fn run(
 }
 
 /// A group as seen by the parent.
-pub struct Handle {
+pub(crate) struct Handle {
     pub cmds: mpsc::Sender<GroupCmd>,
     pub events: mpsc::Receiver<GroupEvent>,
     /// The worker process, if remote; killed on drop so a failed run leaves no stray workers.
     pub child: Option<Child>,
 }
 
-pub fn spawn_local(job: GroupJob) -> Handle {
+pub(crate) fn spawn_local(job: GroupJob) -> Handle {
     let (cmd_tx, cmd_rx) = mpsc::channel(8);
     let (ev_tx, ev_rx) = mpsc::channel(64);
     tokio::spawn(run(job, cmd_rx, ev_tx));
@@ -138,7 +138,7 @@ pub fn spawn_local(job: GroupJob) -> Handle {
 }
 
 /// Starts `roomcast-bench worker` and bridges its stdin/stdout to channels.
-pub fn spawn_worker(job: GroupJob) -> Result<Handle> {
+pub(crate) fn spawn_worker(job: GroupJob) -> Result<Handle> {
     let exe = std::env::current_exe().context("own executable")?;
     let mut child = Command::new(exe)
         .arg("worker")
@@ -187,7 +187,7 @@ pub fn spawn_worker(job: GroupJob) -> Result<Handle> {
 }
 
 /// Entry point of `roomcast-bench worker`: first stdin line is the job, later lines are commands.
-pub async fn worker_main() -> Result<()> {
+pub(crate) async fn worker_main() -> Result<()> {
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let job: GroupJob =
         serde_json::from_str(&lines.next_line().await?.context("no job on stdin")?)?;

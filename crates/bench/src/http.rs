@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-pub struct HttpConn {
+pub(crate) struct HttpConn {
     addr: SocketAddr,
     stream: TcpStream,
     /// Bytes read past the previous response (none with strict request/response, kept for safety).
@@ -24,7 +24,7 @@ pub struct HttpConn {
 }
 
 impl HttpConn {
-    pub async fn connect(addr: SocketAddr) -> Result<HttpConn> {
+    pub(crate) async fn connect(addr: SocketAddr) -> Result<HttpConn> {
         let stream = TcpStream::connect(addr)
             .await
             .with_context(|| format!("connect {addr}"))?;
@@ -39,7 +39,7 @@ impl HttpConn {
     }
 
     /// Sends a POST with a JSON body and returns (status, body).
-    pub async fn post(
+    pub(crate) async fn post(
         &mut self,
         path: &str,
         headers: &[(&str, &str)],
@@ -109,7 +109,7 @@ impl HttpConn {
 
 /// Path with query string for a signed Pusher `POST /apps/<id>/<what>` (`events` or `batch_events`,
 /// auth version 1.0).
-pub fn pusher_path(
+pub(crate) fn pusher_path(
     what: &str,
     app_id: &str,
     key: &str,

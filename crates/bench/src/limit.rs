@@ -31,7 +31,7 @@ type Rooms = Arc<Mutex<HashMap<u32, broadcast::Sender<Bytes>>>>;
 /// Serves until killed. `reuseport` lets several limit processes share one port (the kernel spreads
 /// connections over them): only for idle runs past one process's 20,000 files, since each process has
 /// its own rooms and would not fan out to the others' members.
-pub async fn serve(listen: &str, reuseport: bool) -> Result<()> {
+pub(crate) async fn serve(listen: &str, reuseport: bool) -> Result<()> {
     // A deep accept queue: std's default backlog (128) overflows under a join burst, and SYN retries
     // then add whole seconds to connect times that have nothing to do with the server's work.
     let addr: std::net::SocketAddr = listen.parse().context("listen address")?;
@@ -82,7 +82,7 @@ async fn handshake(stream: &mut TcpStream) -> Result<(u32, bool)> {
         let mut req = httparse::Request::new(&mut hs);
         if let httparse::Status::Complete(_) = req.parse(&buf)? {
             let path = req.path.unwrap_or("/");
-            let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let query = path.split_once('?').map_or("", |(_, q)| q);
             let mut room = 0;
             let mut publisher = false;
             for kv in query.split('&') {
@@ -112,7 +112,7 @@ async fn handshake(stream: &mut TcpStream) -> Result<(u32, bool)> {
 }
 
 /// Server-to-client text frame (unmasked).
-pub fn frame(payload: &[u8]) -> Bytes {
+pub(crate) fn frame(payload: &[u8]) -> Bytes {
     let mut f = BytesMut::with_capacity(payload.len() + 10);
     roomcast_ws::text(&mut f, payload);
     f.freeze()

@@ -20,7 +20,7 @@ const JOIN_ATTEMPTS: u32 = 6;
 
 /// What the group tells its members; a watch channel, so late readers still see the latest order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Cmd {
+pub(crate) enum Cmd {
     Run,
     /// Storm number n: drop the connection now and reconnect with recovery.
     Drop(u32),
@@ -28,7 +28,7 @@ pub enum Cmd {
 }
 
 /// Everything the members of a group share.
-pub struct Shared {
+pub(crate) struct Shared {
     pub target: Target,
     pub live: Live,
     pub hists: Hists,
@@ -38,14 +38,14 @@ pub struct Shared {
     pub join_gate: Semaphore,
 }
 
-pub struct Member {
+pub(crate) struct Member {
     pub idx: u32,
     pub room: u32,
     pub src: Ipv4Addr,
 }
 
 /// Runs one member until `Cmd::Stop`, then returns what it received.
-pub async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receiver<Cmd>) -> Tracker {
+pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receiver<Cmd>) -> Tracker {
     let mut tracker = Tracker::default();
     let mut pos: Option<Position> = None;
     let mut first = true;

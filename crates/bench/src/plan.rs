@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Args, Debug, Clone)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// A server to measure (repeatable), e.g. `kind=roomcast,addr=127.0.0.1:8000,pid=123,secret=S,api_key=K`.
     /// The limit baseline (`kind=limit`) is added unless --no-limit.
     #[arg(long = "target")]
@@ -97,7 +97,7 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
-    pub fn targets(&self) -> Result<Vec<Target>> {
+    pub(crate) fn targets(&self) -> Result<Vec<Target>> {
         let mut ts: Vec<Target> = self
             .target
             .iter()
@@ -115,7 +115,7 @@ impl RunArgs {
         self.scenarios.iter().any(|x| x == s)
     }
 
-    pub fn cases(&self, all: &[Target]) -> Vec<(Target, Case)> {
+    pub(crate) fn cases(&self, all: &[Target]) -> Vec<(Target, Case)> {
         // A multi-process limit has one room table per process: fine for idle, wrong for fan-out.
         let split_limit = |t: &&Target| !(t.kind == Kind::Limit && t.pids.len() > 1);
         let fanning: Vec<Target> = all.iter().filter(split_limit).cloned().collect();

@@ -25,7 +25,7 @@ fn nines(q: f64) -> f64 {
 }
 
 /// Writes every plot the runs allow into `dir`; returns the files written.
-pub fn write_all(runs: &[RunResult], dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn write_all(runs: &[RunResult], dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let mut out = Vec::new();
     // One CDF per scenario and room size, so each plot compares the targets on the same load.
@@ -106,8 +106,7 @@ fn latency_cdf(runs: &[&RunResult], scenario: &str, path: &Path) -> Result<()> {
             r.params.room_size,
             r.params
                 .rate_per_room
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "max".into())
+                .map_or_else(|| "max".into(), |v| format!("{v:.0}"))
         );
         chart
             .draw_series(LineSeries::new(pts, c.stroke_width(2)))

@@ -8,20 +8,20 @@ use std::fs;
 const CLK_TCK: f64 = 100.0;
 
 /// Resident set size of `pid` in KiB (VmRSS), or None if the process is gone.
-pub fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Summed RSS of several processes; None if none of them could be read.
-pub fn rss_kib_all(pids: &[u32]) -> Option<u64> {
+pub(crate) fn rss_kib_all(pids: &[u32]) -> Option<u64> {
     let v: Vec<u64> = pids.iter().filter_map(|p| rss_kib(*p)).collect();
     (!v.is_empty()).then(|| v.iter().sum())
 }
 
 /// User + system CPU seconds consumed so far by `pid` (all its threads).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     let s = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may contain spaces; everything after the last ')' is fixed fields.
     let rest = &s[s.rfind(')')? + 2..];
@@ -33,12 +33,12 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 }
 
 /// Sum of CPU seconds over several pids (e.g. a Node server and the Redis it needs).
-pub fn cpu_seconds_all(pids: &[u32]) -> f64 {
+pub(crate) fn cpu_seconds_all(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
 }
 
 /// The 1-minute load average: a case that starts on a busy machine says so in its result.
-pub fn loadavg() -> Option<f64> {
+pub(crate) fn loadavg() -> Option<f64> {
     fs::read_to_string("/proc/loadavg")
         .ok()?
         .split_whitespace()
@@ -49,7 +49,7 @@ pub fn loadavg() -> Option<f64> {
 
 /// Kernel TCP socket buffer memory in KiB, machine-wide (`TCP: ... mem N` pages in /proc/net/sockstat).
 /// It covers both ends of loopback connections, so the bench reports it as-is and halves nothing.
-pub fn tcp_mem_kib() -> Option<u64> {
+pub(crate) fn tcp_mem_kib() -> Option<u64> {
     let s = fs::read_to_string("/proc/net/sockstat").ok()?;
     let line = s.lines().find(|l| l.starts_with("TCP:"))?;
     let mut it = line.split_whitespace();
@@ -63,7 +63,7 @@ pub fn tcp_mem_kib() -> Option<u64> {
 }
 
 /// A one-line description of the machine for reports: CPU model, cores, memory, kernel.
-pub fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpu
         .lines()
@@ -72,17 +72,14 @@ pub fn machine() -> String {
         .unwrap_or("unknown CPU")
         .trim()
         .to_string();
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let mem = fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mem_gib = mem
         .lines()
         .find(|l| l.starts_with("MemTotal:"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse::<f64>().ok())
-        .map(|kib| kib / 1024.0 / 1024.0)
-        .unwrap_or(0.0);
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
     let kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     format!(
         "{model}, {cores} cores, {mem_gib:.1} GiB RAM, Linux {}",
@@ -91,11 +88,10 @@ pub fn machine() -> String {
 }
 
 /// Current UTC time as `YYYY-MM-DD HH:MM:SS UTC`, without a date crate.
-pub fn utc_now() -> String {
+pub(crate) fn utc_now() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_secs() as i64);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Howard Hinnant's civil_from_days.
     let z = days + 719_468;

@@ -26,7 +26,7 @@ const PUSHER_BATCH: u64 = 10;
 const DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Clone, Debug)]
-pub struct PubJob {
+pub(crate) struct PubJob {
     pub target: Target,
     pub room: u32,
     /// Messages per second; None = as fast as the window allows.
@@ -38,7 +38,7 @@ pub struct PubJob {
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct PubResult {
+pub(crate) struct PubResult {
     pub room: u32,
     /// Highest sequence number sent.
     pub sent: u64,
@@ -52,7 +52,7 @@ pub struct PubResult {
 }
 
 /// Runs until `stop` turns true, then drains acks and returns what happened.
-pub async fn run(job: PubJob, stop: watch::Receiver<bool>) -> PubResult {
+pub(crate) async fn run(job: PubJob, stop: watch::Receiver<bool>) -> PubResult {
     let mut res = PubResult {
         room: job.room,
         ..Default::default()
@@ -72,8 +72,7 @@ pub async fn run(job: PubJob, stop: watch::Receiver<bool>) -> PubResult {
 
 /// How many publishes are due `elapsed` into the run.
 fn due(rate: Option<f64>, elapsed: Duration) -> u64 {
-    rate.map(|r| (elapsed.as_secs_f64() * r) as u64)
-        .unwrap_or(u64::MAX)
+    rate.map_or(u64::MAX, |r| (elapsed.as_secs_f64() * r) as u64)
 }
 
 async fn run_ws(

@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::fmt::Write as _;
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Percentiles {
+pub(crate) struct Percentiles {
     pub p50: u64,
     pub p90: u64,
     pub p99: u64,
@@ -16,7 +16,7 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    pub fn of(b: &Buckets) -> Option<Percentiles> {
+    pub(crate) fn of(b: &Buckets) -> Option<Percentiles> {
         let mut h = stats::histogram();
         stats::merge_into(&mut h, b);
         (!h.is_empty()).then(|| Percentiles {
@@ -31,7 +31,7 @@ impl Percentiles {
 }
 
 /// Points (quantile, value) for a CDF plot, log-spaced towards the tail.
-pub fn cdf(b: &Buckets) -> Vec<(f64, u64)> {
+pub(crate) fn cdf(b: &Buckets) -> Vec<(f64, u64)> {
     let mut h = stats::histogram();
     stats::merge_into(&mut h, b);
     if h.is_empty() {
@@ -49,7 +49,7 @@ pub fn cdf(b: &Buckets) -> Vec<(f64, u64)> {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct Params {
+pub(crate) struct Params {
     pub members: u32,
     pub rooms: u32,
     pub room_size: u32,
@@ -62,7 +62,7 @@ pub struct Params {
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
-pub struct RunResult {
+pub(crate) struct RunResult {
     pub scenario: String,
     pub target: String,
     pub params: Params,
@@ -111,7 +111,7 @@ pub struct RunResult {
 
 impl RunResult {
     /// Fills `problems` from the correctness counters (never from timings).
-    pub fn judge(&mut self) {
+    pub(crate) fn judge(&mut self) {
         let mut p = Vec::new();
         for (name, v) in [
             ("missing deliveries", self.missing),
@@ -137,7 +137,7 @@ impl RunResult {
 }
 
 #[derive(Debug, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub date: String,
     pub machine: String,
     pub command: String,
@@ -152,8 +152,9 @@ fn ratio(v: f64, base: Option<f64>) -> String {
 }
 
 fn us(p: &Option<Percentiles>) -> String {
-    p.as_ref()
-        .map(|p| {
+    p.as_ref().map_or_else(
+        || "-".into(),
+        |p| {
             format!(
                 "{}/{}/{}/{}",
                 fmt_us(p.p50),
@@ -161,8 +162,8 @@ fn us(p: &Option<Percentiles>) -> String {
                 fmt_us(p.p99),
                 fmt_us(p.p999)
             )
-        })
-        .unwrap_or_else(|| "-".into())
+        },
+    )
 }
 
 fn fmt_us(v: u64) -> String {
@@ -176,13 +177,12 @@ fn fmt_us(v: u64) -> String {
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|v| format!("{v:.digits$}"))
-        .unwrap_or_else(|| "-".into())
+    v.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
 }
 
 /// A plain-text (and Markdown-compatible) table per run; ratios are to the `limit` run of the same
 /// scenario and parameters.
-pub fn summary(runs: &[RunResult]) -> String {
+pub(crate) fn summary(runs: &[RunResult]) -> String {
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -229,7 +229,7 @@ pub fn summary(runs: &[RunResult]) -> String {
             us(&r.latency_us),
             r.acks_per_s,
             us(&r.ack_us),
-            r.recover_all_ms.map(|v| format!("{v}ms")).unwrap_or_else(|| "-".into()),
+            r.recover_all_ms.map_or_else(|| "-".into(), |v| format!("{v}ms")),
             if r.problems.is_empty() { "none".into() } else { r.problems.join("; ") },
         );
     }

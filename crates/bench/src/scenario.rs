@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 #[derive(Clone, Debug)]
-pub struct Case {
+pub(crate) struct Case {
     pub scenario: &'static str,
     pub members: u32,
     pub rooms: u32,
@@ -31,7 +31,7 @@ pub struct Case {
 }
 
 #[derive(Clone, Debug)]
-pub struct Publish {
+pub(crate) struct Publish {
     pub rate_per_room: Option<f64>,
     pub window: usize,
     pub payload: usize,
@@ -49,7 +49,7 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
+pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let label = format!("{} {}", case.scenario, target.name);
     // RSS of the server: its first pid (Node, not the Redis beside it), or all limit processes.
     let rss_pids: Vec<u32> = match target.kind {
@@ -92,9 +92,9 @@ pub async fn run(target: &Target, case: &Case) -> Result<RunResult> {
             rooms: case.rooms,
             room_size: case.members / case.rooms.max(1),
             rate_per_room: case.publish.as_ref().and_then(|p| p.rate_per_room),
-            payload_bytes: case.publish.as_ref().map(|p| p.payload).unwrap_or(0),
+            payload_bytes: case.publish.as_ref().map_or(0, |p| p.payload),
             duration_s: case.duration.as_secs_f64(),
-            window: case.publish.as_ref().map(|p| p.window).unwrap_or(0),
+            window: case.publish.as_ref().map_or(0, |p| p.window),
             via_http: case.publish.as_ref().is_some_and(|p| p.via_http),
         },
         ..Default::default()

@@ -7,20 +7,20 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
 /// A histogram of microseconds (or milliseconds), 3 significant digits, up to one hour.
-pub fn histogram() -> Histogram<u64> {
+pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds")
 }
 
 /// Histogram as (value, count) pairs: small, serde-friendly, and lossless at 3 digits.
-pub type Buckets = Vec<(u64, u64)>;
+pub(crate) type Buckets = Vec<(u64, u64)>;
 
-pub fn to_buckets(h: &Histogram<u64>) -> Buckets {
+pub(crate) fn to_buckets(h: &Histogram<u64>) -> Buckets {
     h.iter_recorded()
         .map(|v| (v.value_iterated_to(), v.count_at_value()))
         .collect()
 }
 
-pub fn merge_into(h: &mut Histogram<u64>, b: &Buckets) {
+pub(crate) fn merge_into(h: &mut Histogram<u64>, b: &Buckets) {
     for (v, n) in b {
         h.saturating_record_n(*v, *n);
     }
@@ -28,7 +28,7 @@ pub fn merge_into(h: &mut Histogram<u64>, b: &Buckets) {
 
 /// Live counters of a group; atomics because every member task bumps them concurrently.
 #[derive(Default)]
-pub struct Live {
+pub(crate) struct Live {
     pub joined: AtomicU64,
     /// Wall-clock ns of the latest first join: the connect rate is measured up to it.
     pub last_join_ns: AtomicU64,
@@ -47,7 +47,7 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn snapshot(&self) -> Snapshot {
+    pub(crate) fn snapshot(&self) -> Snapshot {
         Snapshot {
             joined: self.joined.load(Relaxed),
             last_join_ns: self.last_join_ns.load(Relaxed),
@@ -65,7 +65,7 @@ impl Live {
 
 /// Point-in-time copy of `Live`, summed over groups by the parent.
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub joined: u64,
     pub last_join_ns: u64,
     pub join_failed: u64,
@@ -79,7 +79,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn add(&mut self, o: &Snapshot) {
+    pub(crate) fn add(&mut self, o: &Snapshot) {
         self.joined += o.joined;
         self.last_join_ns = self.last_join_ns.max(o.last_join_ns);
         self.join_failed += o.join_failed;
@@ -95,7 +95,7 @@ impl Snapshot {
 
 /// Histograms of a group; behind mutexes because member tasks record concurrently (uncontended
 /// locks cost tens of ns, far below a delivery's cost).
-pub struct Hists {
+pub(crate) struct Hists {
     /// Publish-to-receipt latency of live deliveries, µs.
     pub latency: Mutex<Histogram<u64>>,
     /// Time to connect and join, µs.
@@ -116,7 +116,7 @@ impl Default for Hists {
 
 /// Final report of one group (a process's share of the members).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct GroupResult {
+pub(crate) struct GroupResult {
     pub snap: Snapshot,
     pub missing: u64,
     pub duplicates: u64,
@@ -127,7 +127,7 @@ pub struct GroupResult {
 }
 
 impl GroupResult {
-    pub fn add(&mut self, o: &GroupResult) {
+    pub(crate) fn add(&mut self, o: &GroupResult) {
         self.snap.add(&o.snap);
         self.missing += o.missing;
         self.duplicates += o.duplicates;

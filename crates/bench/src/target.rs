@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 /// The wire protocol a target speaks; decides every adapter choice in `wire` and `publisher`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// roomcast: Centrifugo client protocol v2 (JSON) + server HTTP API.
     Roomcast,
     /// The bench's own raw fan-out server: no protocol, no store.
@@ -25,7 +25,7 @@ pub enum Kind {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Target {
+pub(crate) struct Target {
     /// Name used in tables and plots (defaults to the kind).
     pub name: String,
     pub kind: Kind,
@@ -43,7 +43,7 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn parse(spec: &str) -> Result<Target> {
+    pub(crate) fn parse(spec: &str) -> Result<Target> {
         let mut t = Target {
             name: String::new(),
             kind: Kind::Limit,
@@ -67,7 +67,7 @@ impl Target {
                         "socketio" => Kind::SocketIo,
                         "pusher" | "sockudo" => Kind::Pusher,
                         _ => bail!("unknown kind `{v}` (roomcast, limit, socketio, pusher)"),
-                    })
+                    });
                 }
                 "name" => t.name = v.to_string(),
                 "addr" => t.addr = Some(v.parse().with_context(|| format!("bad addr `{v}`"))?),
@@ -76,7 +76,7 @@ impl Target {
                         .split('+')
                         .map(str::parse)
                         .collect::<Result<_, _>>()
-                        .context("bad pid")?
+                        .context("bad pid")?;
                 }
                 "secret" => t.secret = Some(v.to_string()),
                 "api_key" => t.api_key = Some(v.to_string()),
@@ -95,7 +95,7 @@ impl Target {
             }
             .to_string();
         }
-        let only_loopback = t.addr.map(|a| a.ip().is_loopback()).unwrap_or(true);
+        let only_loopback = t.addr.is_none_or(|a| a.ip().is_loopback());
         if !only_loopback {
             bail!("load tests only target 127.0.0.0/8, not {:?}", t.addr);
         }
@@ -111,12 +111,12 @@ impl Target {
     }
 
     /// The address, which every target has once the limit server is started.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr.expect("target address resolved before use")
     }
 
     /// Whether the protocol can resume a subscription from an offset (storm needs it).
-    pub fn recovers(&self) -> bool {
+    pub(crate) fn recovers(&self) -> bool {
         self.kind == Kind::Roomcast
     }
 }

@@ -7,7 +7,7 @@
 
 /// Per-member, per-stream record of received sequence numbers.
 #[derive(Debug, Default)]
-pub struct Tracker {
+pub(crate) struct Tracker {
     /// Bit `s` set when sequence `s` was received at least once.
     bits: Vec<u64>,
     /// Highest sequence seen so far; a lower, unseen one arriving later is out of order.
@@ -21,7 +21,7 @@ pub struct Tracker {
 
 /// What a single delivery turned out to be.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Seen {
+pub(crate) enum Seen {
     InOrder,
     Duplicate,
     OutOfOrder,
@@ -29,7 +29,7 @@ pub enum Seen {
 
 impl Tracker {
     /// Records sequence `seq` (>= 1) and classifies it.
-    pub fn record(&mut self, seq: u64) -> Seen {
+    pub(crate) fn record(&mut self, seq: u64) -> Seen {
         let (word, bit) = ((seq / 64) as usize, seq % 64);
         if word >= self.bits.len() {
             self.bits.resize(word + 1, 0);
@@ -50,7 +50,7 @@ impl Tracker {
 
     /// Number of sequences in `1..=sent` that were never received, ignoring those in `excluded`
     /// (publishes the server refused or whose fate is unknown: they are reported separately).
-    pub fn missing(&self, sent: u64, excluded: &[u64]) -> u64 {
+    pub(crate) fn missing(&self, sent: u64, excluded: &[u64]) -> u64 {
         let has = |s: u64| {
             let w = (s / 64) as usize;
             w < self.bits.len() && self.bits[w] & (1 << (s % 64)) != 0

@@ -6,7 +6,7 @@
 //! so a delivery can be checked (room, sequence) and timed (publish instant) the same way everywhere.
 //! The per-message encoding and decoding live in `codec`.
 
-pub use crate::codec::{decode, publish_frame};
+pub(crate) use crate::codec::{decode, publish_frame};
 
 use crate::target::{Kind, Target};
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,26 +24,25 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-pub type Ws = WebSocketStream<TcpStream>;
+pub(crate) type Ws = WebSocketStream<TcpStream>;
 
 /// How long one join handshake may take before the member counts it as failed and retries.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Wall-clock nanoseconds; publisher and members may be different processes on one machine, so the
 /// shared clock is the system clock, not a per-process `Instant`.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
-pub fn channel(room: u32) -> String {
+pub(crate) fn channel(room: u32) -> String {
     format!("room{room}")
 }
 
 /// The bench payload, `size` bytes long at least (padding in `p`).
-pub fn payload(room: u32, seq: u64, size: usize) -> String {
+pub(crate) fn payload(room: u32, seq: u64, size: usize) -> String {
     let mut s = format!("{{\"r\":{room},\"s\":{seq},\"t\":{},\"p\":\"", now_ns());
     let pad = size.saturating_sub(s.len() + 2);
     s.extend(std::iter::repeat_n('x', pad));
@@ -52,14 +51,14 @@ pub fn payload(room: u32, seq: u64, size: usize) -> String {
 }
 
 #[derive(Deserialize, Debug, Clone, Copy)]
-pub struct Payload {
+pub(crate) struct Payload {
     pub r: u32,
     pub s: u64,
     pub t: u64,
 }
 
 /// Mints an HS256 connection JWT `{"sub":user,"exp":now+1d}` (roomcast `--token-hmac-secret`).
-pub fn jwt(secret: &str, user: &str) -> String {
+pub(crate) fn jwt(secret: &str, user: &str) -> String {
     let exp = now_ns() / 1_000_000_000 + 86_400;
     let head = B64URL.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
     let claims = B64URL.encode(serde_json::json!({"sub": user, "exp": exp}).to_string());
@@ -71,7 +70,7 @@ pub fn jwt(secret: &str, user: &str) -> String {
 
 /// Opens a WebSocket to `addr` from source address `src` with small buffers: the bench holds tens of
 /// thousands of these, and tungstenite's 128 KiB defaults would dominate its own memory.
-pub async fn open(src: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<Ws> {
+pub(crate) async fn open(src: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<Ws> {
     let sock = TcpSocket::new_v4()?;
     // From 127.0.0.1 the kernel picks the port at connect time, per destination, and may reuse
     // loopback TIME_WAIT ports; an explicit bind(port 0) would search the whole port range on every
@@ -101,7 +100,7 @@ pub async fn open(src: Ipv4Addr, addr: SocketAddr, path: &str) -> Result<Ws> {
 }
 
 /// The URL path a connection of `target` uses; `publisher` matters only to the limit server.
-pub fn path(target: &Target, room: u32, publisher: bool) -> String {
+pub(crate) fn path(target: &Target, room: u32, publisher: bool) -> String {
     match target.kind {
         Kind::Roomcast => "/connection/websocket".into(),
         Kind::Limit => format!("/ws?room={room}{}", if publisher { "&pub=1" } else { "" }),
@@ -115,14 +114,14 @@ pub fn path(target: &Target, room: u32, publisher: bool) -> String {
 
 /// Where a roomcast subscription stands, so a reconnect can ask to recover from there.
 #[derive(Clone, Debug, Default)]
-pub struct Position {
+pub(crate) struct Position {
     pub offset: u64,
     pub epoch: String,
 }
 
 /// Result of joining a room.
 #[derive(Debug, Default)]
-pub struct Joined {
+pub(crate) struct Joined {
     pub position: Option<Position>,
     /// roomcast only: Some(recovered flag) when recovery was asked for.
     pub recovered: Option<bool>,
@@ -132,7 +131,7 @@ pub struct Joined {
 
 /// What one incoming message means to the bench.
 #[derive(Debug)]
-pub enum Incoming {
+pub(crate) enum Incoming {
     Delivery(Delivery),
     /// The server pinged; send this text back.
     Ping(&'static str),
@@ -145,7 +144,7 @@ pub enum Incoming {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub payload: Payload,
     /// roomcast stream offset, for recovery.
     pub offset: Option<u64>,
@@ -153,7 +152,7 @@ pub struct Delivery {
 
 /// Connects (and authenticates where needed) and subscribes to `room`; `recover` asks roomcast to
 /// resume from a position. Pings that arrive meanwhile are answered.
-pub async fn join(
+pub(crate) async fn join(
     ws: &mut Ws,
     target: &Target,
     room: u32,
@@ -232,7 +231,7 @@ async fn join_inner(
 }
 
 /// The connection-level handshake without joining a room (publishers use this alone).
-pub async fn hello(ws: &mut Ws, target: &Target, user: &str) -> Result<()> {
+pub(crate) async fn hello(ws: &mut Ws, target: &Target, user: &str) -> Result<()> {
     match target.kind {
         Kind::Roomcast => {
             let token = target
@@ -318,7 +317,7 @@ async fn expect_raw(ws: &mut Ws, done: impl Fn(&str) -> bool) -> Result<()> {
 }
 
 /// Next text message; binary and control frames are skipped, a close is an error.
-pub async fn next_text(ws: &mut Ws) -> Result<String> {
+pub(crate) async fn next_text(ws: &mut Ws) -> Result<String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_string()),

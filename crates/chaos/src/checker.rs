@@ -25,7 +25,7 @@ use serde::Serialize;
 /// One publication's identity: the writer that sent it and its sequence number there
 /// (carried in the publication's data as `{"w": writer, "s": seq}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-pub struct PubId {
+pub(crate) struct PubId {
     pub writer: u32,
     pub seq: u64,
 }
@@ -38,7 +38,7 @@ impl std::fmt::Display for PubId {
 
 /// One publish attempt as the writer saw it. Times are microseconds on the run's clock.
 #[derive(Debug, Clone, Serialize)]
-pub struct Op {
+pub(crate) struct Op {
     pub id: PubId,
     /// Acknowledged (a success reply); otherwise it failed or got no answer in time.
     pub acked: bool,
@@ -50,7 +50,7 @@ pub struct Op {
 
 /// What a member received on the room, in arrival order, from after `start`.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct View {
+pub(crate) struct View {
     pub name: String,
     /// The offset it subscribed at (it should see every later one).
     pub start: u64,
@@ -69,7 +69,7 @@ const EXAMPLES: usize = 20;
 
 /// A count and a few examples.
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub count: u64,
     pub examples: Vec<String>,
 }
@@ -84,7 +84,7 @@ impl Finding {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct MemberReport {
+pub(crate) struct MemberReport {
     pub name: String,
     pub received: usize,
     pub last_offset: u64,
@@ -117,7 +117,7 @@ impl MemberReport {
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub attempted: usize,
     pub acked: usize,
     pub failed: usize,
@@ -139,7 +139,7 @@ pub struct Report {
 
 impl Report {
     /// Whether any failure was found (what makes the run exit non-zero).
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         [
             &self.lost,
             &self.duplicated,
@@ -156,7 +156,7 @@ impl Report {
 
 /// Checks the ops, the history (`(offset, publication)` as read, `None` when the data was
 /// not ours) and the members' views against each other.
-pub fn check(ops: &[Op], history: &[(u64, Option<PubId>)], views: &[View]) -> Report {
+pub(crate) fn check(ops: &[Op], history: &[(u64, Option<PubId>)], views: &[View]) -> Report {
     let mut r = Report {
         attempted: ops.len(),
         acked: ops.iter().filter(|o| o.acked).count(),
@@ -263,7 +263,7 @@ fn check_view(
     let mut m = MemberReport {
         name: v.name.clone(),
         received: v.pubs.len(),
-        last_offset: v.pubs.last().map(|p| p.0).unwrap_or(v.start),
+        last_offset: v.pubs.last().map_or(v.start, |p| p.0),
         head_after_ms: v.head_after_ms,
         reconnects: v.reconnects,
         unrecovered: v.unrecovered,

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use roomcast_testkit::{Node, Postgres, Proxy, Redis};
 
 /// One node's place in the cluster: its address and directory outlive its processes.
-pub struct Slot {
+pub(crate) struct Slot {
     pub node: Option<Node>,
     pub addr: SocketAddr,
     pub redis_proxy: Proxy,
@@ -26,7 +26,7 @@ pub struct Slot {
     pub starts: u32,
 }
 
-pub struct Cluster {
+pub(crate) struct Cluster {
     pub redis: Redis,
     pub pg: Postgres,
     pub slots: Vec<Slot>,
@@ -39,7 +39,7 @@ const NODE_CONFIG: &str = "outbox_max_bytes = 65536\n\
 
 impl Cluster {
     /// Starts Redis, PostgreSQL (a fresh database) and `nodes` nodes; logs into `out`.
-    pub async fn start(nodes: usize, out: &Path) -> Cluster {
+    pub(crate) async fn start(nodes: usize, out: &Path) -> Cluster {
         let redis = tokio::task::block_in_place(Redis::start);
         let pg = tokio::task::block_in_place(Postgres::start);
         let db = pg.fresh_db().await;
@@ -76,7 +76,7 @@ impl Cluster {
     }
 
     /// Copies every node's new log lines into its file (counting panics).
-    pub fn drain_logs(&mut self) {
+    pub(crate) fn drain_logs(&mut self) {
         for s in &mut self.slots {
             s.drain_log();
         }
@@ -85,7 +85,7 @@ impl Cluster {
 
 impl Slot {
     /// Starts (or restarts, on the same port and directory) the node; blocks until ready.
-    pub fn start(&mut self) {
+    pub(crate) fn start(&mut self) {
         let redis = format!("redis://{}", self.redis_proxy.addr);
         let builder = Node::builder()
             .listen(self.addr)
@@ -101,7 +101,7 @@ impl Slot {
     }
 
     /// kill -9 (the log read first, so nothing it wrote is lost).
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         if let Some(n) = &mut self.node {
             n.kill();
         }
@@ -109,13 +109,13 @@ impl Slot {
         self.node = None;
     }
 
-    pub fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         if let Some(n) = &self.node {
             n.signal(sig);
         }
     }
 
-    pub fn ws_url(&self) -> String {
+    pub(crate) fn ws_url(&self) -> String {
         format!("ws://{}/connection/websocket", self.addr)
     }
 

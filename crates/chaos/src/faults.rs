@@ -12,7 +12,7 @@ use crate::cluster::Cluster;
 use crate::workload::{Member, Shared};
 
 #[derive(Debug, Clone, Copy, Serialize)]
-pub enum Fault {
+pub(crate) enum Fault {
     /// kill -9 a node; restarted (same port and directory) when healed.
     KillNode(usize),
     /// SIGSTOP a node; SIGCONT when healed.
@@ -32,7 +32,7 @@ pub enum Fault {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Planned {
+pub(crate) struct Planned {
     /// When it starts, in ms after the workload started.
     pub at_ms: u64,
     pub hold_ms: u64,
@@ -42,7 +42,7 @@ pub struct Planned {
 /// Faults over `seconds` (after a 2 s quiet start): a pause of 1-3 s, then a fault held
 /// for 1.5-5 s (every kind once first), repeated while it ends within `seconds`. The writers stop when the
 /// last one is healed.
-pub fn schedule(seed: u64, seconds: u64, nodes: usize, members: usize) -> Vec<Planned> {
+pub(crate) fn schedule(seed: u64, seconds: u64, nodes: usize, members: usize) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
     let end = seconds * 1000;
     let mut at = 2000;
@@ -82,14 +82,14 @@ pub fn schedule(seed: u64, seconds: u64, nodes: usize, members: usize) -> Vec<Pl
 
 /// What happened, for the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub fault: Fault,
     pub began_ms: u64,
     pub healed_ms: u64,
 }
 
 /// Applies `plan` in order on `cluster`; returns what was applied and when.
-pub async fn run(
+pub(crate) async fn run(
     plan: &[Planned],
     cluster: &mut Cluster,
     members: &[Arc<Member>],

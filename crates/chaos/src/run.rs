@@ -17,7 +17,7 @@ use crate::cluster::Cluster;
 use crate::faults::{self, Applied, Planned};
 use crate::workload::{self, Member, MemberState, Shared, ROOM};
 
-pub struct Options {
+pub(crate) struct Options {
     pub seconds: u64,
     pub seed: u64,
     pub out: PathBuf,
@@ -33,7 +33,7 @@ pub struct Options {
 }
 
 #[derive(Serialize)]
-pub struct Output<'a> {
+pub(crate) struct Output<'a> {
     pub seed: u64,
     pub seconds: u64,
     pub nodes: usize,
@@ -49,7 +49,7 @@ pub struct Output<'a> {
 }
 
 /// Runs it; returns whether the checker (or a node) found a failure.
-pub async fn run(o: Options) -> bool {
+pub(crate) async fn run(o: Options) -> bool {
     std::fs::create_dir_all(&o.out).expect("create the output directory");
     let mut cluster = Cluster::start(o.nodes, &o.out).await;
     let shared = Shared::new();
@@ -99,10 +99,10 @@ pub async fn run(o: Options) -> bool {
 
     let plan = faults::schedule(o.seed, o.seconds, o.nodes, members.len());
     let applied = faults::run(&plan, &mut cluster, &members, &shared).await;
-    let last_fault_healed_ms = applied
-        .last()
-        .map(|a| a.healed_ms)
-        .unwrap_or_else(|| shared.start.elapsed().as_millis() as u64);
+    let last_fault_healed_ms = applied.last().map_or_else(
+        || shared.start.elapsed().as_millis() as u64,
+        |a| a.healed_ms,
+    );
     // Writing stops with the last heal, so the time to the head is the members' own.
     shared.stop_writing.store(true, Ordering::Relaxed);
     for w in writers {
@@ -241,7 +241,7 @@ async fn read_history(cluster: &Cluster) -> Vec<(u64, Option<PubId>)> {
 }
 
 /// `/proc/loadavg`'s first three figures.
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use crate::checker::Finding;
 use crate::run::Output;
 
-pub fn text(o: &Output, epoch_changes: u32, failed: bool) -> String {
+pub(crate) fn text(o: &Output, epoch_changes: u32, failed: bool) -> String {
     let r = o.check;
     let mut s = String::new();
     let _ = writeln!(

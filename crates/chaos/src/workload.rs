@@ -19,14 +19,14 @@ use tokio::time::{sleep, Instant};
 use crate::checker::{Op, PubId};
 
 /// The room every client of the run uses.
-pub const ROOM: &str = "chaos";
+pub(crate) const ROOM: &str = "chaos";
 /// How long one publish, connect or subscribe may take before it counts as failed.
-pub const OP_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Padding in every publication, so slow readers fill their outbox within seconds.
 const PADDING: usize = 200;
 
 /// What every client shares: the run's clock, the stop flags and the recorded ops.
-pub struct Shared {
+pub(crate) struct Shared {
     pub start: Instant,
     /// Writers stop when set.
     pub stop_writing: AtomicBool,
@@ -36,7 +36,7 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new() -> Arc<Shared> {
+    pub(crate) fn new() -> Arc<Shared> {
         Arc::new(Shared {
             start: Instant::now(),
             stop_writing: AtomicBool::new(false),
@@ -45,7 +45,7 @@ impl Shared {
         })
     }
 
-    pub fn now_us(&self) -> u64 {
+    pub(crate) fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
     }
 }
@@ -55,7 +55,7 @@ fn data(id: PubId) -> Value {
 }
 
 /// The (writer, seq) in a publication's data, if it is ours.
-pub fn pub_id(data: &Value) -> Option<PubId> {
+pub(crate) fn pub_id(data: &Value) -> Option<PubId> {
     Some(PubId {
         writer: data["w"].as_u64()? as u32,
         seq: data["s"].as_u64()?,
@@ -64,7 +64,7 @@ pub fn pub_id(data: &Value) -> Option<PubId> {
 
 /// Publishes over one WebSocket connection to `url` (reconnecting when it fails) until
 /// told to stop, pausing `pace` between publishes.
-pub async fn ws_writer(shared: Arc<Shared>, writer: u32, url: String, pace: Duration) {
+pub(crate) async fn ws_writer(shared: Arc<Shared>, writer: u32, url: String, pace: Duration) {
     let mut client: Option<Client> = None;
     let mut seq = 0;
     while !shared.stop_writing.load(Ordering::Relaxed) {
@@ -96,7 +96,7 @@ pub async fn ws_writer(shared: Arc<Shared>, writer: u32, url: String, pace: Dura
 
 /// Publishes through the server API of `addr` with an idempotency key per publication,
 /// retrying a failed attempt (same key) up to twice: a retry must never store it twice.
-pub async fn api_writer(shared: Arc<Shared>, writer: u32, addr: SocketAddr, pace: Duration) {
+pub(crate) async fn api_writer(shared: Arc<Shared>, writer: u32, addr: SocketAddr, pace: Duration) {
     let mut seq = 0;
     while !shared.stop_writing.load(Ordering::Relaxed) {
         seq += 1;
@@ -133,7 +133,7 @@ fn record(shared: &Shared, id: PubId, acked: bool, sent_us: u64, offset: Option<
 
 /// What a member has received, readable by the run while it reads.
 #[derive(Default)]
-pub struct MemberState {
+pub(crate) struct MemberState {
     /// Set by the first successful subscribe.
     pub subscribed: bool,
     pub start: u64,
@@ -150,7 +150,7 @@ pub struct MemberState {
 /// server cannot recover (`recovered: false`) it pages history up to the position the
 /// subscribe reply named, as an application does. It stops reading (stalls, without
 /// closing) while `slow_until_ms` is in the future: a slow reader.
-pub struct Member {
+pub(crate) struct Member {
     pub name: String,
     pub url: String,
     pub state: Mutex<MemberState>,
@@ -158,7 +158,7 @@ pub struct Member {
 }
 
 impl Member {
-    pub async fn run(self: Arc<Self>, shared: Arc<Shared>) {
+    pub(crate) async fn run(self: Arc<Self>, shared: Arc<Shared>) {
         let mut client: Option<Client> = None;
         let mut epoch = String::new();
         let mut subscribed_once = false;

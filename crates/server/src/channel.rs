@@ -69,7 +69,7 @@ impl<'a> Channel<'a> {
         if name.is_empty() || name.len() > MAX_CHANNEL_LEN || name.chars().any(char::is_control) {
             return Err(ErrorCode::BAD_REQUEST);
         }
-        let ns = name.split_once(':').map(|(ns, _)| ns).unwrap_or("");
+        let ns = name.split_once(':').map_or("", |(ns, _)| ns);
         let options = config.namespace(ns).ok_or(ErrorCode::UNKNOWN_CHANNEL)?;
         let allowed_users = name.split_once('#').map(|(_, users)| users);
         Ok(Channel {

@@ -122,7 +122,7 @@ impl Keepalive {
 
     /// Asks every connection to close (node shutdown).
     pub fn close_all(&self, why: Disconnect) {
-        for b in self.buckets.iter() {
+        for b in &self.buckets {
             for peer in b.lock().expect("keepalive lock").values() {
                 peer.outbox.close(why.clone());
             }

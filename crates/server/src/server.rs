@@ -42,9 +42,7 @@ pub fn raise_fd_limit() -> u64 {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!(error = %e, "could not raise the open-files limit");
-            rlimit::getrlimit(rlimit::Resource::NOFILE)
-                .map(|(soft, _)| soft)
-                .unwrap_or(1024)
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
         }
     }
 }

@@ -25,7 +25,7 @@ async fn publish_fans_out_to_every_subscriber_in_order() {
             .await;
         assert_eq!(r["publish"], json!({}), "{r}");
     }
-    for c in subs.iter_mut() {
+    for c in &mut subs {
         for i in 1..=5u64 {
             let p = c.next_pub("room-1").await;
             assert_eq!(p["offset"], i);

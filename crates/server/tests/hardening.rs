@@ -35,11 +35,11 @@ async fn poisoned_publication_data_is_refused_over_ws_and_api() {
         ))
         .await;
         let r = c.reply(900).await;
-        assert_eq!(error_code(&r), Some(107), "ws publish of {:.20}: {r}", data);
+        assert_eq!(error_code(&r), Some(107), "ws publish of {data:.20}: {r}");
         // Server API: 400.
         let body = format!(r#"{{"channel":"room","data":{data}}}"#);
         let (status, v) = api_raw(s.addr, "publish", Some(API_KEY), &body).await;
-        assert_eq!(status, 400, "api publish of {:.20}: {v}", data);
+        assert_eq!(status, 400, "api publish of {data:.20}: {v}");
         let body = format!(r#"{{"channels":["room"],"data":{data}}}"#);
         let (status, _) = api_raw(s.addr, "broadcast", Some(API_KEY), &body).await;
         assert_eq!(status, 400);
@@ -512,6 +512,6 @@ async fn api_text(addr: std::net::SocketAddr, method: &str, body: &str) -> (u16,
     s.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
     let status: u16 = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     (status, body.to_owned())
 }

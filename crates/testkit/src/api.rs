@@ -65,7 +65,7 @@ pub async fn try_api_raw(
         .get(9..12)
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP reply: {text:.200}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
     Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 

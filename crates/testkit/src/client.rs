@@ -193,7 +193,7 @@ impl Client {
     /// Reads one WebSocket message into the inbox (several objects per message are split;
     /// server pings are answered, not queued), or records the close.
     async fn fill(&mut self) {
-        self.try_fill(WAIT).await.unwrap()
+        self.try_fill(WAIT).await.unwrap();
     }
 
     /// [`Client::fill`] bounded by `within`; an error on a timeout or a non-JSON frame.
@@ -206,7 +206,7 @@ impl Client {
                 for line in t.as_str().split('\n') {
                     let v: Value = serde_json::from_str(line)
                         .map_err(|e| format!("server sent non-JSON ({e}): {line:.200}"))?;
-                    if v.as_object().is_some_and(|o| o.is_empty()) {
+                    if v.as_object().is_some_and(serde_json::Map::is_empty) {
                         if self.auto_pong {
                             self.ws.send(Message::text("{}")).await.ok();
                         }

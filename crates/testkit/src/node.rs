@@ -153,17 +153,14 @@ impl NodeBuilder {
             }
             lines.for_each(drop); // nothing else is written there; never block the node
         });
-        let line = match ready.recv_timeout(READY_WITHIN) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
-                let log: Vec<String> = logs.try_iter().collect();
-                panic!(
+        let Ok(line) = ready.recv_timeout(READY_WITHIN) else {
+            let _ = child.kill();
+            let status = child.wait().ok();
+            let log: Vec<String> = logs.try_iter().collect();
+            panic!(
                     "roomcast serve gave no ready line within {READY_WITHIN:?} (exit: {status:?}); log:\n{}",
                     log.join("\n")
                 );
-            }
         };
         let v: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("the ready line is JSON ({e}): {line}"));

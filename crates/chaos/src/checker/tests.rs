@@ -109,7 +109,7 @@ fn history_against_real_time_order_is_caught() {
     history[3].0 = 4;
     views[0].pubs = history.clone();
     let mut ops = ops;
-    for o in ops.iter_mut() {
+    for o in &mut ops {
         o.offset = None;
     }
     let r = check(&ops, &history, &views);

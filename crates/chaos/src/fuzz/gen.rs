@@ -5,15 +5,15 @@
 use fastrand::Rng;
 use serde_json::{json, Map, Value};
 
-pub const TEXT: u8 = 0x1;
-pub const BINARY: u8 = 0x2;
-pub const CONT: u8 = 0x0;
-pub const CLOSE: u8 = 0x8;
-pub const PING: u8 = 0x9;
-pub const PONG: u8 = 0xA;
+pub(super) const TEXT: u8 = 0x1;
+pub(super) const BINARY: u8 = 0x2;
+pub(super) const CONT: u8 = 0x0;
+pub(super) const CLOSE: u8 = 0x8;
+pub(super) const PING: u8 = 0x9;
+pub(super) const PONG: u8 = 0xA;
 
 /// A client frame: `fin`, `rsv` bits (0 for valid), opcode, masked unless told not to.
-pub fn frame(
+pub(super) fn frame(
     rng: &mut Rng,
     fin: bool,
     rsv: u8,
@@ -46,12 +46,12 @@ pub fn frame(
 }
 
 /// A valid masked final text frame.
-pub fn text(rng: &mut Rng, s: &str) -> Vec<u8> {
+pub(super) fn text(rng: &mut Rng, s: &str) -> Vec<u8> {
     frame(rng, true, 0, TEXT, s.as_bytes(), true)
 }
 
 /// A frame header that claims `len` bytes (up to 2^64-1), followed by only a few.
-pub fn lying_length(rng: &mut Rng) -> Vec<u8> {
+pub(super) fn lying_length(rng: &mut Rng) -> Vec<u8> {
     let mut f = vec![0x81, 0xFF];
     let len = match rng.u8(0..3) {
         0 => u64::MAX,
@@ -64,7 +64,7 @@ pub fn lying_length(rng: &mut Rng) -> Vec<u8> {
     f
 }
 
-pub fn random_bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
+pub(super) fn random_bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
     (0..rng.usize(0..max)).map(|_| rng.u8(..)).collect()
 }
 
@@ -79,7 +79,7 @@ fn random_string(rng: &mut Rng) -> String {
 }
 
 /// A random JSON value, nested at most `depth` deep.
-pub fn random_json(rng: &mut Rng, depth: u32) -> Value {
+pub(super) fn random_json(rng: &mut Rng, depth: u32) -> Value {
     match rng.u8(0..if depth == 0 { 5 } else { 7 }) {
         0 => Value::Null,
         1 => json!(rng.bool()),
@@ -123,7 +123,7 @@ const METHODS: &[&str] = &[
 
 /// A command object (sometimes not an object at all): valid, with fields of the wrong
 /// type, with a huge or odd id, with an unknown method or two methods, or random JSON.
-pub fn command(rng: &mut Rng, token: &str, channel: &str) -> String {
+pub(super) fn command(rng: &mut Rng, token: &str, channel: &str) -> String {
     let id = match rng.u8(0..8) {
         0 => json!(u64::MAX),
         1 => json!(-1),
@@ -203,7 +203,7 @@ pub fn command(rng: &mut Rng, token: &str, channel: &str) -> String {
 }
 
 /// An HTTP upgrade request for `/connection/websocket`: valid, or one of its broken forms.
-pub fn upgrade(rng: &mut Rng, host: &str) -> (Vec<u8>, bool) {
+pub(super) fn upgrade(rng: &mut Rng, host: &str) -> (Vec<u8>, bool) {
     let valid = format!(
         "GET /connection/websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"

@@ -29,7 +29,7 @@ const CANARY: &str = "canary";
 /// nested data published there would be the fuzzer's doing, not the server's).
 const ROOMS: &[&str] = &["fuzz", "fuzz-b", "fuzz:x", "", "$private", "fuzz-deep"];
 
-pub struct Options {
+pub(crate) struct Options {
     pub seconds: u64,
     pub seed: u64,
     pub connections: usize,
@@ -55,7 +55,7 @@ impl Shared {
 }
 
 /// Runs the fuzzer; returns whether it found anything.
-pub async fn run(o: Options) -> bool {
+pub(crate) async fn run(o: Options) -> bool {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("node.toml");
     std::fs::write(

@@ -249,7 +249,10 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 .history(&b.channel, b.limit, b.since.as_ref(), b.reverse)
                 .await?;
             Ok(ok(HistoryResult {
-                publications: msgs.iter().map(|m| m.publication()).collect(),
+                publications: msgs
+                    .iter()
+                    .map(super::super::store::Message::publication)
+                    .collect(),
                 epoch: pos.epoch,
                 offset: pos.offset,
             }))

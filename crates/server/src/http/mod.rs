@@ -75,7 +75,7 @@ async fn websocket(State(node): State<Arc<Node>>, req: Request) -> Response {
             crate::gateway::serve(node, tcp, leftover).await;
         }
     };
-    tracing::trace!(bytes = std::mem::size_of_val(&task), "connection task size");
+    tracing::trace!(bytes = size_of_val(&task), "connection task size");
     tasks.spawn(task);
     response
 }

@@ -379,7 +379,7 @@ impl Hub {
     /// Rooms with local subscribers and how many.
     pub fn channels(&self) -> Vec<(String, usize)> {
         let mut out = Vec::new();
-        for shard in self.shards.iter() {
+        for shard in &self.shards {
             for (name, room) in shard.lock().expect("hub shard lock").iter() {
                 out.push((name.to_string(), room.size()));
             }
@@ -481,7 +481,7 @@ pub(super) mod tests {
         assert_eq!((fa.len(), fb.len()), (2, 1));
         match (&fa[0], &fb[0]) {
             (Out::Frame(x), Out::Frame(y)) => {
-                assert_eq!(x.as_ptr(), y.as_ptr(), "same bytes, not a copy")
+                assert_eq!(x.as_ptr(), y.as_ptr(), "same bytes, not a copy");
             }
             _ => panic!("frames expected"),
         }

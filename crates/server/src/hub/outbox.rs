@@ -173,7 +173,7 @@ impl Outbox {
 
     /// `poll_wait` as a future.
     pub async fn wait(&self, frames: bool) {
-        poll_fn(|cx| self.poll_wait(cx, frames)).await
+        poll_fn(|cx| self.poll_wait(cx, frames)).await;
     }
 
     /// Takes everything queued, and the close reason if one is set. After a slow close the

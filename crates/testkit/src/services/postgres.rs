@@ -28,7 +28,7 @@ struct PrivatePg {
 fn pg_bin_dirs() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|rd| {
-            rd.filter_map(|e| e.ok())
+            rd.filter_map(Result::ok)
                 .map(|e| e.path().join("bin"))
                 .collect()
         })
@@ -42,8 +42,7 @@ fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
 }
 
 fn run(cmd: &mut Command, what: &str) {

@@ -61,7 +61,7 @@ pub(super) async fn run(
             failed => {
                 match failed {
                     Ok(Err(e)) => {
-                        tracing::warn!(broker = broker.name(), error = %e, "bus publish failed")
+                        tracing::warn!(broker = broker.name(), error = %e, "bus publish failed");
                     }
                     _ => tracing::warn!(broker = broker.name(), "bus publish timed out"),
                 }

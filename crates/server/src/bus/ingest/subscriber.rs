@@ -52,7 +52,7 @@ pub(super) async fn run(
             failed => {
                 match failed {
                     Ok(Err(e)) => {
-                        tracing::warn!(broker = name, error = %e, "bus subscribe connection failed")
+                        tracing::warn!(broker = name, error = %e, "bus subscribe connection failed");
                     }
                     _ => tracing::warn!(broker = name, "bus subscribe connection timed out"),
                 }

@@ -11,7 +11,7 @@ use super::conn::RedisConn;
 
 /// Publishes `msgs` in order per channel: standalone, one pipeline of PUBLISH; on a
 /// cluster, one pipeline of SPUBLISH per hash slot, the slots concurrently.
-pub async fn publish_all<'a>(
+pub(super) async fn publish_all<'a>(
     conn: &mut RedisConn,
     msgs: impl Iterator<Item = (&'a str, &'a [u8])>,
 ) -> RedisResult<()> {

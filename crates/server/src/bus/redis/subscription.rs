@@ -28,13 +28,13 @@ fn by_slot(channels: &[String]) -> Vec<Vec<&str>> {
 
 /// The Pub/Sub side: a standalone SUBSCRIBE connection, or a cluster connection with
 /// sharded subscriptions whose messages arrive as RESP3 pushes.
-pub enum RedisSubscription {
+pub(super) enum RedisSubscription {
     Single(redis::aio::PubSubSink, redis::aio::PubSubStream),
     Cluster(ClusterConnection, mpsc::UnboundedReceiver<PushInfo>),
 }
 
 impl RedisSubscription {
-    pub async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+    pub(super) async fn subscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             RedisSubscription::Single(sink, _) => sink.subscribe(channels).await,
             RedisSubscription::Cluster(conn, _) => {
@@ -46,7 +46,7 @@ impl RedisSubscription {
         }
     }
 
-    pub async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
+    pub(super) async fn unsubscribe(&mut self, channels: &[String]) -> RedisResult<()> {
         match self {
             RedisSubscription::Single(sink, _) => sink.unsubscribe(channels).await,
             RedisSubscription::Cluster(conn, _) => {
@@ -60,7 +60,7 @@ impl RedisSubscription {
 
     /// The next message (channel, payload); `None` when the connection was lost (on a
     /// cluster: any shard's connection dropped, so messages may have been missed).
-    pub async fn next(&mut self) -> Option<(String, Vec<u8>)> {
+    pub(super) async fn next(&mut self) -> Option<(String, Vec<u8>)> {
         match self {
             RedisSubscription::Single(_, stream) => {
                 let msg = stream.next().await?;

@@ -225,7 +225,7 @@ impl<S: Services> Session<S> {
                     activate.push((channel, next));
                 }
                 Err(e) => {
-                    tracing::warn!(%channel, code = e.code, "server-side subscription failed")
+                    tracing::warn!(%channel, code = e.code, "server-side subscription failed");
                 }
             }
         }

@@ -172,7 +172,10 @@ impl<S: Services> Session<S> {
                 }
                 if same_stream && within && bytes <= node.config().recovery_max_bytes && !digest {
                     result.recovered = true;
-                    result.publications = msgs.iter().map(|m| m.publication()).collect();
+                    result.publications = msgs
+                        .iter()
+                        .map(crate::store::Message::publication)
+                        .collect();
                 }
             }
             result.recoverable = recoverable;
@@ -283,7 +286,10 @@ impl<S: Services> Session<S> {
         {
             Ok((msgs, pos)) => {
                 let result = HistoryResult {
-                    publications: msgs.iter().map(|m| m.publication()).collect(),
+                    publications: msgs
+                        .iter()
+                        .map(crate::store::Message::publication)
+                        .collect(),
                     epoch: pos.epoch,
                     offset: pos.offset,
                 };
