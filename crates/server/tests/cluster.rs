@@ -140,6 +140,17 @@ roomcast::broker_conformance!(broker_conformance_nats, async {
     )
 });
 
+// The store suite on PostgreSQL, stamped from the one definition (`store::conformance`) that
+// `store/sqlite.rs` stamps for SQLite.
+roomcast::store_conformance!(postgres_store_conformance, Postgres::start(), |pg, _n| {
+    roomcast::store::postgres::PostgresStore::connect(
+        &pg.fresh_db().await,
+        Duration::from_secs(300),
+    )
+    .await
+    .unwrap()
+});
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn store_conformance_on_postgres_and_sqlite() {
     use roomcast::store::conformance as suite;
@@ -148,15 +159,6 @@ async fn store_conformance_on_postgres_and_sqlite() {
     use roomcast::store::Store;
     let ttl = Duration::from_secs(300);
     let pg = Postgres::start();
-
-    // The whole suite, one definition for both backends (`suite::run_all`, which the
-    // SQLite unit test stamps out through `store_conformance!`).
-    suite::run_all(|_| async {
-        PostgresStore::connect(&pg.fresh_db().await, ttl)
-            .await
-            .unwrap()
-    })
-    .await;
 
     // Two stores on one database (two nodes): appends interleave without reusing an offset.
     let db = pg.fresh_db().await;
