@@ -71,7 +71,16 @@ async fn cluster_on(broker: Broker, n: usize) -> Cluster {
     let store = pg.fresh_db().await;
     let nodes = (0..n)
         .map(|_| {
-            let node = Node::builder().redis(&redis.url()).store(&store);
+            // The tests' subscribers read only once the publishing is done, unlike an SDK,
+            // which answers pings all along: a loaded machine must not turn that into a
+            // "no pong" close (3012) that the tests would count as a reconnect.
+            let node = Node::builder()
+                .redis(&redis.url())
+                .store(&store)
+                .arg("--ping-interval")
+                .arg("120")
+                .arg("--pong-timeout")
+                .arg("60");
             match &nats {
                 Some(nats) => node.nats(&nats.url()),
                 None => node,
