@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Before and after in one run: two roomcast builds side by side, with the limit baseline, measured by
+# one invocation of roomcast-bench (same machine, same moment, same load generator).
+#
+# Usage: bench/compare.sh OLD_ROOMCAST NEW_ROOMCAST BENCH [roomcast-bench run arguments...]
+#   e.g. bench/compare.sh /tmp/old/roomcast target/release/roomcast target/release/roomcast-bench \
+#          --preset seed500
+# Env:   STORE=sqlite (default: each server its own SQLite data dir) | postgres (a private
+#        PostgreSQL started here, one database per server; fsync on)
+#        OUT=dir for results.json and plots (default bench-results/compare-<utc time>)
+# Every process this script starts is stopped by its PID on exit.
+set -euo pipefail
+[[ $# -ge 3 ]] || { sed -n 2,10p "$0"; exit 2; }
+OLD="$(realpath "$1")"; NEW="$(realpath "$2")"; BENCH="$(realpath "$3")"; shift 3
+HERE="$(cd "$(dirname "$0")/.." && pwd)"
+STORE="${STORE:-sqlite}"
+OUT="${OUT:-$HERE/bench-results/compare-$(date -u +%Y%m%dT%H%M%SZ)}"
+mkdir -p "$OUT"
+WORK="$(mktemp -d /tmp/roomcast-compare.XXXXXX)"
+chmod 755 "$WORK"
+PIDS=()
+PG_DATA=""
+cleanup() {
+  cp "$WORK"/*.log "$OUT/" 2>/dev/null || true
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+  done
+  if [[ -n $PG_DATA ]]; then as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 || true; fi
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
+wait_port() { # port pid name
+  for _ in $(seq 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$2" 2>/dev/null || { echo "$3 exited:"; tail -20 "$WORK/$3.log"; exit 1; }
+    sleep 0.1
+  done
+  echo "$3 did not listen on $1"; exit 1
+}
+# PostgreSQL refuses to run as root: run its tools as `postgres` then.
+as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+
+store_args=()
+if [[ $STORE == postgres ]]; then
+  PG_BIN="$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | tail -1)")"
+  PG_DATA="$WORK/pg"; PG_PORT=$(free_port)
+  mkdir -p "$PG_DATA"; [[ $(id -u) == 0 ]] && chown postgres "$PG_DATA"
+  as_pg "$PG_BIN/initdb" -D "$PG_DATA" -U roomcast --auth=trust >"$WORK/initdb.log" 2>&1
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -l "$PG_DATA/server.log" -w \
+    -o "-p $PG_PORT -k $PG_DATA -c listen_addresses=127.0.0.1 -c max_connections=200" start >/dev/null
+  for db in old new; do
+    as_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U roomcast "rc_$db"
+  done
+fi
+
+TARGETS=()
+for which in old new; do
+  bin="$OLD"; [[ $which == new ]] && bin="$NEW"
+  port=$(free_port); secret="bench-$RANDOM$RANDOM"; key="bench-$RANDOM$RANDOM"
+  extra=()
+  [[ $STORE == postgres ]] && extra=(--store "postgres://roomcast@127.0.0.1:$PG_PORT/rc_$which")
+  "$bin" serve --config "$HERE/bench/roomcast-bench.toml" --listen "127.0.0.1:$port" \
+    --data-dir "$WORK/data-$which" --token-hmac-secret "$secret" --api-key "$key" "${extra[@]}" \
+    >"$WORK/roomcast-$which.log" 2>&1 &
+  pid=$!; PIDS+=("$pid"); wait_port "$port" "$pid" "roomcast-$which"
+  TARGETS+=(--target "kind=roomcast,name=roomcast-$which,addr=127.0.0.1:$port,pid=$pid,secret=$secret,api_key=$key")
+done
+
+echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); store: $STORE"
+"$BENCH" run "${TARGETS[@]}" --json "$OUT/results.json" --plots "$OUT" "$@" | tee "$OUT/log.txt"
