@@ -20,27 +20,13 @@ WORK="$(mktemp -d /tmp/roomcast-compare.XXXXXX)"
 chmod 755 "$WORK"
 PIDS=()
 PG_DATA=""
+# shellcheck source=bench/lib.sh
+. "$HERE/bench/lib.sh"
 cleanup() {
-  cp "$WORK"/*.log "$OUT/" 2>/dev/null || true
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  for pid in "${PIDS[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
-  done
   if [[ -n $PG_DATA ]]; then as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" -m fast stop >/dev/null 2>&1 || true; fi
-  rm -rf "$WORK"
+  stop_started
 }
 trap cleanup EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { # port pid name
-  for _ in $(seq 300); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    kill -0 "$2" 2>/dev/null || { echo "$3 exited:"; tail -20 "$WORK/$3.log"; exit 1; }
-    sleep 0.1
-  done
-  echo "$3 did not listen on $1"; exit 1
-}
 # PostgreSQL refuses to run as root: run its tools as `postgres` then.
 as_pg() { if [[ $(id -u) == 0 ]]; then runuser -u postgres -- "$@"; else "$@"; fi; }
 
