@@ -132,6 +132,10 @@ pub trait Bus: Send + Sync + 'static {
     async fn channels(&self) -> Option<HashMap<String, u64>> {
         None
     }
+    /// Whether the bus carries publications now (the `/ready` check): `Err` says why not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Drains: everything already handed to `publish` reaches the broker, then peers are
     /// told this node is leaving. Nothing may be published afterwards.
     async fn close(&self) {}

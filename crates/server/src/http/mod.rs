@@ -1,4 +1,4 @@
-//! HTTP surface of a node: the WebSocket endpoint, the server API and a health check.
+//! HTTP surface of a node: the WebSocket endpoint, the server API, health and readiness.
 //!
 //! The WebSocket handshake is done here rather than by axum's `WebSocketUpgrade`, because
 //! roomcast runs its own lean WebSocket layer (see `gateway/ws.rs`) on the raw socket: the
@@ -19,6 +19,7 @@ use crate::node::Node;
 
 pub mod api;
 pub mod error;
+pub mod ready;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -27,7 +28,8 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/{method}",
             post(api::call).with_state(api::Api::new(node.clone())),
         )
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(ready::health))
+        .route("/ready", get(ready::ready))
         .with_state(node)
 }
 

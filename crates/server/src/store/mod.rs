@@ -140,4 +140,7 @@ pub trait Store: Send + Sync + 'static {
     async fn position(&self, room: &str) -> Result<Position, StoreError>;
     /// Finishes every pending commit and stops accepting appends.
     async fn close(&self);
+    /// Whether the store takes writes now (the `/ready` check): its writer runs and the
+    /// database answers as writable. Bounded by the caller.
+    async fn ready(&self) -> Result<(), StoreError>;
 }

@@ -256,6 +256,20 @@ impl Backend for PostgresReaders {
         position_of(&**conn, room, &self.base_epoch).await
     }
 
+    async fn writable(&self) -> Result<(), StoreError> {
+        let conn = self.reader().await?;
+        let row = conn
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(backend)?;
+        if row.get::<_, bool>(0) {
+            return Err(StoreError::Backend(
+                "the database is a read-only replica (in recovery)".into(),
+            ));
+        }
+        Ok(())
+    }
+
     async fn close_readers(&self) {
         self.readers.close();
     }

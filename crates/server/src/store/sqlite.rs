@@ -207,6 +207,13 @@ impl Backend for SqliteReaders {
         let base = self.base_epoch.clone();
         self.read(move |conn| position_of(conn, &room, &base)).await
     }
+
+    async fn writable(&self) -> Result<(), StoreError> {
+        // Takes the write lock for an instant (waits behind a commit, up to the busy
+        // timeout): fails on a read-only file system, a locked or vanished database.
+        self.read(|conn| conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;"))
+            .await
+    }
 }
 
 /// The writer's half: the write connection, moved to a blocking thread for each commit.

@@ -67,6 +67,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn position(&self, room: &str) -> Result<Position, StoreError>;
     /// Releases the read connections (after the writer stopped).
     async fn close_readers(&self) {}
+    /// Whether the database takes writes (checked from a read connection, so the writer's
+    /// queue is not delayed by it).
+    async fn writable(&self) -> Result<(), StoreError>;
 }
 
 /// The writer's half of a backend.
@@ -170,6 +173,13 @@ impl<B: Backend> Store for GroupStore<B> {
 
     async fn position(&self, room: &str) -> Result<Position, StoreError> {
         self.backend.position(room).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.backend.writable().await
     }
 
     async fn close(&self) {

@@ -122,7 +122,10 @@ pub(super) async fn run(
                         break;
                     };
                     match Envelope::decode(&payload) {
-                        Ok(Envelope::Probe { n }) if n == shared.node => last_probe = Instant::now(),
+                        Ok(Envelope::Probe { n }) if n == shared.node => {
+                            last_probe = Instant::now();
+                            shared.probe_back();
+                        }
                         Ok(env) => {
                             if !handle(&shared, &inbox, env).await {
                                 return;
