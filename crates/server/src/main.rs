@@ -16,8 +16,37 @@ use roomcast::{Config, Server};
     about = "A Centrifugo-compatible chat server with durable history"
 )]
 struct Cli {
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    /// Levels by `ROOMCAST_LOG` (e.g. `roomcast=debug`; default `roomcast=info`).
+    #[arg(long, global = true, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr in the chosen format.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+        .unwrap_or_else(|_| "roomcast=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 /// Settings shared by `serve` and `token`; each overrides the TOML file.
@@ -112,15 +141,9 @@ fn load(common: &Common) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
-                .unwrap_or_else(|_| "roomcast=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
         Command::Serve {
             common,
             listen,

@@ -98,6 +98,11 @@ impl<S: Services> Session<S> {
         self.identity.is_some()
     }
 
+    /// Who connected (`None` before a successful connect).
+    pub fn identity(&self) -> Option<&ClientInfo> {
+        self.identity.as_ref()
+    }
+
     pub fn conn_id(&self) -> ConnId {
         self.conn
     }
@@ -160,7 +165,8 @@ impl<S: Services> Session<S> {
             Ok(c) => Ok(c),
             Err(TokenError::Expired) => Err(Flow::Continue),
             Err(TokenError::Invalid(why)) => {
-                tracing::debug!(%why, "invalid token");
+                // The reason only (signature, expiry, audience, ...): never the token.
+                tracing::info!(reason = %why, "connection refused: invalid token");
                 Err(Flow::Close(Disconnect::INVALID_TOKEN))
             }
         }
@@ -240,6 +246,7 @@ impl<S: Services> Session<S> {
             pong: true,
             node: self.node.node_id().to_owned(),
         };
+        tracing::info!(client = %result.client, user = %claims.sub, "connected");
         self.reply(encode_reply(id, "connect", &result));
         for (channel, next) in activate {
             self.node.activate(&channel, self.conn, next);
