@@ -70,7 +70,7 @@ enum Command {
         #[command(flatten)]
         common: Common,
         /// Address to listen on.
-        #[arg(long, env = "ROOMCAST_LISTEN")]
+        #[arg(long, env = "ROOMCAST_LISTEN", value_parser = roomcast::config::parse_listen)]
         listen: Option<std::net::SocketAddr>,
         /// Server API key.
         #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
@@ -224,9 +224,16 @@ fn main() -> anyhow::Result<()> {
         } => {
             let mut config = load(&common)?;
             if config.token_hmac_secret.is_none() {
-                if let Some(path) = config.ensure_secrets()? {
-                    eprintln!("generated secrets in {}", path.display());
+                let path = config.data_dir.join("secrets.toml");
+                match config.ensure_secrets()? {
+                    Some(_) => eprintln!(
+                        "generated secrets in {} (start `roomcast serve` with the same --data-dir)",
+                        path.display()
+                    ),
+                    None => eprintln!("signed with the secret in {}", path.display()),
                 }
+            } else {
+                eprintln!("signed with the secret given by --token-hmac-secret, ROOMCAST_TOKEN_HMAC_SECRET or the config file");
             }
             let auth = Auth::new(
                 config.token_hmac_secret.as_deref().expect("secret ensured"),
