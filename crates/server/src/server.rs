@@ -58,10 +58,10 @@ impl Server {
         if let (Err(e), Some(dir)) = (&started, created) {
             match std::fs::remove_dir_all(&dir) {
                 Ok(()) => {
-                    tracing::info!(dir = %dir.display(), "start failed ({e:#}); removed the data directory it had created")
+                    tracing::info!(dir = %dir.display(), "start failed ({e:#}); removed the data directory it had created");
                 }
                 Err(rm) => {
-                    tracing::warn!(dir = %dir.display(), error = %rm, "start failed; could not remove the data directory it had created")
+                    tracing::warn!(dir = %dir.display(), error = %rm, "start failed; could not remove the data directory it had created");
                 }
             }
         }
