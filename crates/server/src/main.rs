@@ -55,10 +55,11 @@ struct Common {
     /// TOML configuration file.
     #[arg(long, env = "ROOMCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory (message store, generated secrets).
+    /// Data directory (message store, generated secrets) [default: roomcast-data].
     #[arg(long, env = "ROOMCAST_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// HMAC secret for HS256 connection tokens.
+    /// HMAC secret for HS256 connection tokens [default: generated into the data directory's
+    /// secrets.toml].
     #[arg(long, env = "ROOMCAST_TOKEN_HMAC_SECRET", hide_env_values = true)]
     token_hmac_secret: Option<String>,
 }
@@ -69,19 +70,19 @@ enum Command {
     Serve {
         #[command(flatten)]
         common: Common,
-        /// Address to listen on.
+        /// Address to listen on, `ip:port` or `host:port` [default: 127.0.0.1:8000].
         #[arg(long, env = "ROOMCAST_LISTEN", value_parser = roomcast::config::parse_listen)]
         listen: Option<std::net::SocketAddr>,
-        /// Server API key.
+        /// Server API key [default: generated into the data directory's secrets.toml].
         #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
         /// Development mode: clients may connect without a token.
         #[arg(long, env = "ROOMCAST_INSECURE")]
         insecure: bool,
-        /// Seconds between server pings.
+        /// Seconds between server pings [default: 25].
         #[arg(long, env = "ROOMCAST_PING_INTERVAL")]
         ping_interval: Option<u64>,
-        /// Seconds a client has to answer a ping.
+        /// Seconds a client has to answer a ping [default: 8].
         #[arg(long, env = "ROOMCAST_PONG_TIMEOUT")]
         pong_timeout: Option<u64>,
         /// Join a cluster: Redis URL of the bus and presence (`redis://host:port`).
@@ -90,7 +91,8 @@ enum Command {
         /// Put the cluster bus on NATS (`nats://host:port`); presence stays on `--redis`.
         #[arg(long, env = "ROOMCAST_NATS", hide_env_values = true)]
         nats: Option<String>,
-        /// Shared message store URL (`postgres://user:pass@host:port/db`).
+        /// Shared message store URL (`postgres://user:pass@host:port/db`) [default: SQLite in the
+        /// data directory].
         #[arg(long, env = "ROOMCAST_STORE", hide_env_values = true)]
         store: Option<String>,
         /// Once listening, write one JSON line to this file descriptor (1: stdout):
@@ -110,6 +112,12 @@ enum Command {
         /// Largest message echoed.
         #[arg(long, default_value_t = 16 << 20)]
         max_message_size: usize,
+    },
+    /// Print a shell completion script (e.g. `roomcast completions bash >
+    /// /etc/bash_completion.d/roomcast`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Print a connection token (HS256 JWT) for a user.
     Token {
@@ -216,6 +224,14 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "roomcast", &mut script);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
         Command::Token {
             common,
             user,
@@ -296,5 +312,27 @@ fn announce_ready(fd: u32, addr: std::net::SocketAddr) -> std::io::Result<()> {
             .append(true)
             .open(format!("/dev/fd/{n}"))?
             .write_all(line.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults `--help` states are the ones `Config::default()` has.
+    #[test]
+    fn help_states_the_real_defaults() {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let serve = cmd.find_subcommand_mut("serve").expect("serve");
+        let help = serve.render_long_help().to_string();
+        let d = Config::default();
+        for want in [
+            format!("[default: {}]", d.listen),
+            format!("[default: {}]", d.data_dir.display()),
+            format!("[default: {}]", d.ping_interval_secs),
+            format!("[default: {}]", d.pong_timeout_secs),
+        ] {
+            assert!(help.contains(&want), "{want} missing from:\n{help}");
+        }
     }
 }
