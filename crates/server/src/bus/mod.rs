@@ -84,7 +84,7 @@ impl UserOp {
 }
 
 /// One node as the `info` API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NodeStats {
     pub uid: String,
     pub name: String,

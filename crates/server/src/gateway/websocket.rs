@@ -154,6 +154,7 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, leftover: Bytes) {
     };
     let code = run(tcp, leftover, &outbox, &mut handler, limits).await;
     node.keepalive.unregister(id);
+    crate::metrics::METRICS.disconnect(code);
     if let Handler::Session(s) = &handler {
         if let Some(who) = s.identity() {
             // No code: the socket ended without a close frame (peer gone, reset, write
@@ -206,8 +207,20 @@ async fn run(
     let mut code = None;
     // Bytes in `inbuf` not decoded yet (the HTTP layer may have read past the upgrade).
     let mut undecoded = !inbuf.is_empty();
+    // The peer shut its side after the bytes in `inbuf`: they are handled (a close frame
+    // or commands sent just before a half-close count), then the connection ends.
+    let mut peer_eof = false;
 
     let end = loop {
+        if peer_eof && !undecoded {
+            // What the handled messages queued goes out if the socket takes it now.
+            if !closing {
+                outbox.take(&mut items);
+                Box::pin(commands::flush(&mut wire, &mut items, handler.session())).await;
+            }
+            let _ = write_some(&tcp, &mut wire.out);
+            break End::Gone;
+        }
         if closing && wire.out.is_empty() {
             break End::Closed {
                 linger: !client_closed,
@@ -311,8 +324,11 @@ async fn run(
                     break End::Gone;
                 }
                 match read_some(&tcp, &mut inbuf, limits.max_message) {
-                    Ok(true) => undecoded = !inbuf.is_empty(),
-                    Ok(false) | Err(_) => break End::Gone,
+                    Ok(open) => {
+                        undecoded = !inbuf.is_empty();
+                        peer_eof = !open;
+                    }
+                    Err(_) => break End::Gone,
                 }
             }
         }

@@ -30,7 +30,20 @@ pub fn router(node: Arc<Node>) -> Router {
         )
         .route("/health", get(ready::health))
         .route("/ready", get(ready::ready))
+        .route("/metrics", get(metrics))
         .with_state(node)
+}
+
+/// Prometheus text exposition (see `metrics.rs`).
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&node).await,
+    )
+        .into_response()
 }
 
 /// A router with only a WebSocket echo endpoint at `/`, on the same WebSocket layer, for

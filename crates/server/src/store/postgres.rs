@@ -75,6 +75,7 @@ pub struct PostgresReaders {
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
+    crate::metrics::METRICS.backend_error("postgres");
     StoreError::Backend(e.to_string())
 }
 

@@ -53,6 +53,7 @@ pub struct SqliteReaders {
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
+    crate::metrics::METRICS.backend_error("sqlite");
     StoreError::Backend(e.to_string())
 }
 

@@ -272,7 +272,10 @@ impl<C: Committer> Writer<C> {
             now_ms: now_ms(),
             key_cutoff_ms: self.key_cutoff(),
         };
+        let started = std::time::Instant::now();
+        let size = batch.entries.len();
         let (batch, outcome) = self.committer.commit(batch).await;
+        crate::metrics::METRICS.store_commit(started.elapsed(), size);
         match outcome {
             Ok(results) => {
                 debug_assert_eq!(results.len(), batch.entries.len());

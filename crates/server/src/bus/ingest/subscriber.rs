@@ -121,6 +121,7 @@ pub(super) async fn run(
                         tracing::warn!(broker = name, "bus subscription lost; reconnecting");
                         break;
                     };
+                    crate::metrics::METRICS.bus_received.inc();
                     match Envelope::decode(&payload) {
                         Ok(Envelope::Probe { n }) if n == shared.node => {
                             last_probe = Instant::now();

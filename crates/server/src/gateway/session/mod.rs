@@ -117,6 +117,7 @@ impl<S: Services> Session<S> {
     }
 
     fn error(&self, id: u32, err: ErrorCode) {
+        crate::metrics::METRICS.command_error(err.code);
         self.reply(encode_error(id, err));
     }
 
@@ -167,6 +168,7 @@ impl<S: Services> Session<S> {
             Err(TokenError::Invalid(why)) => {
                 // The reason only (signature, expiry, audience, ...): never the token.
                 tracing::info!(reason = %why, "connection refused: invalid token");
+                crate::metrics::METRICS.token_refusals.inc();
                 Err(Flow::Close(Disconnect::INVALID_TOKEN))
             }
         }
@@ -247,6 +249,7 @@ impl<S: Services> Session<S> {
             node: self.node.node_id().to_owned(),
         };
         tracing::info!(client = %result.client, user = %claims.sub, "connected");
+        crate::metrics::METRICS.connects.inc();
         self.reply(encode_reply(id, "connect", &result));
         for (channel, next) in activate {
             self.node.activate(&channel, self.conn, next);

@@ -178,6 +178,9 @@ impl<S: Services> Session<S> {
                         .collect();
                 }
             }
+            if req.recover {
+                crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
+            }
             result.recoverable = recoverable;
             result.positioned = positioned;
             result.epoch = pos.epoch;
