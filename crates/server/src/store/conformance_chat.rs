@@ -11,7 +11,7 @@ use super::conformance::msg;
 use super::{NewMessage, Store};
 
 fn users(names: &[&str]) -> Vec<String> {
-    names.iter().map(|s| s.to_string()).collect()
+    names.iter().map(ToString::to_string).collect()
 }
 
 /// Add and remove many at once (twice is a no-op), page members in user order.
