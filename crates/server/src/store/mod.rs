@@ -21,7 +21,7 @@
 //!
 //! Files: `writer.rs` (the writer and the `Store` it implements), `sqlite.rs` and
 //! `postgres.rs` (backends), `sqlite_chat.rs` and `postgres_chat.rs` (their chat tables and
-//! migrations), `chat.rs` (the chat trait), `integrity.rs` (start-up checks of a SQLite
+//! migrations), `schema.rs` (schema versions), `chat.rs` (the chat trait), `integrity.rs` (start-up checks of a SQLite
 //! file), `conformance.rs` (the suite).
 
 use std::sync::Arc;
@@ -35,6 +35,7 @@ pub mod chat;
 mod integrity;
 pub mod postgres;
 mod postgres_chat;
+mod schema;
 pub mod sqlite;
 mod sqlite_chat;
 mod writer;

@@ -46,23 +46,9 @@ pub(super) async fn migrate(tx: &Transaction<'_>) -> Result<(), StoreError> {
         )
         .await
         .map_err(backend)?;
-    let version = match found {
-        None => 1,
-        Some(row) => {
-            let v: String = row.get(0);
-            v.parse::<i64>()
-                .map_err(|_| StoreError::Damaged(format!("schema version {v:?} is not a number")))?
-        }
-    };
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Damaged(format!(
-            "the database has schema version {version}; this build knows up to {SCHEMA_VERSION}"
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
-        if i as i64 + 2 > version {
-            tx.batch_execute(sql).await.map_err(backend)?;
-        }
+    let version = super::schema::found_version(found.map(|row| row.get(0)), SCHEMA_VERSION)?;
+    for sql in super::schema::pending(MIGRATIONS, version) {
+        tx.batch_execute(sql).await.map_err(backend)?;
     }
     tx.execute(
         "INSERT INTO roomcast_meta (key, value) VALUES ('schema_version', $1)

@@ -48,21 +48,9 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         )
         .optional()
         .map_err(backend)?;
-    let version = match found {
-        None => 1,
-        Some(v) => v
-            .parse::<i64>()
-            .map_err(|_| StoreError::Damaged(format!("schema version {v:?} is not a number")))?,
-    };
-    if version > SCHEMA_VERSION {
-        return Err(StoreError::Damaged(format!(
-            "the database has schema version {version}; this build knows up to {SCHEMA_VERSION}"
-        )));
-    }
-    for (i, sql) in MIGRATIONS.iter().enumerate() {
-        if i as i64 + 2 > version {
-            tx.execute_batch(sql).map_err(backend)?;
-        }
+    let version = super::schema::found_version(found, SCHEMA_VERSION)?;
+    for sql in super::schema::pending(MIGRATIONS, version) {
+        tx.execute_batch(sql).map_err(backend)?;
     }
     tx.execute(
         "INSERT INTO meta (key, value) VALUES ('schema_version', ?1)
