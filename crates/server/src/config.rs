@@ -49,6 +49,9 @@ pub struct NamespaceOptions {
     pub digest_interval_ms: u64,
     /// Every subscription is recoverable, whether or not the client asked for it.
     pub force_recovery: bool,
+    /// Only the room's members (server API `add_members`) may subscribe, publish and
+    /// read history or cursors; others get 103, permission denied.
+    pub members_only: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -67,6 +70,7 @@ impl Default for NamespaceOptions {
             digest_above: 0,
             digest_interval_ms: 1000,
             force_recovery: true,
+            members_only: false,
         }
     }
 }

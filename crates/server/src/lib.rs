@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod bus;
 pub mod channel;
+pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod gateway;

@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use crate::node::Node;
 
 pub mod api;
+pub mod chat;
 pub mod error;
 pub mod ready;
 

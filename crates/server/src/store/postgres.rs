@@ -47,7 +47,8 @@ const READERS: usize = 4;
 /// Any single statement longer than this is a failure, not a wait.
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 
-const SCHEMA: &str = "
+/// Version 1 of the schema (later versions: `postgres_chat::MIGRATIONS`).
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS roomcast_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS roomcast_rooms (room TEXT PRIMARY KEY, epoch TEXT NOT NULL, top BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS roomcast_messages (
@@ -115,6 +116,7 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         tx.batch_execute(SCHEMA).await.map_err(backend)?;
+        super::postgres_chat::migrate(&tx).await?;
         let fresh = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         tx.execute(
             "INSERT INTO roomcast_meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
@@ -157,7 +159,7 @@ impl PostgresStore {
 }
 
 impl PostgresReaders {
-    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.readers.get().await.map_err(backend)
     }
 }

@@ -7,8 +7,10 @@
 //! - `mod.rs`: the session's own state, command dispatch, connect and refresh;
 //! - `rooms.rs`: subscriptions (subscribe with recovery, unsubscribe, presence, history);
 //! - `publish.rs`: publishes and the command rate limit;
+//! - `chat.rs`: the `roomcast.*` rpc methods (read cursors, unread counts, room list);
 //! - `services.rs`: the `Services` trait and its implementation by `Node`.
 
+mod chat;
 mod publish;
 mod rooms;
 mod services;
@@ -152,6 +154,9 @@ impl<S: Services> Session<S> {
             Method::History(req) => self.history(id, req).await,
             Method::Ping => self.reply(encode_empty_reply(id, "ping")),
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
+            Method::Rpc(req) if req.method.starts_with(crate::chat::rpc::PREFIX) => {
+                self.chat_rpc(id, req).await;
+            }
             Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
             Method::Refresh(req) => return self.refresh(id, &req.token, now),
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
