@@ -49,6 +49,10 @@ pub struct NamespaceOptions {
     pub digest_interval_ms: u64,
     /// Every subscription is recoverable, whether or not the client asked for it.
     pub force_recovery: bool,
+    /// Most entries a `presence` reply lists (client protocol and server API); a room
+    /// with more clients answers error 106 "limit exceeded" (use `presence_stats`).
+    /// At least 1.
+    pub presence_max_entries: usize,
 }
 
 impl Default for NamespaceOptions {
@@ -67,6 +71,7 @@ impl Default for NamespaceOptions {
             digest_above: 0,
             digest_interval_ms: 1000,
             force_recovery: true,
+            presence_max_entries: 1000,
         }
     }
 }
@@ -299,8 +304,14 @@ impl Config {
             return bad("write_timeout_secs must be at least 1".into());
         }
         let namespaces = std::iter::once(&self.default_namespace).chain(self.namespaces.values());
-        if namespaces.into_iter().any(|ns| ns.digest_interval_ms < 10) {
+        if namespaces.clone().any(|ns| ns.digest_interval_ms < 10) {
             return bad("digest_interval_ms must be at least 10".into());
+        }
+        if namespaces
+            .into_iter()
+            .any(|ns| ns.presence_max_entries == 0)
+        {
+            return bad("presence_max_entries must be at least 1".into());
         }
         if self.max_message_size < 1024 {
             return bad("max_message_size must be at least 1024 bytes".into());
