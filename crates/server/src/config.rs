@@ -120,6 +120,9 @@ pub struct Config {
     pub api_body_timeout_secs: u64,
     /// Bytes queued for one connection before it is disconnected as slow.
     pub outbox_max_bytes: usize,
+    /// Live subscribers of a room on this node above which a publication is written out
+    /// by all the runtime's worker threads (one lane each); 0: always on one.
+    pub fanout_parallel_above: usize,
     /// Seconds a connection's socket may accept nothing while there is something to send
     /// before the connection is dropped; also the longest a closing connection (slow, no
     /// pong, ...) waits for its peer to take the close frame. Keeps peers that stop reading
@@ -180,6 +183,7 @@ impl Default for Config {
             api_max_in_flight: 256,
             api_body_timeout_secs: 10,
             outbox_max_bytes: 1 << 20,
+            fanout_parallel_above: crate::hub::DEFAULT_PARALLEL_ABOVE,
             write_timeout_secs: 10,
             max_message_size: 64 << 10,
             max_channels_per_connection: 128,
