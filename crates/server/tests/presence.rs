@@ -265,3 +265,44 @@ async fn cluster_stats_are_exact_across_nodes_and_a_killed_nodes_entries_expire(
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_redis_cluster_the_refresh_keeps_counts_exact() {
+    let rc = RedisCluster::start();
+    let conf = tempfile::tempdir().unwrap();
+    let nodes = vec![
+        node_with_cap(&rc.url(), conf.path(), 10),
+        node_with_cap(&rc.url(), conf.path(), 10),
+    ];
+    // Rooms whose keys fall on different shards.
+    let rooms = ["r1", "r2", "r3", "r4"];
+    let mut clients = Vec::new();
+    for (i, room) in rooms.iter().enumerate() {
+        clients.push(member(&nodes[i % 2].ws_url(), "ann", room).await);
+        clients.push(member(&nodes[(i + 1) % 2].ws_url(), "ben", room).await);
+    }
+    for room in rooms {
+        all_count(&nodes, room, (2, 2), Duration::from_secs(5), "joined").await;
+    }
+    // Two refreshes (every 5 s) re-add every entry: counts unchanged, no refresh error.
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    for room in rooms {
+        assert_eq!(
+            cluster_stats(&nodes, room).await,
+            vec![(2, 2), (2, 2)],
+            "{room}"
+        );
+    }
+    for n in &nodes {
+        let failed: Vec<String> = n
+            .logs()
+            .try_iter()
+            .filter(|l| l.contains("presence") && l.contains("failed"))
+            .collect();
+        assert!(failed.is_empty(), "{failed:?}");
+    }
+    clients.truncate(0);
+    for room in rooms {
+        all_count(&nodes, room, (0, 0), Duration::from_secs(5), "all left").await;
+    }
+}

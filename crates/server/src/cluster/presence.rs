@@ -125,22 +125,26 @@ type Call = (String, Vec<Entry>);
 /// This node's entries, re-added on every refresh (room -> its members here).
 type Local = Arc<Mutex<HashMap<String, RoomMembers>>>;
 
-/// The scripts, each with the shared `DROP` prelude.
+/// The scripts, each but `ADD` with the shared `DROP` prelude, and the sources of those the
+/// refresh pipelines send as plain `EVAL` (a pipelined `EVALSHA` needs the script loaded on
+/// the shard first, and `SCRIPT LOAD` has no key to route it by on a cluster).
 struct Scripts {
     add: redis::Script,
     remove: redis::Script,
     stats: redis::Script,
     get: redis::Script,
+    remove_src: String,
 }
 
 impl Scripts {
     fn new() -> Scripts {
-        let with_drop = |body: &str| redis::Script::new(&format!("{DROP}\n{body}"));
+        let with_drop = |body: &str| format!("{DROP}\n{body}");
         Scripts {
             add: redis::Script::new(ADD),
-            remove: with_drop(REMOVE),
-            stats: with_drop(STATS),
-            get: with_drop(GET),
+            remove: redis::Script::new(&with_drop(REMOVE)),
+            stats: redis::Script::new(&with_drop(STATS)),
+            get: redis::Script::new(&with_drop(GET)),
+            remove_src: with_drop(REMOVE),
         }
     }
 }
@@ -182,12 +186,24 @@ impl RedisPresence {
     }
 }
 
-/// Adds (client, user, json) entries of one room to an `ADD` invocation.
-fn add_args(inv: &mut redis::ScriptInvocation<'_>, entries: &[Entry]) {
-    inv.arg(now_secs() + TTL.as_secs()).arg(TTL.as_secs() + 5);
+/// `ADD`'s arguments for (client, user, json) entries of one room.
+fn add_argv(entries: &[Entry]) -> Vec<String> {
+    let mut argv = vec![
+        (now_secs() + TTL.as_secs()).to_string(),
+        (TTL.as_secs() + 5).to_string(),
+    ];
     for (client, user, json) in entries {
-        inv.arg(client).arg(user).arg(json);
+        argv.extend([client.clone(), user.clone(), json.clone()]);
     }
+    argv
+}
+
+/// `REMOVE`'s arguments: the entries' client ids.
+fn remove_argv(entries: &[Entry]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|(client, _, _)| client.clone())
+        .collect()
 }
 
 fn entry(info: &ClientInfo) -> Entry {
@@ -213,14 +229,13 @@ impl Drop for RedisPresence {
     }
 }
 
-/// Runs one script call per (room, chunk of entries) in pipelines: one per chunk of
-/// `REFRESH_CHUNK` entries on a standalone Redis, one per hash slot on a cluster. Each
-/// pipeline loads the script first (a pipelined EVALSHA does not load it on its own).
+/// Runs one `EVAL` of `source` per (room, chunk of entries) in pipelines: one per chunk of
+/// `REFRESH_CHUNK` entries on a standalone Redis, one per hash slot on a cluster.
 async fn pipelined(
     conn: &mut RedisConn,
-    script: &redis::Script,
+    source: &str,
     calls: &[Call],
-    args: fn(&mut redis::ScriptInvocation<'_>, &[Entry]),
+    argv: fn(&[Entry]) -> Vec<String>,
 ) -> redis::RedisResult<()> {
     let mut start = 0;
     while start < calls.len() {
@@ -230,14 +245,17 @@ async fn pipelined(
         while end < calls.len() && (entries == 0 || entries + calls[end].1.len() <= REFRESH_CHUNK) {
             let (room, chunk) = &calls[end];
             let slot = conn.is_cluster().then(|| Slot::for_key(hash_key(room)));
-            let pipe = pipes.entry(slot).or_insert_with(|| {
-                let mut p = redis::pipe();
-                p.load_script(script).ignore();
-                p
-            });
-            let mut inv = keyed(script, room);
-            args(&mut inv, chunk);
-            pipe.invoke_script(&inv).ignore();
+            pipes
+                .entry(slot)
+                .or_insert_with(redis::pipe)
+                .cmd("EVAL")
+                .arg(source)
+                .arg(3)
+                .arg(hash_key(room))
+                .arg(exp_key(room))
+                .arg(users_key(room))
+                .arg(argv(chunk))
+                .ignore();
             entries += chunk.len();
             end += 1;
         }
@@ -281,7 +299,7 @@ async fn refresh(
             .map(|(room, m)| (room.clone(), m.clients().values().map(entry).collect()))
             .collect();
         let calls = calls_of(snapshot.into_iter());
-        if let Err(e) = pipelined(&mut conn, &scripts.add, &calls, add_args).await {
+        if let Err(e) = pipelined(&mut conn, ADD, &calls, add_argv).await {
             tracing::warn!(error = %e, "presence refresh failed");
             continue;
         }
@@ -301,15 +319,9 @@ async fn refresh(
                 })
                 .collect()
         };
-        if let Err(e) = pipelined(&mut conn, &scripts.remove, &gone, remove_args).await {
+        if let Err(e) = pipelined(&mut conn, &scripts.remove_src, &gone, remove_argv).await {
             tracing::warn!(error = %e, "presence removal after refresh failed");
         }
-    }
-}
-
-fn remove_args(inv: &mut redis::ScriptInvocation<'_>, entries: &[Entry]) {
-    for (client, _, _) in entries {
-        inv.arg(client);
     }
 }
 
@@ -328,7 +340,7 @@ impl Presence for RedisPresence {
                 .map(|(room, m)| (room, m.clients().values().map(entry).collect())),
         );
         let mut conn = self.conn.clone();
-        if let Err(e) = pipelined(&mut conn, &self.scripts.remove, &calls, remove_args).await {
+        if let Err(e) = pipelined(&mut conn, &self.scripts.remove_src, &calls, remove_argv).await {
             tracing::warn!(error = %e, "presence removal failed; entries expire on their own");
         }
     }
@@ -343,7 +355,9 @@ impl Presence for RedisPresence {
             .insert(info);
         let mut conn = self.conn.clone();
         let mut inv = keyed(&self.scripts.add, room);
-        add_args(&mut inv, std::slice::from_ref(&e));
+        for a in add_argv(std::slice::from_ref(&e)) {
+            inv.arg(a);
+        }
         if let Err(e) = with_timeout(inv.invoke_async::<i64>(&mut conn)).await {
             // The refresh adds it once Redis answers again.
             tracing::warn!(error = %e, "presence add failed");
