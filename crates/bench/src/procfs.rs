@@ -32,6 +32,53 @@ pub(crate) fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / CLK_TCK)
 }
 
+/// CPU seconds of each thread of `pid`, by thread id (with its name); empty if it is gone.
+pub(crate) fn thread_cpu_seconds(pid: u32) -> Vec<(u32, String, f64)> {
+    let Ok(dir) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(tid) = e.file_name().to_str().and_then(|t| t.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(s) = fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (s.find('('), s.rfind(')')) else {
+            continue;
+        };
+        let name = s[open + 1..close].to_owned();
+        let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+        let (Some(Ok(u)), Some(Ok(st))) = (
+            f.get(11).map(|v| v.parse::<f64>()),
+            f.get(12).map(|v| v.parse::<f64>()),
+        ) else {
+            continue;
+        };
+        out.push((tid, name, (u + st) / CLK_TCK));
+    }
+    out
+}
+
+/// Per-thread CPU seconds between two `thread_cpu_seconds` snapshots: threads that used
+/// more than 10 ms, busiest first, named `name/tid`.
+pub(crate) fn thread_cpu_delta(
+    before: &[(u32, String, f64)],
+    after: &[(u32, String, f64)],
+) -> Vec<(String, f64)> {
+    let mut out: Vec<(String, f64)> = after
+        .iter()
+        .map(|(tid, name, s)| {
+            let s0 = before.iter().find(|b| b.0 == *tid).map_or(0.0, |b| b.2);
+            (format!("{name}/{tid}"), s - s0)
+        })
+        .filter(|(_, d)| *d > 0.01)
+        .collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1));
+    out
+}
+
 /// Sum of CPU seconds over several pids (e.g. a Node server and the Redis it needs).
 pub(crate) fn cpu_seconds_all(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_seconds(*p)).sum()
@@ -120,6 +167,17 @@ mod tests {
         let me = std::process::id();
         assert!(rss_kib(me).unwrap() > 0);
         assert!(cpu_seconds(me).is_some());
+        let threads = thread_cpu_seconds(me);
+        assert!(
+            threads.iter().any(|t| t.0 == me),
+            "the main thread is listed"
+        );
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(100) {
+            std::hint::black_box(0);
+        }
+        let delta = thread_cpu_delta(&threads, &thread_cpu_seconds(me));
+        assert!(delta.iter().all(|(_, s)| *s > 0.01));
         assert!(utc_now().ends_with("UTC"));
     }
 }

@@ -80,6 +80,9 @@ pub(crate) struct RunResult {
     /// Machine-wide kernel TCP memory growth per connection (both loopback ends), KiB.
     pub tcp_kib_per_conn: Option<f64>,
     pub server_cpu_s: Option<f64>,
+    /// CPU seconds of each busy server thread (name, seconds; above 10 ms, busiest first)
+    /// over the publishing: how the fan-out spreads over the cores.
+    pub server_thread_cpu_s: Vec<(String, f64)>,
     pub bench_cpu_s: Option<f64>,
     pub published: u64,
     pub acked: u64,
@@ -231,6 +234,24 @@ pub(crate) fn summary(runs: &[RunResult]) -> String {
             us(&r.ack_us),
             r.recover_all_ms.map_or_else(|| "-".into(), |v| format!("{v}ms")),
             if r.problems.is_empty() { "none".into() } else { r.problems.join("; ") },
+        );
+    }
+    // Where the server's CPU went while publishing, thread by thread (fan-out on every core).
+    for r in runs.iter().filter(|r| !r.server_thread_cpu_s.is_empty()) {
+        let threads: Vec<String> = r
+            .server_thread_cpu_s
+            .iter()
+            .take(8)
+            .map(|(t, secs)| format!("{t} {secs:.2}s"))
+            .collect();
+        let _ = writeln!(
+            s,
+            "\n{} {} {}x{}: server CPU by thread: {}",
+            r.scenario,
+            r.target,
+            r.params.rooms,
+            r.params.room_size,
+            threads.join(", ")
         );
     }
     s

@@ -109,6 +109,10 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     // 3. Publish (and storm) for the duration, then drain.
     let mut pubs: Vec<PubResult> = Vec::new();
     let cpu0 = procfs::cpu_seconds_all(&target.pids);
+    let server_pid = target.pids.first().copied();
+    let threads0 = server_pid
+        .map(procfs::thread_cpu_seconds)
+        .unwrap_or_default();
     let t_pub_ns = crate::wire::now_ns();
     if let Some(p) = &case.publish {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -168,6 +172,12 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         }
     }
     let cpu1 = procfs::cpu_seconds_all(&target.pids);
+    if case.publish.is_some() {
+        let threads1 = server_pid
+            .map(procfs::thread_cpu_seconds)
+            .unwrap_or_default();
+        r.server_thread_cpu_s = procfs::thread_cpu_delta(&threads0, &threads1);
+    }
 
     // 4. Stop and count.
     let expected: Vec<Expect> = pubs

@@ -52,6 +52,10 @@ pub struct NamespaceOptions {
     /// Only the room's members (server API `add_members`) may subscribe, publish and
     /// read history or cursors; others get 103, permission denied.
     pub members_only: bool,
+    /// Most entries a `presence` reply lists (client protocol and server API); a room
+    /// with more clients answers error 106 "limit exceeded" (use `presence_stats`).
+    /// At least 1.
+    pub presence_max_entries: usize,
 }
 
 impl Default for NamespaceOptions {
@@ -71,6 +75,7 @@ impl Default for NamespaceOptions {
             digest_interval_ms: 1000,
             force_recovery: true,
             members_only: false,
+            presence_max_entries: 1000,
         }
     }
 }
@@ -121,6 +126,9 @@ pub struct Config {
     pub api_body_timeout_secs: u64,
     /// Bytes queued for one connection before it is disconnected as slow.
     pub outbox_max_bytes: usize,
+    /// Live subscribers of a room on this node above which a publication is written out
+    /// by all the runtime's worker threads (one lane each); 0: always on one.
+    pub fanout_parallel_above: usize,
     /// Seconds a connection's socket may accept nothing while there is something to send
     /// before the connection is dropped; also the longest a closing connection (slow, no
     /// pong, ...) waits for its peer to take the close frame. Keeps peers that stop reading
@@ -181,6 +189,7 @@ impl Default for Config {
             api_max_in_flight: 256,
             api_body_timeout_secs: 10,
             outbox_max_bytes: 1 << 20,
+            fanout_parallel_above: crate::hub::DEFAULT_PARALLEL_ABOVE,
             write_timeout_secs: 10,
             max_message_size: 64 << 10,
             max_channels_per_connection: 128,
@@ -305,8 +314,14 @@ impl Config {
             return bad("write_timeout_secs must be at least 1".into());
         }
         let namespaces = std::iter::once(&self.default_namespace).chain(self.namespaces.values());
-        if namespaces.into_iter().any(|ns| ns.digest_interval_ms < 10) {
+        if namespaces.clone().any(|ns| ns.digest_interval_ms < 10) {
             return bad("digest_interval_ms must be at least 10".into());
+        }
+        if namespaces
+            .into_iter()
+            .any(|ns| ns.presence_max_entries == 0)
+        {
+            return bad("presence_max_entries must be at least 1".into());
         }
         if self.max_message_size < 1024 {
             return bad("max_message_size must be at least 1024 bytes".into());

@@ -284,6 +284,12 @@ pub async fn render(node: &Node) -> String {
         .await
         .into_iter()
         .find(|n| n.uid == node.id);
+    counter(
+        &mut out,
+        "roomcast_fanout_lane_overflows",
+        "Connections closed as slow because their fan-out lane was full (large rooms on every core)",
+        node.hub.lane_overflows.load(Relaxed),
+    );
     // A single node's in-process bus keeps no such counters: they are 0 there.
     {
         let s = own.unwrap_or_default();

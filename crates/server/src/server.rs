@@ -82,7 +82,7 @@ impl Server {
             config.token_audience.as_deref(),
             config.token_issuer.as_deref(),
         );
-        let hub = Arc::new(Hub::new());
+        let hub = Arc::new(Hub::new().with_parallel_above(config.fanout_parallel_above));
         let id = uuid::Uuid::new_v4().to_string();
         let Backends {
             store,

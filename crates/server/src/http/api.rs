@@ -31,6 +31,7 @@ use super::error::ApiError;
 use crate::bus::UserOp;
 use crate::channel::{glob, Channel, MAX_PATTERN_LEN};
 use crate::node::{internal, Node};
+use crate::presence::Members;
 
 /// Largest request body of a server API call.
 pub const API_MAX_BODY: usize = 2 << 20;
@@ -264,8 +265,16 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 return Err(ErrorCode::NOT_AVAILABLE.into());
             }
             if method == "presence" {
-                let presence = node.presence.get(&b.channel).await;
-                Ok(ok(PresenceResult { presence }))
+                let max = channel.options.presence_max_entries;
+                match node.presence.get(&b.channel, max).await {
+                    Members::Listed(presence) => Ok(ok(PresenceResult { presence })),
+                    Members::TooMany { clients } => Err(ApiError::RefusedWith(
+                        ErrorCode::LIMIT_EXCEEDED,
+                        format!(
+                            "{clients} clients, more than presence_max_entries ({max}): use presence_stats"
+                        ),
+                    )),
+                }
             } else {
                 let (clients, users) = node.presence.stats(&b.channel).await;
                 Ok(ok(json!({ "num_clients": clients, "num_users": users })))

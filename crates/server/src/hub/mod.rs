@@ -13,11 +13,15 @@
 //!
 //! Each positioned subscription knows the next offset it must see. An offset beyond it is
 //! a gap: the connection is closed with "insufficient state" and its SDK recovers.
+//!
+//! A room with more than `parallel_above` live subscribers is written out on every core:
+//! `dispatch` decides who gets what under the shard lock as for any room, and hands the
+//! outbox writes to the room's lanes (`lanes.rs`), which keep each connection's order.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -26,6 +30,7 @@ use roomcast_proto::{encode_push, ClientInfo, Disconnect, PushBody};
 use crate::store::Message;
 
 mod digest;
+mod lanes;
 pub mod outbox;
 
 pub use outbox::{Out, Outbox};
@@ -62,6 +67,9 @@ const SHARDS: usize = 64;
 /// Events held for one pending subscriber at most; beyond, it is told to recover again.
 const MAX_PENDING: usize = 10_000;
 
+/// Live subscribers of a room above which its fan-out runs on every core.
+pub const DEFAULT_PARALLEL_ABOVE: usize = 1000;
+
 struct Sub {
     outbox: Arc<Outbox>,
     /// The next offset this subscription must receive; `None` for a subscription that is
@@ -69,6 +77,8 @@ struct Sub {
     next: Option<u64>,
     /// Events held while the subscribe is in progress.
     pending: Option<Vec<(u64, Bytes)>>,
+    /// Cleared when the subscription leaves, so fan-out lanes holding a job for it skip it.
+    alive: Arc<AtomicBool>,
 }
 
 /// How a connection takes part in a room.
@@ -117,6 +127,9 @@ struct Room {
     /// The subscribers (live or digest) that want join/leave pushes: a join or leave
     /// visits these only, never every subscriber of the room.
     join_leave: HashSet<ConnId>,
+    /// The room's fan-out lanes, once it has had more than `parallel_above` live
+    /// subscribers (kept until the room is gone: see `lanes.rs` for why).
+    lanes: Option<lanes::Lanes>,
 }
 
 impl Room {
@@ -147,8 +160,13 @@ pub struct Hub {
     next_conn: AtomicU64,
     /// Ids of digest timers (one per room with digest subscribers).
     next_timer: AtomicU64,
-    /// Frames put into outboxes (a delivery is one frame to one connection).
-    pub deliveries: AtomicU64,
+    /// Frames put into outboxes (a delivery is one frame to one connection); shared with
+    /// the fan-out lanes, which count theirs.
+    pub deliveries: Arc<AtomicU64>,
+    /// Fan-out jobs refused by a full lane (their connections closed as slow).
+    pub lane_overflows: Arc<AtomicU64>,
+    /// Live subscribers of a room above which its fan-out runs on every core; 0: never.
+    parallel_above: usize,
     /// Subscriptions closed for a gap in their offsets.
     pub gaps: AtomicU64,
 }
@@ -166,9 +184,17 @@ impl Hub {
             users: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             next_timer: AtomicU64::new(1),
-            deliveries: AtomicU64::new(0),
+            deliveries: Arc::new(AtomicU64::new(0)),
+            lane_overflows: Arc::new(AtomicU64::new(0)),
+            parallel_above: DEFAULT_PARALLEL_ABOVE,
             gaps: AtomicU64::new(0),
         }
+    }
+
+    /// Sets the room size above which fan-out runs on every core (0: never).
+    pub fn with_parallel_above(mut self, subscribers: usize) -> Hub {
+        self.parallel_above = subscribers;
+        self
     }
 
     fn shard(&self, room: &str) -> &Shard {
@@ -254,6 +280,7 @@ impl Hub {
             outbox,
             next: None,
             pending: Some(Vec::new()),
+            alive: Arc::new(AtomicBool::new(true)),
         };
         let mut start_digest = None;
         if mode.digest.is_some() {
@@ -306,8 +333,12 @@ impl Hub {
     pub fn unsubscribe(&self, room: &str, conn: ConnId) -> Option<usize> {
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let r = shard.get_mut(room)?;
-        if r.subs.remove(&conn).is_none() {
-            r.digest.subs.remove(&conn);
+        let gone = match r.subs.remove(&conn) {
+            Some(sub) => Some(sub),
+            None => r.digest.subs.remove(&conn),
+        };
+        if let Some(sub) = gone {
+            sub.alive.store(false, Ordering::Release);
         }
         r.join_leave.remove(&conn);
         let left = r.size();
@@ -336,6 +367,7 @@ impl Hub {
                 subs,
                 digest,
                 join_leave,
+                ..
             } = r;
             for conn in join_leave.iter() {
                 let sub = match subs.get_mut(conn) {
@@ -355,6 +387,24 @@ impl Hub {
             r.digest.latest = Some((offset, frame.clone()));
             r.digest.undelivered = true;
         }
+        if r.lanes.is_none() && self.parallel_above > 0 && r.subs.len() > self.parallel_above {
+            r.lanes = lanes::Lanes::start(&self.deliveries, &self.lane_overflows);
+        }
+        if let Some(lanes) = &r.lanes {
+            let mut parts: Vec<Vec<lanes::Target>> = (0..lanes.len())
+                .map(|_| Vec::with_capacity(r.subs.len() / lanes.len() + 1))
+                .collect();
+            for (conn, sub) in &mut r.subs {
+                if !hold(sub, offset, &frame) && self.admit(sub, offset) {
+                    parts[lanes.lane_of(*conn)].push(lanes::Target {
+                        outbox: sub.outbox.clone(),
+                        alive: sub.alive.clone(),
+                    });
+                }
+            }
+            lanes.send(&frame, parts);
+            return;
+        }
         for sub in r.subs.values_mut() {
             if !hold(sub, offset, &frame) {
                 self.deliver(sub, offset, frame.clone());
@@ -364,12 +414,20 @@ impl Hub {
 
     /// Puts a publication into a live subscriber's outbox if it is the next one it needs.
     fn deliver(&self, sub: &mut Sub, offset: u64, frame: Bytes) {
+        if self.admit(sub, offset) {
+            self.put(sub, frame);
+        }
+    }
+
+    /// Whether a live subscriber takes the publication at `offset` (it is the next one it
+    /// needs, or it is not positioned), moving it past it; a gap closes the subscriber.
+    fn admit(&self, sub: &mut Sub, offset: u64) -> bool {
         match sub.next {
-            None => self.put(sub, frame),
-            Some(next) if offset < next => {} // already delivered (by recovery): not twice
+            None => true,
+            Some(next) if offset < next => false, // already delivered (by recovery): not twice
             Some(next) if offset == next => {
                 sub.next = Some(next + 1);
-                self.put(sub, frame);
+                true
             }
             Some(next) => {
                 tracing::warn!(
@@ -379,6 +437,7 @@ impl Hub {
                 );
                 self.gaps.fetch_add(1, Ordering::Relaxed);
                 sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
+                false
             }
         }
     }
@@ -387,6 +446,16 @@ impl Hub {
         if sub.outbox.push(frame) {
             self.deliveries.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The number of fan-out lanes a room has (0: direct path).
+    #[cfg(test)]
+    fn lanes_of(&self, room: &str) -> usize {
+        let shard = self.shard(room).lock().expect("hub shard lock");
+        shard
+            .get(room)
+            .and_then(|r| r.lanes.as_ref())
+            .map_or(0, lanes::Lanes::len)
     }
 
     /// Rooms with local subscribers and how many.

@@ -20,6 +20,7 @@ use crate::channel::Channel;
 use crate::config::NamespaceOptions;
 use crate::hub::{RoomEvent, SubMode};
 use crate::node::internal;
+use crate::presence::Members;
 
 /// Whether joins and leaves are pushed one by one in a room of `size` local subscribers
 /// (the one joining or leaving included): not above `join_leave_max_room_size`, where they
@@ -272,8 +273,13 @@ impl<S: Services> Session<S> {
                 },
             ));
         } else {
-            let presence = self.node.presence(channel_name).await;
-            self.reply(encode_reply(id, "presence", &PresenceResult { presence }));
+            let max = channel.options.presence_max_entries;
+            match self.node.presence(channel_name, max).await {
+                Members::Listed(presence) => {
+                    self.reply(encode_reply(id, "presence", &PresenceResult { presence }));
+                }
+                Members::TooMany { .. } => self.error(id, ErrorCode::LIMIT_EXCEEDED),
+            }
         }
     }
 

@@ -3,7 +3,6 @@
 //! driven in unit tests over an in-memory implementation. `Node` implements it by
 //! delegating to its own methods and components.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use crate::chat::ChatError;
 use crate::config::SessionConfig;
 use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent, SubMode};
 use crate::node::Node;
+use crate::presence::Members;
 use crate::store::{Appended, Message, Position, Range, StoreError};
 
 /// What a session asks of its node.
@@ -77,7 +77,7 @@ pub trait Services: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<Result<Appended, StoreError>>> + Send;
     fn presence_add(&self, room: &str, info: ClientInfo) -> impl Future<Output = ()> + Send;
     fn presence_remove(&self, room: &str, client: &str) -> impl Future<Output = ()> + Send;
-    fn presence(&self, room: &str) -> impl Future<Output = HashMap<String, ClientInfo>> + Send;
+    fn presence(&self, room: &str, max: usize) -> impl Future<Output = Members> + Send;
     /// Number of clients and of distinct users in a room.
     fn presence_stats(&self, room: &str) -> impl Future<Output = (u32, u32)> + Send;
     /// Permission denied unless `user` is a member of `room` (`members_only` namespaces).
@@ -196,8 +196,8 @@ impl Services for Node {
         self.presence.remove(room, client).await;
     }
 
-    async fn presence(&self, room: &str) -> HashMap<String, ClientInfo> {
-        self.presence.get(room).await
+    async fn presence(&self, room: &str, max: usize) -> Members {
+        self.presence.get(room, max).await
     }
 
     async fn presence_stats(&self, room: &str) -> (u32, u32) {

@@ -17,6 +17,7 @@ pub(super) use crate::auth::{now_secs, Auth, Claims, TokenError};
 pub(super) use crate::config::{Config, SessionConfig};
 pub(super) use crate::hub::{ConnEntry, ConnId, Out, Outbox, RoomEvent, SubMode};
 pub(super) use crate::keepalive::Peer;
+pub(super) use crate::presence::Members;
 pub(super) use crate::store::{Appended, Message, Position, Range, StoreError};
 
 pub(super) const SECRET: &str = "unit-secret";
@@ -39,6 +40,16 @@ pub(super) struct Fake {
 }
 
 impl Fake {
+    /// The room's presence entries.
+    pub(super) fn entries(&self, room: &str) -> HashMap<String, ClientInfo> {
+        self.presence
+            .lock()
+            .unwrap()
+            .get(room)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub(super) fn new(tune: impl FnOnce(&mut SessionConfig)) -> Arc<Fake> {
         let mut config = Config::default().session();
         tune(&mut config);
@@ -234,16 +245,24 @@ impl Services for Fake {
             r.remove(client);
         }
     }
-    async fn presence(&self, room: &str) -> HashMap<String, ClientInfo> {
-        self.presence
+    async fn presence(&self, room: &str, max: usize) -> Members {
+        let entries = self.entries(room);
+        if entries.len() > max {
+            Members::TooMany {
+                clients: entries.len() as u32,
+            }
+        } else {
+            Members::Listed(entries)
+        }
+    }
+    async fn presence_stats(&self, room: &str) -> (u32, u32) {
+        let clients = self
+            .presence
             .lock()
             .unwrap()
             .get(room)
-            .cloned()
-            .unwrap_or_default()
-    }
-    async fn presence_stats(&self, room: &str) -> (u32, u32) {
-        (self.presence(room).await.len() as u32, 0)
+            .map_or(0, HashMap::len);
+        (clients as u32, 0)
     }
 
     async fn check_member(&self, _room: &str, _user: &str) -> Result<(), ErrorCode> {

@@ -28,7 +28,7 @@ async fn subscribe_recovers_what_was_missed_or_says_it_could_not() {
         node.activated.lock().unwrap().last(),
         Some(&("room".into(), Some(9)))
     );
-    assert_eq!(node.presence("room").await.len(), 1);
+    assert_eq!(node.entries("room").len(), 1);
     assert!(matches!(
         node.announced.lock().unwrap()[0],
         RoomEvent::Join { .. }
@@ -53,7 +53,7 @@ async fn subscribe_recovers_what_was_missed_or_says_it_could_not() {
     // Leaving every room on close: hub, presence and a leave event.
     c.session.close().await;
     assert!(node.joined.lock().unwrap().is_empty());
-    assert!(node.presence("room").await.is_empty());
+    assert!(node.entries("room").is_empty());
 }
 
 #[tokio::test]
@@ -162,7 +162,7 @@ async fn join_leave_goes_to_those_asking_and_stops_above_the_room_size_limit() {
         "the third join is above the limit"
     );
     assert_eq!(
-        node.presence("room").await.len(),
+        node.entries("room").len(),
         3,
         "presence still counts every member"
     );

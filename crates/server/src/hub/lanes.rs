@@ -1,0 +1,242 @@
+//! Fan-out on every core: a large room's outbox writes split over lanes, one tokio task
+//! each, as many lanes as the runtime has workers.
+//!
+//! A room above `Hub::parallel_above` live subscribers gets its lanes (once; they last as
+//! long as the room, so a room that shrinks back never lets a direct write overtake what
+//! its lanes still hold). `Hub::dispatch` still decides everything under the room's shard
+//! lock (pending holds, offsets, gaps): only the pushes into outboxes, and the wake-ups of
+//! the connection tasks that follow, move to the lanes. Each job carries the one encoding
+//! of the publication (`Bytes`, shared) and the outboxes of one lane's part of the room.
+//!
+//! Order: a connection always falls in the same lane (by its id), a lane runs its jobs in
+//! the order it got them, and jobs are sent under the shard lock in dispatch order, so a
+//! connection's publications reach its outbox in offset order however many publications
+//! of the room are being fanned out at once.
+//!
+//! Bounds: a lane holds at most `LANE_QUEUE` jobs. A lane that far behind means the node
+//! cannot write this room out as fast as it publishes: the job's connections are closed as
+//! "slow" (their SDKs reconnect and recover from their last offset), never queued without
+//! bound and never written out of order.
+//!
+//! A subscription that leaves the room is flagged (`Target::alive`), so a job queued before
+//! it left does not write to it afterwards (it may have resubscribed, with a reply that
+//! already carries those publications).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use roomcast_proto::Disconnect;
+use tokio::sync::mpsc;
+
+use super::{ConnId, Outbox};
+
+/// Jobs a lane may hold before its connections are closed as slow.
+pub(super) const LANE_QUEUE: usize = 1024;
+
+/// One connection a job writes to.
+pub(super) struct Target {
+    pub(super) outbox: Arc<Outbox>,
+    /// Cleared (under the shard lock) when the subscription leaves the room.
+    pub(super) alive: Arc<AtomicBool>,
+}
+
+struct Job {
+    frame: Bytes,
+    targets: Vec<Target>,
+}
+
+/// The lanes of one room.
+pub(super) struct Lanes {
+    /// One sender per lane task; dropping them (the room is gone) ends the tasks once
+    /// they have run what they hold.
+    lanes: Vec<mpsc::Sender<Job>>,
+    /// Jobs refused by a full lane (their connections closed as slow).
+    overflows: Arc<AtomicU64>,
+}
+
+impl Lanes {
+    /// Starts one lane per runtime worker, or none outside a multi-worker runtime (the
+    /// room then stays on the direct path).
+    pub(super) fn start(deliveries: &Arc<AtomicU64>, overflows: &Arc<AtomicU64>) -> Option<Lanes> {
+        let rt = tokio::runtime::Handle::try_current().ok()?;
+        let n = rt.metrics().num_workers();
+        if n < 2 {
+            return None;
+        }
+        let lanes = (0..n)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(LANE_QUEUE);
+                rt.spawn(run(rx, deliveries.clone()));
+                tx
+            })
+            .collect();
+        Some(Lanes {
+            lanes,
+            overflows: overflows.clone(),
+        })
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.lanes.len()
+    }
+
+    /// The lane a connection always falls in.
+    pub(super) fn lane_of(&self, conn: ConnId) -> usize {
+        (conn % self.lanes.len() as u64) as usize
+    }
+
+    /// Hands each lane its part (`parts[i]` to lane `i`; empty parts are skipped).
+    pub(super) fn send(&self, frame: &Bytes, parts: Vec<Vec<Target>>) {
+        for (lane, targets) in self.lanes.iter().zip(parts) {
+            if targets.is_empty() {
+                continue;
+            }
+            let job = Job {
+                frame: frame.clone(),
+                targets,
+            };
+            if let Err(e) = lane.try_send(job) {
+                let job = match e {
+                    mpsc::error::TrySendError::Full(j) | mpsc::error::TrySendError::Closed(j) => j,
+                };
+                self.overflows.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    connections = job.targets.len(),
+                    "fan-out lane full; its connections are closed as slow"
+                );
+                for t in job.targets {
+                    t.outbox.close(Disconnect::SLOW);
+                }
+            }
+        }
+    }
+}
+
+/// A lane: writes each job's frame to each of its live targets, in order.
+async fn run(mut rx: mpsc::Receiver<Job>, deliveries: Arc<AtomicU64>) {
+    while let Some(job) = rx.recv().await {
+        let mut n = 0;
+        for t in &job.targets {
+            if t.alive.load(Ordering::Acquire) && t.outbox.push(job.frame.clone()) {
+                n += 1;
+            }
+        }
+        deliveries.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::tests::{offsets, publication};
+    use super::super::{Hub, SubMode};
+    use super::*;
+
+    const CONNS: u64 = 64;
+
+    /// Subscribes `CONNS` connections to "r" (positioned from offset 1 when `positioned`).
+    fn room(hub: &Hub, positioned: bool) -> Vec<Arc<Outbox>> {
+        (0..CONNS)
+            .map(|c| {
+                let ob = Arc::new(Outbox::new(64 << 20));
+                hub.subscribe("r", c, ob.clone(), SubMode::default());
+                hub.activate("r", c, positioned.then_some(1));
+                ob
+            })
+            .collect()
+    }
+
+    /// What each outbox got, once every one has `n` publications (lanes run on their own).
+    async fn collect(outboxes: &[Arc<Outbox>], n: usize) -> Vec<Vec<u64>> {
+        let mut got = vec![Vec::new(); outboxes.len()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.iter().any(|g| g.len() < n) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lanes did not deliver"
+            );
+            for (ob, g) in outboxes.iter().zip(&mut got) {
+                let (offs, close) = offsets(ob);
+                assert_eq!(close, None, "no connection closed");
+                g.extend(offs);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        got
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_large_room_fans_out_on_every_worker_in_offset_order_exactly_once() {
+        let hub = Hub::new().with_parallel_above(8);
+        let outboxes = room(&hub, true);
+        const N: u64 = 500;
+        // Dispatched back to back: many publications of the room in the lanes at once.
+        for o in 1..=N {
+            hub.dispatch(&publication("r", o));
+        }
+        assert_eq!(hub.lanes_of("r"), 4, "one lane per worker");
+        let want: Vec<u64> = (1..=N).collect();
+        for got in collect(&outboxes, N as usize).await {
+            assert_eq!(got, want);
+        }
+        assert_eq!(hub.deliveries.load(Ordering::Relaxed), N * CONNS);
+        assert_eq!(hub.gaps.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_dispatches_reach_every_connection_in_one_order() {
+        let hub = Arc::new(Hub::new().with_parallel_above(8));
+        let outboxes = room(&hub, false);
+        const N: u64 = 400;
+        // Two threads dispatch at once (unpositioned subscriptions take any order): every
+        // connection must see the same order, each publication once.
+        let threads: Vec<_> = [0, 1]
+            .into_iter()
+            .map(|parity| {
+                let hub = hub.clone();
+                std::thread::spawn(move || {
+                    for o in (1..=N).filter(|o| o % 2 == parity) {
+                        hub.dispatch(&publication("r", o));
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let got = collect(&outboxes, N as usize).await;
+        let mut sorted = got[0].clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (1..=N).collect::<Vec<_>>(), "each once");
+        for g in &got {
+            assert_eq!(g, &got[0], "one order for every connection");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_that_left_gets_nothing_queued_before() {
+        let hub = Hub::new().with_parallel_above(8);
+        let outboxes = room(&hub, true);
+        for o in 1..=200 {
+            hub.dispatch(&publication("r", o));
+        }
+        hub.unsubscribe("r", 0);
+        let (before, _) = offsets(&outboxes[0]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let (after, _) = offsets(&outboxes[0]);
+        assert!(after.is_empty(), "{} written after it left", after.len());
+        assert!(before.len() <= 200);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_rooms_stay_on_the_direct_path() {
+        let hub = Hub::new().with_parallel_above(CONNS as usize);
+        let outboxes = room(&hub, true);
+        hub.dispatch(&publication("r", 1));
+        assert_eq!(hub.lanes_of("r"), 0);
+        // Written before dispatch returns.
+        assert_eq!(offsets(&outboxes[5]).0, vec![1]);
+    }
+}
