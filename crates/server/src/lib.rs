@@ -15,6 +15,7 @@ pub mod http;
 pub mod hub;
 pub mod keepalive;
 pub mod node;
+pub mod outbound;
 pub mod presence;
 pub mod rate;
 pub mod server;

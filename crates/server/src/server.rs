@@ -59,11 +59,9 @@ impl Server {
             }
         }
         let secret = config.token_hmac_secret.clone().expect("secret ensured");
-        let auth = Auth::new(
-            &secret,
-            config.token_audience.as_deref(),
-            config.token_issuer.as_deref(),
-        );
+        config.validate()?;
+        let client = crate::outbound::HttpClient::new();
+        let auth = Auth::load(&config, &secret, &client).await?;
         let hub = Arc::new(Hub::new());
         let id = uuid::Uuid::new_v4().to_string();
         let Backends {
@@ -73,7 +71,6 @@ impl Server {
             presence,
             store_name,
         } = Backends::open(&config, &hub, &id).await?;
-        config.validate()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -100,6 +97,9 @@ impl Server {
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));
         node.tasks
             .spawn(node.keepalive.clone().run(node.shutdown.clone()));
+        if let Some(jwks) = node.auth.jwks() {
+            node.tasks.spawn(jwks.clone().run(node.shutdown.clone()));
+        }
         let app = crate::http::router(node.clone());
         let serve = tokio::spawn(accept_loop(
             listener,

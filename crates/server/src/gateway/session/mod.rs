@@ -147,7 +147,7 @@ impl<S: Services> Session<S> {
             Method::Ping => self.reply(encode_empty_reply(id, "ping")),
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
             Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
-            Method::Refresh(req) => return self.refresh(id, &req.token, now),
+            Method::Refresh(req) => return self.refresh(id, &req.token, now).await,
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
             Method::Empty => {}
             Method::Unknown => self.error(id, ErrorCode::METHOD_NOT_FOUND),
@@ -155,11 +155,12 @@ impl<S: Services> Session<S> {
         Flow::Continue
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, Flow> {
-        match self.node.verify_connection(token) {
+    async fn verify(&self, token: &str) -> Result<Claims, Flow> {
+        match self.node.verify_connection_fresh(token).await {
             Ok(c) => Ok(c),
             Err(TokenError::Expired) => Err(Flow::Continue),
-            Err(TokenError::Invalid(why)) => {
+            Err(e @ (TokenError::Invalid(_) | TokenError::UnknownKey(_))) => {
+                let why = e.to_string();
                 tracing::debug!(%why, "invalid token");
                 Err(Flow::Close(Disconnect::INVALID_TOKEN))
             }
@@ -177,7 +178,7 @@ impl<S: Services> Session<S> {
             }
             Claims::default()
         } else {
-            match self.verify(&req.token) {
+            match self.verify(&req.token).await {
                 Ok(c) => c,
                 Err(Flow::Continue) => {
                     // Expired: the SDK fetches a fresh token and connects again.
@@ -254,8 +255,8 @@ impl<S: Services> Session<S> {
         }
     }
 
-    fn refresh(&mut self, id: u32, token: &str, now: Now) -> Flow {
-        let claims = match self.verify(token) {
+    async fn refresh(&mut self, id: u32, token: &str, now: Now) -> Flow {
+        let claims = match self.verify(token).await {
             Ok(c) => c,
             Err(Flow::Continue) => {
                 self.error(id, ErrorCode::TOKEN_EXPIRED);

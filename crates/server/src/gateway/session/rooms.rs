@@ -54,7 +54,9 @@ impl<S: Services> Session<S> {
             Ok(c) if c.sub == *user && c.channel.as_deref() == Some(channel) => Ok(()),
             Ok(_) => Err(ErrorCode::PERMISSION_DENIED),
             Err(TokenError::Expired) => Err(ErrorCode::TOKEN_EXPIRED),
-            Err(TokenError::Invalid(_)) => Err(ErrorCode::PERMISSION_DENIED),
+            Err(TokenError::Invalid(_) | TokenError::UnknownKey(_)) => {
+                Err(ErrorCode::PERMISSION_DENIED)
+            }
         }
     }
 

@@ -27,6 +27,14 @@ pub trait Services: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Claims, TokenError>;
     /// Checks a connection token: `verify`, and not a subscription token.
     fn verify_connection(&self, token: &str) -> Result<Claims, TokenError>;
+    /// `verify_connection`, the token keys refreshed first when the token names a key id
+    /// they lack (see `Auth::verify_fresh`).
+    fn verify_connection_fresh(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Claims, TokenError>> + Send {
+        std::future::ready(self.verify_connection(token))
+    }
     /// A fresh connection id.
     fn next_conn_id(&self) -> ConnId;
     /// Connections of `user` on this node.
@@ -96,6 +104,10 @@ impl Services for Node {
 
     fn verify_connection(&self, token: &str) -> Result<Claims, TokenError> {
         self.auth.verify_connection(token)
+    }
+
+    async fn verify_connection_fresh(&self, token: &str) -> Result<Claims, TokenError> {
+        self.auth.verify_connection_fresh(token).await
     }
 
     fn next_conn_id(&self) -> ConnId {
