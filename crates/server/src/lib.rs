@@ -17,6 +17,7 @@ pub mod keepalive;
 pub mod node;
 pub mod outbound;
 pub mod presence;
+pub mod proxy;
 pub mod rate;
 pub mod server;
 pub mod store;

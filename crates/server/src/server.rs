@@ -62,6 +62,7 @@ impl Server {
         config.validate()?;
         let client = crate::outbound::HttpClient::new();
         let auth = Auth::load(&config, &secret, &client).await?;
+        let proxies = crate::proxy::Proxies::new(&config, client)?;
         let hub = Arc::new(Hub::new());
         let id = uuid::Uuid::new_v4().to_string();
         let Backends {
@@ -77,6 +78,7 @@ impl Server {
         let addr = listener.local_addr()?;
         let node = Arc::new(Node {
             auth,
+            proxies,
             store,
             bus,
             hub,

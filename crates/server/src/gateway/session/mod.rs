@@ -7,8 +7,10 @@
 //! - `mod.rs`: the session's own state, command dispatch, connect and refresh;
 //! - `rooms.rs`: subscriptions (subscribe with recovery, unsubscribe, presence, history);
 //! - `publish.rs`: publishes and the command rate limit;
+//! - `backend.rs`: the connect and publish proxies (what the application backend decides);
 //! - `services.rs`: the `Services` trait and its implementation by `Node`.
 
+mod backend;
 mod publish;
 mod rooms;
 mod services;
@@ -77,6 +79,9 @@ pub struct Session<S: Services = Node> {
     subs: HashMap<Arc<str>, Subscription>,
     /// Command rate limit.
     budget: publish::RateLimit,
+    /// Headers of the upgrade request forwarded to the backend proxies
+    /// (`proxy_http_headers`; bounded by the HTTP layer's header limits).
+    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 impl<S: Services> Session<S> {
@@ -91,7 +96,16 @@ impl<S: Services> Session<S> {
             expires_at: None,
             subs: HashMap::new(),
             budget,
+            headers: Vec::new(),
         }
+    }
+
+    /// Headers of the client's upgrade request to forward to the backend proxies.
+    pub fn forward_headers(
+        &mut self,
+        headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    ) {
+        self.headers = headers;
     }
 
     pub fn is_connected(&self) -> bool {
@@ -171,7 +185,13 @@ impl<S: Services> Session<S> {
         if self.identity.is_some() {
             return Flow::Close(Disconnect::BAD_REQUEST);
         }
-        let claims = if req.token.is_empty() {
+        let client = uuid::Uuid::new_v4().to_string();
+        let claims = if req.token.is_empty() && self.has_connect_proxy() {
+            match self.proxy_connect(id, &req, &client).await {
+                Ok(c) => c,
+                Err(flow) => return flow,
+            }
+        } else if req.token.is_empty() {
             if !self.node.config().insecure {
                 self.error(id, ErrorCode::UNAUTHORIZED);
                 return Flow::Close(Disconnect::INVALID_TOKEN);
@@ -192,7 +212,6 @@ impl<S: Services> Session<S> {
         if limit > 0 && self.node.user_conns(&claims.sub) >= limit {
             return Flow::Close(Disconnect::CONNECTION_LIMIT);
         }
-        let client = uuid::Uuid::new_v4().to_string();
         let mut info = ClientInfo::new(&claims.sub, &client);
         info.conn_info = claims.info;
         self.node.register(

@@ -35,6 +35,10 @@ pub trait Services: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Claims, TokenError>> + Send {
         std::future::ready(self.verify_connection(token))
     }
+    /// The backend proxies; `None`: no proxy (the in-memory test node).
+    fn proxies(&self) -> Option<&crate::proxy::Proxies> {
+        None
+    }
     /// A fresh connection id.
     fn next_conn_id(&self) -> ConnId;
     /// Connections of `user` on this node.
@@ -108,6 +112,10 @@ impl Services for Node {
 
     async fn verify_connection_fresh(&self, token: &str) -> Result<Claims, TokenError> {
         self.auth.verify_connection_fresh(token).await
+    }
+
+    fn proxies(&self) -> Option<&crate::proxy::Proxies> {
+        Some(&self.proxies)
     }
 
     fn next_conn_id(&self) -> ConnId {
