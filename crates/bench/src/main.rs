@@ -5,6 +5,7 @@
 //! so that every figure has a ratio to what the machine can do at all. `limit-server` and `worker` are
 //! the roles the binary re-executes itself in. See BENCHMARKS.md for the commands and results.
 
+mod backend;
 mod codec;
 mod fleet;
 mod group;
@@ -57,6 +58,11 @@ enum Cmd {
     },
     /// A member-group worker process (started by `run`; reads its job on stdin).
     Worker,
+    /// An application backend that accepts every proxy request (publish-proxy runs).
+    AcceptBackend {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
                 limit::serve(&listen, reuseport).await.map(|_| true)
             }
             Cmd::Worker => group::worker_main().await.map(|_| true),
+            Cmd::AcceptBackend { listen } => backend::serve(&listen).await.map(|_| true),
         }
     });
     match outcome {
