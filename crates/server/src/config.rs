@@ -113,6 +113,10 @@ pub struct Config {
     /// Publish proxy (`http://` URL) for namespaces with `proxy_publish`.
     pub proxy_publish_endpoint: Option<String>,
     pub proxy_publish_timeout_ms: u64,
+    /// RPC proxy (`http://` URL): client `rpc` calls (other than `roomcast.*` methods) are
+    /// answered by the backend.
+    pub proxy_rpc_endpoint: Option<String>,
+    pub proxy_rpc_timeout_ms: u64,
     /// Headers of the client's WebSocket upgrade request forwarded to proxies (e.g.
     /// `Cookie`, `Authorization`, `X-Forwarded-For`), case-insensitive.
     pub proxy_http_headers: Vec<String>,
@@ -211,6 +215,8 @@ impl Default for Config {
             proxy_connect_timeout_ms: 1000,
             proxy_publish_endpoint: None,
             proxy_publish_timeout_ms: 1000,
+            proxy_rpc_endpoint: None,
+            proxy_rpc_timeout_ms: 1000,
             proxy_http_headers: Vec::new(),
             proxy_max_in_flight: 256,
             proxy_max_response_bytes: 1 << 20,
@@ -384,6 +390,7 @@ impl Config {
             &self.token_jwks_url,
             &self.proxy_connect_endpoint,
             &self.proxy_publish_endpoint,
+            &self.proxy_rpc_endpoint,
         ]
         .into_iter()
         .flatten()
@@ -395,11 +402,9 @@ impl Config {
         if self.proxy_max_in_flight == 0
             || self.proxy_connect_timeout_ms == 0
             || self.proxy_publish_timeout_ms == 0
+            || self.proxy_rpc_timeout_ms == 0
         {
-            return bad(
-                "proxy_max_in_flight, proxy_connect_timeout_ms and proxy_publish_timeout_ms must be at least 1"
-                    .into(),
-            );
+            return bad("proxy_max_in_flight and the proxy timeouts must be at least 1".into());
         }
         let namespaces = std::iter::once(&self.default_namespace).chain(self.namespaces.values());
         if self.proxy_publish_endpoint.is_none()

@@ -394,3 +394,61 @@ async fn proxy_publish_without_an_endpoint_is_a_configuration_error() {
     c.proxy_connect_endpoint = Some("https://backend.example/connect".into());
     assert!(roomcast::Server::start(c).await.is_err());
 }
+
+/// An RPC backend: `echo` returns its data, `whoami` the caller, `deny` refuses, `kick`
+/// disconnects, `slow` takes too long.
+fn rpc_backend(path: &str, _: &axum::http::HeaderMap, body: &Value) -> (u16, String, Duration) {
+    assert_eq!(path, "/rpc");
+    match body["method"].as_str().unwrap_or("") {
+        "echo" => ok(json!({"result": {"data": body["data"]}})),
+        "whoami" => {
+            ok(json!({"result": {"data": {"user": body["user"], "client": body["client"]}}}))
+        }
+        "b64" => ok(json!({"result": {"b64data": "eyJvayI6dHJ1ZX0="}})),
+        "deny" => ok(json!({"error": {"code": 1403, "message": "not yours"}})),
+        "kick" => ok(json!({"disconnect": {"code": 4001, "reason": "kicked"}})),
+        "slow" => (
+            200,
+            json!({"result": {}}).to_string(),
+            Duration::from_secs(30),
+        ),
+        _ => ok(json!({"error": {"code": 404, "message": "no such method"}})),
+    }
+}
+
+#[tokio::test]
+async fn rpc_proxy_answers_calls_with_the_backends_data_and_codes() {
+    let backend = Backend::start(rpc_backend).await;
+    let url = backend.url("/rpc");
+    let s = TestServer::start_with(|c| {
+        c.proxy_rpc_endpoint = Some(url);
+        c.proxy_rpc_timeout_ms = 300;
+    })
+    .await;
+    let mut c = s.client("alice").await;
+    let r = c
+        .call(json!({"rpc": {"method": "echo", "data": {"n": [1, 2]}}}))
+        .await;
+    assert_eq!(r["rpc"]["data"], json!({"n": [1, 2]}), "{r}");
+    let r = c.call(json!({"rpc": {"method": "whoami"}})).await;
+    assert_eq!(r["rpc"]["data"]["user"], "alice");
+    assert_eq!(r["rpc"]["data"]["client"].as_str().unwrap().len(), 36);
+    let r = c.call(json!({"rpc": {"method": "b64"}})).await;
+    assert_eq!(r["rpc"]["data"], json!({"ok": true}));
+    let r = c.call(json!({"rpc": {"method": "deny"}})).await;
+    assert_eq!(
+        (r["error"]["code"].clone(), r["error"]["message"].clone()),
+        (json!(1403), json!("not yours"))
+    );
+    let started = Instant::now();
+    let r = c.call(json!({"rpc": {"method": "slow"}})).await;
+    assert_eq!(r["error"]["code"], 100);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // roomcast's own methods are never sent to the backend.
+    let before = backend.seen().len();
+    let r = c.call(json!({"rpc": {"method": "roomcast.nothing"}})).await;
+    assert!(r.get("error").is_some(), "{r}");
+    assert_eq!(backend.seen().len(), before);
+    c.send(json!({"rpc": {"method": "kick"}})).await;
+    assert_eq!(c.closed_code().await, Some(4001));
+}

@@ -7,7 +7,7 @@
 //!
 //! - `mod.rs`: the shared call (bounded concurrency, timeout, response size, answer
 //!   decoding) and what a failure means to the client;
-//! - `connect.rs`, `publish.rs`: each proxy's request and result.
+//! - `connect.rs`, `publish.rs`, `rpc.rs`: each proxy's request and result.
 //!
 //! Invariants: every call holds one of `proxy_max_in_flight` slots and ends within the
 //! proxy's timeout (waiting for a slot included); an answer that is not one of the three
@@ -16,9 +16,11 @@
 
 mod connect;
 mod publish;
+mod rpc;
 
 pub use connect::{ConnectProxyRequest, ConnectProxyResult};
 pub use publish::{PublishProxyRequest, PublishProxyResult};
+pub use rpc::{RpcProxyRequest, RpcProxyResult};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +72,7 @@ pub struct Proxies {
     client: HttpClient,
     connect: Option<Endpoint>,
     publish: Option<Endpoint>,
+    rpc: Option<Endpoint>,
     /// Names of the upgrade request headers forwarded to the backend.
     headers: Vec<HeaderName>,
     /// Calls in flight at once on this node (`proxy_max_in_flight`): a slow backend
@@ -124,6 +127,7 @@ impl Proxies {
                 &config.proxy_publish_endpoint,
                 config.proxy_publish_timeout_ms,
             )?,
+            rpc: endpoint(&config.proxy_rpc_endpoint, config.proxy_rpc_timeout_ms)?,
             headers: config
                 .proxy_http_headers
                 .iter()
@@ -140,6 +144,7 @@ impl Proxies {
             client: HttpClient::new(),
             connect: None,
             publish: None,
+            rpc: None,
             headers: Vec::new(),
             slots: Arc::new(Semaphore::new(1)),
             max_bytes: 0,
@@ -152,6 +157,10 @@ impl Proxies {
 
     pub fn has_publish(&self) -> bool {
         self.publish.is_some()
+    }
+
+    pub fn has_rpc(&self) -> bool {
+        self.rpc.is_some()
     }
 
     /// The configured headers of a client's upgrade request, to forward with its calls.
@@ -182,6 +191,16 @@ impl Proxies {
         headers: &[(HeaderName, HeaderValue)],
     ) -> Option<Result<Outcome<PublishProxyResult>, ProxyError>> {
         let endpoint = self.publish.as_ref()?;
+        Some(self.call(endpoint, req, headers).await)
+    }
+
+    /// Asks the RPC proxy; `None` when there is none.
+    pub async fn rpc(
+        &self,
+        req: &RpcProxyRequest<'_>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Option<Result<Outcome<RpcProxyResult>, ProxyError>> {
+        let endpoint = self.rpc.as_ref()?;
         Some(self.call(endpoint, req, headers).await)
     }
 

@@ -1,19 +1,21 @@
 //! What the application backend decides for this session, through the node's proxies
-//! (see `crate::proxy`): who a client connecting without a token is (connect proxy), and
+//! (see `crate::proxy`): who a client connecting without a token is (connect proxy),
 //! whether, and with what data, each publication in a `proxy_publish` namespace goes out
-//! (publish proxy). Nothing is stored the publish proxy did not accept: a refusal, a
+//! (publish proxy), and the answers to RPC calls (rpc proxy). Nothing is stored the publish proxy did not accept: a refusal, a
 //! garbage answer, a slow or down backend all answer the client with an error and drop
 //! the publication before the store sees it.
 
 use futures_util::future::join_all;
-use roomcast_proto::command::ConnectRequest;
-use roomcast_proto::{encode_error_message, ClientInfo, Disconnect, ErrorCode};
+use roomcast_proto::command::{ConnectRequest, RpcRequest};
+use roomcast_proto::{encode_error_message, encode_reply, ClientInfo, Disconnect, ErrorCode};
 use serde_json::value::RawValue;
 
 use super::{Flow, Services, Session};
 use crate::auth::Claims;
 use crate::channel::Channel;
-use crate::proxy::{ConnectProxyRequest, Outcome, ProxyError, PublishProxyRequest};
+use crate::proxy::{
+    ConnectProxyRequest, Outcome, ProxyError, PublishProxyRequest, RpcProxyRequest,
+};
 
 /// The transport and encoding every proxy request names (WebSocket, JSON protocol).
 const TRANSPORT: &str = "websocket";
@@ -68,6 +70,52 @@ impl<S: Services> Session<S> {
                 Err(Flow::Continue)
             }
             Ok(Outcome::Disconnect(d)) => Err(Flow::Close(d)),
+            Err(e) => failed(e),
+        }
+    }
+
+    /// Whether an rpc call of `method` goes to the rpc proxy.
+    pub(super) fn proxies_rpc(&self, method: &str) -> bool {
+        !method.starts_with("roomcast.")
+            && self
+                .node
+                .proxies()
+                .is_some_and(crate::proxy::Proxies::has_rpc)
+    }
+
+    /// Asks the rpc proxy to answer a call and replies with its answer.
+    pub(super) async fn proxy_rpc(&self, id: u32, req: RpcRequest) -> Flow {
+        let proxies = self.node.proxies().expect("proxies_rpc");
+        let identity = self.identity.as_ref().expect("connected");
+        let request = RpcProxyRequest {
+            client: &identity.client,
+            transport: TRANSPORT,
+            protocol: PROTOCOL,
+            encoding: PROTOCOL,
+            user: &identity.user,
+            method: &req.method,
+            data: req.data.as_deref(),
+            info: identity.conn_info.as_deref(),
+        };
+        let answer = proxies.rpc(&request, &self.headers).await;
+        let failed = |e: ProxyError| {
+            tracing::warn!(error = %e, method = %req.method, "rpc proxy failed");
+            self.error(id, ErrorCode::INTERNAL);
+            Flow::Continue
+        };
+        match answer.expect("proxies_rpc") {
+            Ok(Outcome::Accept(r)) => match r.reply(self.node.config().max_data_depth) {
+                Ok(result) => {
+                    self.reply(encode_reply(id, "rpc", &result));
+                    Flow::Continue
+                }
+                Err(e) => failed(e),
+            },
+            Ok(Outcome::Refuse(code, message)) => {
+                self.reply(encode_error_message(id, code, &message));
+                Flow::Continue
+            }
+            Ok(Outcome::Disconnect(d)) => Flow::Close(d),
             Err(e) => failed(e),
         }
     }

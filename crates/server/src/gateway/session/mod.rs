@@ -160,6 +160,10 @@ impl<S: Services> Session<S> {
             Method::History(req) => self.history(id, req).await,
             Method::Ping => self.reply(encode_empty_reply(id, "ping")),
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
+            // The backend's methods (roomcast's own `roomcast.*` ones are never proxied).
+            Method::Rpc(req) if self.proxies_rpc(&req.method) => {
+                return self.proxy_rpc(id, req).await
+            }
             Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
             Method::Refresh(req) => return self.refresh(id, &req.token, now).await,
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
