@@ -52,6 +52,9 @@ pub struct NamespaceOptions {
     /// Publications from clients go to the publish proxy (`proxy_publish_endpoint`) first:
     /// stored only when it accepts, with the data it returns.
     pub proxy_publish: bool,
+    /// Clients subscribing without a token are granted (or refused) by the subscribe
+    /// proxy (`proxy_subscribe_endpoint`) instead of `allow_subscribe_for_client`.
+    pub proxy_subscribe: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -71,6 +74,7 @@ impl Default for NamespaceOptions {
             digest_interval_ms: 1000,
             force_recovery: true,
             proxy_publish: false,
+            proxy_subscribe: false,
         }
     }
 }
@@ -113,6 +117,9 @@ pub struct Config {
     /// Publish proxy (`http://` URL) for namespaces with `proxy_publish`.
     pub proxy_publish_endpoint: Option<String>,
     pub proxy_publish_timeout_ms: u64,
+    /// Subscribe proxy (`http://` URL) for namespaces with `proxy_subscribe`.
+    pub proxy_subscribe_endpoint: Option<String>,
+    pub proxy_subscribe_timeout_ms: u64,
     /// RPC proxy (`http://` URL): client `rpc` calls (other than `roomcast.*` methods) are
     /// answered by the backend.
     pub proxy_rpc_endpoint: Option<String>,
@@ -215,6 +222,8 @@ impl Default for Config {
             proxy_connect_timeout_ms: 1000,
             proxy_publish_endpoint: None,
             proxy_publish_timeout_ms: 1000,
+            proxy_subscribe_endpoint: None,
+            proxy_subscribe_timeout_ms: 1000,
             proxy_rpc_endpoint: None,
             proxy_rpc_timeout_ms: 1000,
             proxy_http_headers: Vec::new(),
@@ -391,6 +400,7 @@ impl Config {
             &self.proxy_connect_endpoint,
             &self.proxy_publish_endpoint,
             &self.proxy_rpc_endpoint,
+            &self.proxy_subscribe_endpoint,
         ]
         .into_iter()
         .flatten()
@@ -403,6 +413,7 @@ impl Config {
             || self.proxy_connect_timeout_ms == 0
             || self.proxy_publish_timeout_ms == 0
             || self.proxy_rpc_timeout_ms == 0
+            || self.proxy_subscribe_timeout_ms == 0
         {
             return bad("proxy_max_in_flight and the proxy timeouts must be at least 1".into());
         }
@@ -411,6 +422,13 @@ impl Config {
             && namespaces.into_iter().any(|ns| ns.proxy_publish)
         {
             return bad("a namespace has proxy_publish but proxy_publish_endpoint is unset".into());
+        }
+        let mut namespaces =
+            std::iter::once(&self.default_namespace).chain(self.namespaces.values());
+        if self.proxy_subscribe_endpoint.is_none() && namespaces.any(|ns| ns.proxy_subscribe) {
+            return bad(
+                "a namespace has proxy_subscribe but proxy_subscribe_endpoint is unset".into(),
+            );
         }
         if self
             .proxy_http_headers

@@ -452,3 +452,61 @@ async fn rpc_proxy_answers_calls_with_the_backends_data_and_codes() {
     c.send(json!({"rpc": {"method": "kick"}})).await;
     assert_eq!(c.closed_code().await, Some(4001));
 }
+
+#[tokio::test]
+async fn subscribe_proxy_grants_and_refuses_subscriptions() {
+    let backend = Backend::start(|path, _, body| {
+        assert_eq!(path, "/subscribe");
+        match (body["user"].as_str(), body["channel"].as_str()) {
+            (Some("alice"), Some("team:red")) => ok(json!({"result": {}})),
+            (_, Some("team:kick")) => ok(json!({"disconnect": {"code": 4003, "reason": "x"}})),
+            (_, Some("team:slow")) => (200, "{}".into(), Duration::from_secs(30)),
+            _ => ok(json!({"error": {"code": 1403, "message": "not in team"}})),
+        }
+    })
+    .await;
+    let url = backend.url("/subscribe");
+    let s = TestServer::start_with(|c| {
+        c.proxy_subscribe_endpoint = Some(url);
+        c.proxy_subscribe_timeout_ms = 300;
+        c.namespaces.insert(
+            "team".into(),
+            NamespaceOptions {
+                allow_subscribe_for_client: false,
+                proxy_subscribe: true,
+                ..NamespaceOptions::default()
+            },
+        );
+    })
+    .await;
+    let mut alice = s.client("alice").await;
+    let r = alice
+        .call(json!({"subscribe": {"channel": "team:red", "data": {"x": 1}}}))
+        .await;
+    assert!(r.get("subscribe").is_some(), "{r}");
+    let seen = backend.seen();
+    assert_eq!(seen[0].2["data"], json!({"x": 1}));
+    assert_eq!(seen[0].2["client"].as_str().unwrap().len(), 36);
+    s.publish("team:red", json!({"hi": 1})).await;
+    assert_eq!(alice.next_pub("team:red").await["data"], json!({"hi": 1}));
+    let mut bob = s.client("bob").await;
+    let r = bob
+        .call(json!({"subscribe": {"channel": "team:red"}}))
+        .await;
+    assert_eq!(r["error"]["code"], 1403, "{r}");
+    let r = bob
+        .call(json!({"subscribe": {"channel": "team:slow"}}))
+        .await;
+    assert_eq!(r["error"]["code"], 100, "{r}");
+    // Other namespaces do not ask the backend.
+    let before = backend.seen().len();
+    assert!(bob
+        .call(json!({"subscribe": {"channel": "open"}}))
+        .await
+        .get("subscribe")
+        .is_some());
+    assert_eq!(backend.seen().len(), before);
+    bob.send(json!({"subscribe": {"channel": "team:kick"}}))
+        .await;
+    assert_eq!(bob.closed_code().await, Some(4003));
+}

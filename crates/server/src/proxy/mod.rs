@@ -7,7 +7,7 @@
 //!
 //! - `mod.rs`: the shared call (bounded concurrency, timeout, response size, answer
 //!   decoding) and what a failure means to the client;
-//! - `connect.rs`, `publish.rs`, `rpc.rs`: each proxy's request and result.
+//! - `connect.rs`, `publish.rs`, `rpc.rs`, `subscribe.rs`: each proxy's request and result.
 //!
 //! Invariants: every call holds one of `proxy_max_in_flight` slots and ends within the
 //! proxy's timeout (waiting for a slot included); an answer that is not one of the three
@@ -17,10 +17,12 @@
 mod connect;
 mod publish;
 mod rpc;
+mod subscribe;
 
 pub use connect::{ConnectProxyRequest, ConnectProxyResult};
 pub use publish::{PublishProxyRequest, PublishProxyResult};
 pub use rpc::{RpcProxyRequest, RpcProxyResult};
+pub use subscribe::{SubscribeProxyRequest, SubscribeProxyResult};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -73,6 +75,7 @@ pub struct Proxies {
     connect: Option<Endpoint>,
     publish: Option<Endpoint>,
     rpc: Option<Endpoint>,
+    subscribe: Option<Endpoint>,
     /// Names of the upgrade request headers forwarded to the backend.
     headers: Vec<HeaderName>,
     /// Calls in flight at once on this node (`proxy_max_in_flight`): a slow backend
@@ -128,6 +131,10 @@ impl Proxies {
                 config.proxy_publish_timeout_ms,
             )?,
             rpc: endpoint(&config.proxy_rpc_endpoint, config.proxy_rpc_timeout_ms)?,
+            subscribe: endpoint(
+                &config.proxy_subscribe_endpoint,
+                config.proxy_subscribe_timeout_ms,
+            )?,
             headers: config
                 .proxy_http_headers
                 .iter()
@@ -145,6 +152,7 @@ impl Proxies {
             connect: None,
             publish: None,
             rpc: None,
+            subscribe: None,
             headers: Vec::new(),
             slots: Arc::new(Semaphore::new(1)),
             max_bytes: 0,
@@ -201,6 +209,16 @@ impl Proxies {
         headers: &[(HeaderName, HeaderValue)],
     ) -> Option<Result<Outcome<RpcProxyResult>, ProxyError>> {
         let endpoint = self.rpc.as_ref()?;
+        Some(self.call(endpoint, req, headers).await)
+    }
+
+    /// Asks the subscribe proxy; `None` when there is none.
+    pub async fn subscribe(
+        &self,
+        req: &SubscribeProxyRequest<'_>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Option<Result<Outcome<SubscribeProxyResult>, ProxyError>> {
+        let endpoint = self.subscribe.as_ref()?;
         Some(self.call(endpoint, req, headers).await)
     }
 

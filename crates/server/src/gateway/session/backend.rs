@@ -1,12 +1,13 @@
 //! What the application backend decides for this session, through the node's proxies
 //! (see `crate::proxy`): who a client connecting without a token is (connect proxy),
 //! whether, and with what data, each publication in a `proxy_publish` namespace goes out
-//! (publish proxy), and the answers to RPC calls (rpc proxy). Nothing is stored the publish proxy did not accept: a refusal, a
+//! (publish proxy), who may subscribe to a `proxy_subscribe` namespace (subscribe proxy),
+//! and the answers to RPC calls (rpc proxy). Nothing is stored the publish proxy did not accept: a refusal, a
 //! garbage answer, a slow or down backend all answer the client with an error and drop
 //! the publication before the store sees it.
 
 use futures_util::future::join_all;
-use roomcast_proto::command::{ConnectRequest, RpcRequest};
+use roomcast_proto::command::{ConnectRequest, RpcRequest, SubscribeRequest};
 use roomcast_proto::{encode_error_message, encode_reply, ClientInfo, Disconnect, ErrorCode};
 use serde_json::value::RawValue;
 
@@ -15,6 +16,7 @@ use crate::auth::Claims;
 use crate::channel::Channel;
 use crate::proxy::{
     ConnectProxyRequest, Outcome, ProxyError, PublishProxyRequest, RpcProxyRequest,
+    SubscribeProxyRequest,
 };
 
 /// The transport and encoding every proxy request names (WebSocket, JSON protocol).
@@ -71,6 +73,47 @@ impl<S: Services> Session<S> {
             }
             Ok(Outcome::Disconnect(d)) => Err(Flow::Close(d)),
             Err(e) => failed(e),
+        }
+    }
+
+    /// Asks the subscribe proxy whether the client may subscribe. True: granted; false:
+    /// refused, failed or disconnected, the client already answered.
+    pub(super) async fn proxy_subscribe(&self, id: u32, req: &SubscribeRequest) -> bool {
+        let identity = self.identity.as_ref().expect("connected");
+        let Some(proxies) = self.node.proxies() else {
+            self.error(id, ErrorCode::PERMISSION_DENIED);
+            return false;
+        };
+        let request = SubscribeProxyRequest {
+            client: &identity.client,
+            transport: TRANSPORT,
+            protocol: PROTOCOL,
+            encoding: PROTOCOL,
+            user: &identity.user,
+            channel: &req.channel,
+            data: req.data.as_deref(),
+            info: identity.conn_info.as_deref(),
+        };
+        match proxies.subscribe(&request, &self.headers).await {
+            Some(Ok(Outcome::Accept(_))) => true,
+            Some(Ok(Outcome::Refuse(code, message))) => {
+                self.reply(encode_error_message(id, code, &message));
+                false
+            }
+            Some(Ok(Outcome::Disconnect(d))) => {
+                self.peer.outbox.close(d);
+                false
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, channel = %req.channel, "subscribe proxy failed");
+                self.error(id, ErrorCode::INTERNAL);
+                false
+            }
+            // Validated at start: a proxy_subscribe namespace has an endpoint.
+            None => {
+                self.error(id, ErrorCode::PERMISSION_DENIED);
+                false
+            }
         }
     }
 

@@ -90,7 +90,13 @@ impl<S: Services> Session<S> {
         };
         // A subscription token (HS256, claims `sub`, `channel`, `exp`) grants a channel
         // clients may not subscribe to on their own.
-        let granted = if req.token.is_empty() {
+        let granted = if req.token.is_empty() && channel.options.proxy_subscribe {
+            // The backend decides; on a refusal or failure it has already been answered.
+            if !self.proxy_subscribe(id, &req).await {
+                return;
+            }
+            true
+        } else if req.token.is_empty() {
             channel.options.allow_subscribe_for_client
         } else {
             match self.verify_subscription(&req.token, &req.channel) {
