@@ -2,19 +2,17 @@
 //! (its client id, transport, the `data`, `name` and `version` it sent, and the forwarded
 //! headers, cookies among them), and the backend says who it is.
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::ProxyError;
+use super::{payload, Caller, ProxyError};
 
 /// What the node sends (Centrifugo's connect proxy request fields).
 #[derive(Debug, Serialize)]
 pub struct ConnectProxyRequest<'a> {
-    pub client: &'a str,
-    pub transport: &'a str,
-    pub protocol: &'a str,
-    pub encoding: &'a str,
+    /// Who asks: client id, transport, protocol and encoding.
+    #[serde(flatten)]
+    pub caller: Caller<'a>,
     #[serde(skip_serializing_if = "str::is_empty")]
     pub name: &'a str,
     #[serde(skip_serializing_if = "str::is_empty")]
@@ -46,25 +44,6 @@ pub struct ConnectProxyResult {
 impl ConnectProxyResult {
     /// The connection info, `info` or decoded `b64info`, checked like publication data.
     pub fn conn_info(&mut self, max_depth: usize) -> Result<Option<Box<RawValue>>, ProxyError> {
-        let info = match (self.info.take(), self.b64info.take()) {
-            (Some(info), _) => Some(info),
-            (None, Some(b64)) => Some(json_from_base64(&b64, "b64info")?),
-            (None, None) => None,
-        };
-        if let Some(info) = &info {
-            roomcast_proto::data::check(info, max_depth)
-                .map_err(|e| ProxyError::Garbage(format!("info: {e}")))?;
-        }
-        Ok(info)
+        payload(self.info.take(), self.b64info.take(), "info", max_depth)
     }
-}
-
-/// Base64 that must hold JSON (the JSON protocol carries no binary payloads).
-pub(super) fn json_from_base64(b64: &str, what: &str) -> Result<Box<RawValue>, ProxyError> {
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(b64)
-        .map_err(|e| ProxyError::Garbage(format!("{what}: {e}")))?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| ProxyError::Garbage(format!("{what}: not UTF-8")))?;
-    RawValue::from_string(text).map_err(|e| ProxyError::Garbage(format!("{what}: not JSON: {e}")))
 }

@@ -248,6 +248,59 @@ impl Proxies {
     }
 }
 
+/// Who a proxy request is about: the fields every request starts with.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Caller<'a> {
+    pub client: &'a str,
+    pub transport: &'a str,
+    pub protocol: &'a str,
+    pub encoding: &'a str,
+}
+
+impl<'a> Caller<'a> {
+    /// A client on the WebSocket transport with the JSON protocol.
+    pub fn websocket_json(client: &'a str) -> Caller<'a> {
+        Caller {
+            client,
+            transport: "websocket",
+            protocol: "json",
+            encoding: "json",
+        }
+    }
+}
+
+/// A JSON payload the backend gave as `json` or as `b64` (base64 of JSON: this server
+/// speaks the JSON protocol, which carries no binary), checked like publication data.
+fn payload(
+    json: Option<Box<serde_json::value::RawValue>>,
+    b64: Option<String>,
+    what: &str,
+    max_depth: usize,
+) -> Result<Option<Box<serde_json::value::RawValue>>, ProxyError> {
+    let value = match (json, b64) {
+        (Some(v), _) => Some(v),
+        (None, Some(b64)) => Some(json_from_base64(&b64, what)?),
+        (None, None) => None,
+    };
+    if let Some(v) = &value {
+        roomcast_proto::data::check(v, max_depth)
+            .map_err(|e| ProxyError::Garbage(format!("{what}: {e}")))?;
+    }
+    Ok(value)
+}
+
+/// Base64 that must hold JSON (the JSON protocol carries no binary payloads).
+fn json_from_base64(b64: &str, what: &str) -> Result<Box<serde_json::value::RawValue>, ProxyError> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| ProxyError::Garbage(format!("{what}: {e}")))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| ProxyError::Garbage(format!("{what}: not UTF-8")))?;
+    serde_json::value::RawValue::from_string(text)
+        .map_err(|e| ProxyError::Garbage(format!("{what}: not JSON: {e}")))
+}
+
 /// A backend's answer as an outcome.
 fn decode<R: DeserializeOwned>(body: &[u8]) -> Result<Outcome<R>, ProxyError> {
     let answer: Answer<R> =

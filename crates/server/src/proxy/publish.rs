@@ -5,16 +5,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::connect::json_from_base64;
-use super::ProxyError;
+use super::{payload, Caller, ProxyError};
 
 /// What the node sends (Centrifugo's publish proxy request fields).
 #[derive(Debug, Serialize)]
 pub struct PublishProxyRequest<'a> {
-    pub client: &'a str,
-    pub transport: &'a str,
-    pub protocol: &'a str,
-    pub encoding: &'a str,
+    /// Who asks: client id, transport, protocol and encoding.
+    #[serde(flatten)]
+    pub caller: Caller<'a>,
     pub user: &'a str,
     pub channel: &'a str,
     pub data: &'a RawValue,
@@ -39,15 +37,7 @@ impl PublishProxyResult {
     /// The data to publish instead of the client's, checked like client data; `None`:
     /// publish the client's data as it is.
     pub fn rewritten(self, max_depth: usize) -> Result<Option<Box<RawValue>>, ProxyError> {
-        let data = match (self.data, self.b64data) {
-            (Some(d), _) => Some(d),
-            (None, Some(b64)) => Some(json_from_base64(&b64, "b64data")?),
-            (None, None) => None,
-        };
-        if let Some(d) = &data {
-            roomcast_proto::data::check(d, max_depth)
-                .map_err(|e| ProxyError::Garbage(format!("data: {e}")))?;
-        }
+        let data = payload(self.data, self.b64data, "data", max_depth)?;
         Ok(data)
     }
 }

@@ -5,16 +5,14 @@ use roomcast_proto::RpcResult;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::connect::json_from_base64;
-use super::ProxyError;
+use super::{payload, Caller, ProxyError};
 
 /// What the node sends (Centrifugo's RPC proxy request fields).
 #[derive(Debug, Serialize)]
 pub struct RpcProxyRequest<'a> {
-    pub client: &'a str,
-    pub transport: &'a str,
-    pub protocol: &'a str,
-    pub encoding: &'a str,
+    /// Who asks: client id, transport, protocol and encoding.
+    #[serde(flatten)]
+    pub caller: Caller<'a>,
     pub user: &'a str,
     pub method: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,15 +33,7 @@ pub struct RpcProxyResult {
 impl RpcProxyResult {
     /// The client's reply (`{"id":N,"rpc":{"data":...}}`), its data checked like publication data.
     pub fn reply(self, max_depth: usize) -> Result<RpcResult, ProxyError> {
-        let data = match (self.data, self.b64data) {
-            (Some(d), _) => Some(d),
-            (None, Some(b64)) => Some(json_from_base64(&b64, "b64data")?),
-            (None, None) => None,
-        };
-        if let Some(d) = &data {
-            roomcast_proto::data::check(d, max_depth)
-                .map_err(|e| ProxyError::Garbage(format!("data: {e}")))?;
-        }
+        let data = payload(self.data, self.b64data, "data", max_depth)?;
         Ok(RpcResult { data })
     }
 }

@@ -5,13 +5,14 @@
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use super::Caller;
+
 /// What the node sends (Centrifugo's subscribe proxy request fields).
 #[derive(Debug, Serialize)]
 pub struct SubscribeProxyRequest<'a> {
-    pub client: &'a str,
-    pub transport: &'a str,
-    pub protocol: &'a str,
-    pub encoding: &'a str,
+    /// Who asks: client id, transport, protocol and encoding.
+    #[serde(flatten)]
+    pub caller: Caller<'a>,
     pub user: &'a str,
     pub channel: &'a str,
     /// The subscribe command's `data`, as the client sent it.

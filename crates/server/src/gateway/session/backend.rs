@@ -15,13 +15,9 @@ use super::{Flow, Services, Session};
 use crate::auth::Claims;
 use crate::channel::Channel;
 use crate::proxy::{
-    ConnectProxyRequest, Outcome, ProxyError, PublishProxyRequest, RpcProxyRequest,
+    Caller, ConnectProxyRequest, Outcome, ProxyError, PublishProxyRequest, RpcProxyRequest,
     SubscribeProxyRequest,
 };
-
-/// The transport and encoding every proxy request names (WebSocket, JSON protocol).
-const TRANSPORT: &str = "websocket";
-const PROTOCOL: &str = "json";
 
 impl<S: Services> Session<S> {
     /// Whether a connect without a token goes to the connect proxy.
@@ -41,10 +37,7 @@ impl<S: Services> Session<S> {
     ) -> Result<Claims, Flow> {
         let proxies = self.node.proxies().expect("has_connect_proxy");
         let request = ConnectProxyRequest {
-            client,
-            transport: TRANSPORT,
-            protocol: PROTOCOL,
-            encoding: PROTOCOL,
+            caller: Caller::websocket_json(client),
             name: &req.name,
             version: &req.version,
             data: req.data.as_deref(),
@@ -85,10 +78,7 @@ impl<S: Services> Session<S> {
             return false;
         };
         let request = SubscribeProxyRequest {
-            client: &identity.client,
-            transport: TRANSPORT,
-            protocol: PROTOCOL,
-            encoding: PROTOCOL,
+            caller: Caller::websocket_json(&identity.client),
             user: &identity.user,
             channel: &req.channel,
             data: req.data.as_deref(),
@@ -131,10 +121,7 @@ impl<S: Services> Session<S> {
         let proxies = self.node.proxies().expect("proxies_rpc");
         let identity = self.identity.as_ref().expect("connected");
         let request = RpcProxyRequest {
-            client: &identity.client,
-            transport: TRANSPORT,
-            protocol: PROTOCOL,
-            encoding: PROTOCOL,
+            caller: Caller::websocket_json(&identity.client),
             user: &identity.user,
             method: &req.method,
             data: req.data.as_deref(),
@@ -188,10 +175,7 @@ impl<S: Services> Session<S> {
                 return None;
             }
             let request = PublishProxyRequest {
-                client: &sender.client,
-                transport: TRANSPORT,
-                protocol: PROTOCOL,
-                encoding: PROTOCOL,
+                caller: Caller::websocket_json(&sender.client),
                 user: &sender.user,
                 channel,
                 data,
