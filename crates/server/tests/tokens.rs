@@ -135,6 +135,8 @@ enum Answer {
     Status(u16),
     Garbage,
     Slow,
+    /// The keys, padded past `token_jwks_max_bytes`.
+    Huge(Vec<&'static str>),
 }
 
 /// A JWKS server on a loopback port: serves the keys of tests/keys/jwks.json the test
@@ -175,6 +177,11 @@ impl KeyServer {
                             axum::http::StatusCode::from_u16(s).unwrap().into_response()
                         }
                         Answer::Garbage => "{\"keys\": [".into_response(),
+                        Answer::Huge(kids) => {
+                            let keys: Vec<Value> = kids.iter().map(|k| all[k].clone()).collect();
+                            let pad = " ".repeat(64 << 10);
+                            format!("{{\"keys\": {}{pad}}}", json!(keys)).into_response()
+                        }
                         Answer::Slow => {
                             tokio::time::sleep(Duration::from_secs(30)).await;
                             "{}".into_response()
@@ -273,9 +280,15 @@ async fn a_failing_jwks_keeps_the_last_good_keys() {
         c.token_jwks_refresh_secs = 1;
         c.token_jwks_timeout_ms = 300;
         c.token_jwks_min_refresh_secs = 0;
+        c.token_jwks_max_bytes = 16 << 10;
     })
     .await;
     let rsa1 = signed(Algorithm::RS256, "rsa1.key", Some("rsa1"), "alice");
+    assert_eq!(try_connect(&s, &rsa1).await, Ok(()));
+    // Over the size limit, even with the new key in it: not taken.
+    keys.set(Answer::Huge(vec!["rsa2"]));
+    let rsa2 = signed(Algorithm::RS256, "rsa2.key", Some("rsa2"), "alice");
+    assert_eq!(try_connect(&s, &rsa2).await, Err(Some(3500)));
     assert_eq!(try_connect(&s, &rsa1).await, Ok(()));
     for answer in [
         Answer::Status(500),
@@ -291,7 +304,6 @@ async fn a_failing_jwks_keeps_the_last_good_keys() {
         assert_eq!(try_connect(&s, &rsa1).await, Ok(()));
     }
     // The key server gone entirely (connection refused): still the last good keys.
-    let rsa2 = signed(Algorithm::RS256, "rsa2.key", Some("rsa2"), "alice");
     drop(keys);
     assert_eq!(try_connect(&s, &rsa2).await, Err(Some(3500)));
     assert_eq!(try_connect(&s, &rsa1).await, Ok(()));
