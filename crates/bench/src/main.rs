@@ -5,6 +5,7 @@
 //! so that every figure has a ratio to what the machine can do at all. `limit-server` and `worker` are
 //! the roles the binary re-executes itself in. See BENCHMARKS.md for the commands and results.
 
+mod backend;
 mod chat;
 mod codec;
 mod fleet;
@@ -61,6 +62,11 @@ enum Cmd {
     /// Latency of the chat reads (`roomcast.read`, a full `roomcast.rooms` listing) for one
     /// user in many rooms, against a running node.
     ChatCost(chat::ChatArgs),
+    /// An application backend that accepts every proxy request (publish-proxy runs).
+    AcceptBackend {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -78,6 +84,7 @@ fn main() -> ExitCode {
             }
             Cmd::Worker => group::worker_main().await.map(|_| true),
             Cmd::ChatCost(args) => chat::run(args).await,
+            Cmd::AcceptBackend { listen } => backend::serve(&listen).await.map(|_| true),
         }
     });
     match outcome {

@@ -56,6 +56,12 @@ pub struct NamespaceOptions {
     /// with more clients answers error 106 "limit exceeded" (use `presence_stats`).
     /// At least 1.
     pub presence_max_entries: usize,
+    /// Publications from clients go to the publish proxy (`proxy_publish_endpoint`) first:
+    /// stored only when it accepts, with the data it returns.
+    pub proxy_publish: bool,
+    /// Clients subscribing without a token are granted (or refused) by the subscribe
+    /// proxy (`proxy_subscribe_endpoint`) instead of `allow_subscribe_for_client`.
+    pub proxy_subscribe: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -76,6 +82,8 @@ impl Default for NamespaceOptions {
             force_recovery: true,
             members_only: false,
             presence_max_entries: 1000,
+            proxy_publish: false,
+            proxy_subscribe: false,
         }
     }
 }
@@ -96,6 +104,45 @@ pub struct Config {
     pub token_audience: Option<String>,
     /// Required `iss` claim, when set.
     pub token_issuer: Option<String>,
+    /// Algorithms a token may be signed with (`HS256`, `RS256`, `ES256`); each needs its
+    /// key. Empty: every algorithm with a key configured (HS256 always: the HMAC secret).
+    pub token_algorithms: Vec<String>,
+    /// RSA public key for RS256 tokens: PEM text, or the path of a PEM file.
+    pub token_rsa_public_key: Option<String>,
+    /// P-256 public key for ES256 tokens: PEM text, or the path of a PEM file.
+    pub token_ecdsa_public_key: Option<String>,
+    /// JWKS URL (`http://`) of the keys RS256 and ES256 tokens with a `kid` are verified
+    /// with; fetched at start and every `token_jwks_refresh_secs`.
+    pub token_jwks_url: Option<String>,
+    pub token_jwks_refresh_secs: u64,
+    /// Least seconds between two JWKS fetches caused by tokens with an unknown `kid`.
+    pub token_jwks_min_refresh_secs: u64,
+    /// Milliseconds one JWKS fetch may take (connect, headers and body).
+    pub token_jwks_timeout_ms: u64,
+    /// Largest JWKS response body in bytes.
+    pub token_jwks_max_bytes: usize,
+    /// Connect proxy (`http://` URL): every connect without a token is sent there, and
+    /// the backend's answer decides the user (Centrifugo's connect proxy).
+    pub proxy_connect_endpoint: Option<String>,
+    pub proxy_connect_timeout_ms: u64,
+    /// Publish proxy (`http://` URL) for namespaces with `proxy_publish`.
+    pub proxy_publish_endpoint: Option<String>,
+    pub proxy_publish_timeout_ms: u64,
+    /// Subscribe proxy (`http://` URL) for namespaces with `proxy_subscribe`.
+    pub proxy_subscribe_endpoint: Option<String>,
+    pub proxy_subscribe_timeout_ms: u64,
+    /// RPC proxy (`http://` URL): client `rpc` calls (other than `roomcast.*` methods) are
+    /// answered by the backend.
+    pub proxy_rpc_endpoint: Option<String>,
+    pub proxy_rpc_timeout_ms: u64,
+    /// Headers of the client's WebSocket upgrade request forwarded to proxies (e.g.
+    /// `Cookie`, `Authorization`, `X-Forwarded-For`), case-insensitive.
+    pub proxy_http_headers: Vec<String>,
+    /// Proxy requests in flight on this node at once; beyond, requests wait (within their
+    /// timeout) for a slot.
+    pub proxy_max_in_flight: usize,
+    /// Largest proxy response body in bytes; beyond, the answer counts as garbage.
+    pub proxy_max_response_bytes: usize,
     /// Development mode: connect without a token (user id from the token if one is given,
     /// anonymous otherwise). Off by default.
     pub insecure: bool,
@@ -177,6 +224,25 @@ impl Default for Config {
             api_key: None,
             token_audience: None,
             token_issuer: None,
+            token_algorithms: Vec::new(),
+            token_rsa_public_key: None,
+            token_ecdsa_public_key: None,
+            token_jwks_url: None,
+            token_jwks_refresh_secs: 300,
+            token_jwks_min_refresh_secs: 10,
+            token_jwks_timeout_ms: 5000,
+            token_jwks_max_bytes: 1 << 20,
+            proxy_connect_endpoint: None,
+            proxy_connect_timeout_ms: 1000,
+            proxy_publish_endpoint: None,
+            proxy_publish_timeout_ms: 1000,
+            proxy_subscribe_endpoint: None,
+            proxy_subscribe_timeout_ms: 1000,
+            proxy_rpc_endpoint: None,
+            proxy_rpc_timeout_ms: 1000,
+            proxy_http_headers: Vec::new(),
+            proxy_max_in_flight: 256,
+            proxy_max_response_bytes: 1 << 20,
             insecure: false,
             ping_interval_secs: 25,
             pong_timeout_secs: 8,
@@ -342,6 +408,55 @@ impl Config {
                 "max_data_depth, api_max_in_flight and api_body_timeout_secs must be at least 1"
                     .into(),
             );
+        }
+        if self.token_jwks_url.is_some()
+            && (self.token_jwks_refresh_secs == 0 || self.token_jwks_timeout_ms == 0)
+        {
+            return bad(
+                "token_jwks_refresh_secs and token_jwks_timeout_ms must be at least 1".into(),
+            );
+        }
+        for url in [
+            &self.token_jwks_url,
+            &self.proxy_connect_endpoint,
+            &self.proxy_publish_endpoint,
+            &self.proxy_rpc_endpoint,
+            &self.proxy_subscribe_endpoint,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if let Err(e) = crate::outbound::parse_url(url) {
+                return bad(e.to_string());
+            }
+        }
+        if self.proxy_max_in_flight == 0
+            || self.proxy_connect_timeout_ms == 0
+            || self.proxy_publish_timeout_ms == 0
+            || self.proxy_rpc_timeout_ms == 0
+            || self.proxy_subscribe_timeout_ms == 0
+        {
+            return bad("proxy_max_in_flight and the proxy timeouts must be at least 1".into());
+        }
+        let namespaces = std::iter::once(&self.default_namespace).chain(self.namespaces.values());
+        if self.proxy_publish_endpoint.is_none()
+            && namespaces.into_iter().any(|ns| ns.proxy_publish)
+        {
+            return bad("a namespace has proxy_publish but proxy_publish_endpoint is unset".into());
+        }
+        let mut namespaces =
+            std::iter::once(&self.default_namespace).chain(self.namespaces.values());
+        if self.proxy_subscribe_endpoint.is_none() && namespaces.any(|ns| ns.proxy_subscribe) {
+            return bad(
+                "a namespace has proxy_subscribe but proxy_subscribe_endpoint is unset".into(),
+            );
+        }
+        if self
+            .proxy_http_headers
+            .iter()
+            .any(|h| hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err())
+        {
+            return bad("proxy_http_headers holds an invalid header name".into());
         }
         Ok(())
     }

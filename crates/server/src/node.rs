@@ -27,6 +27,8 @@ pub struct Node {
     /// What client sessions read of `config`, built once.
     pub session: SessionConfig,
     pub auth: Auth,
+    /// The application backend's connect and publish proxies.
+    pub proxies: crate::proxy::Proxies,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,

@@ -77,11 +77,10 @@ impl Server {
             }
         }
         let secret = config.token_hmac_secret.clone().expect("secret ensured");
-        let auth = Auth::new(
-            &secret,
-            config.token_audience.as_deref(),
-            config.token_issuer.as_deref(),
-        );
+        config.validate()?;
+        let client = crate::outbound::HttpClient::new();
+        let auth = Auth::load(&config, &secret, &client).await?;
+        let proxies = crate::proxy::Proxies::new(&config, client)?;
         let hub = Arc::new(Hub::new().with_parallel_above(config.fanout_parallel_above));
         let id = uuid::Uuid::new_v4().to_string();
         let Backends {
@@ -91,13 +90,13 @@ impl Server {
             presence,
             store_name,
         } = Backends::open(&config, &hub, &id).await?;
-        config.validate()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let addr = listener.local_addr()?;
         let node = Arc::new(Node {
             auth,
+            proxies,
             store,
             bus,
             hub,
@@ -118,6 +117,9 @@ impl Server {
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));
         node.tasks
             .spawn(node.keepalive.clone().run(node.shutdown.clone()));
+        if let Some(jwks) = node.auth.jwks() {
+            node.tasks.spawn(jwks.clone().run(node.shutdown.clone()));
+        }
         let app = crate::http::router(node.clone());
         let serve = tokio::spawn(accept_loop(
             listener,

@@ -50,6 +50,30 @@ impl Client {
         })
     }
 
+    /// Opens `url` with extra headers on the upgrade request (cookies, for a connect proxy).
+    pub async fn open_with_headers(url: &str, headers: &[(&str, &str)]) -> Client {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = url.into_client_request().unwrap();
+        for (name, value) in headers {
+            req.headers_mut().append(
+                tokio_tungstenite::tungstenite::http::HeaderName::from_bytes(name.as_bytes())
+                    .unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        let (ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("opening timed out")
+            .expect("opening failed");
+        Client {
+            ws,
+            next_id: 0,
+            inbox: VecDeque::new(),
+            closed: None,
+            auto_pong: true,
+        }
+    }
+
     /// Opens `url` and connects as `user`; each step bounded by `within`.
     pub async fn try_connect(url: &str, user: &str, within: Duration) -> Result<Client, String> {
         let mut c = Client::try_open(url, within).await?;

@@ -139,12 +139,19 @@ impl Stall {
 
 /// Serves the client protocol on an upgraded socket; `leftover` are bytes the HTTP layer
 /// read past the upgrade request.
-pub async fn serve(node: Arc<Node>, tcp: TcpStream, leftover: Bytes) {
+/// `headers` are those of the upgrade request the backend proxies get.
+pub async fn serve(
+    node: Arc<Node>,
+    tcp: TcpStream,
+    leftover: Bytes,
+    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+) {
     let outbox = Arc::new(
         Outbox::new(node.config.outbox_max_bytes).with_reply_limit(node.config.reply_max_bytes),
     );
     let peer = Arc::new(Peer::new(outbox.clone()));
-    let session = Session::new(node.clone(), peer.clone(), Now::current());
+    let mut session = Session::new(node.clone(), peer.clone(), Now::current());
+    session.forward_headers(headers);
     let id = session.conn_id();
     node.keepalive.register(id, &peer);
     let mut handler = Handler::Session(Box::new(session));

@@ -80,6 +80,7 @@ async fn websocket(State(node): State<Arc<Node>>, req: Request) -> Response {
         )
             .into_response();
     }
+    let forwarded = node.proxies.forwarded(req.headers());
     let (response, on_upgrade) = match handshake(req) {
         Ok(x) => x,
         Err(r) => return r,
@@ -88,7 +89,7 @@ async fn websocket(State(node): State<Arc<Node>>, req: Request) -> Response {
     let tasks = node.tasks.clone();
     let task = async move {
         if let Some((tcp, leftover)) = Box::pin(take_socket(on_upgrade)).await {
-            crate::gateway::serve(node, tcp, leftover).await;
+            crate::gateway::serve(node, tcp, leftover, forwarded).await;
         }
     };
     tracing::trace!(bytes = size_of_val(&task), "connection task size");

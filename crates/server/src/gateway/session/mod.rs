@@ -7,9 +7,11 @@
 //! - `mod.rs`: the session's own state, command dispatch, connect and refresh;
 //! - `rooms.rs`: subscriptions (subscribe with recovery, unsubscribe, presence, history);
 //! - `publish.rs`: publishes and the command rate limit;
+//! - `backend.rs`: the connect and publish proxies (what the application backend decides);
 //! - `chat.rs`: the `roomcast.*` rpc methods (read cursors, unread counts, room list);
 //! - `services.rs`: the `Services` trait and its implementation by `Node`.
 
+mod backend;
 mod chat;
 mod publish;
 mod rooms;
@@ -79,6 +81,9 @@ pub struct Session<S: Services = Node> {
     subs: HashMap<Arc<str>, Subscription>,
     /// Command rate limit.
     budget: publish::RateLimit,
+    /// Headers of the upgrade request forwarded to the backend proxies
+    /// (`proxy_http_headers`; bounded by the HTTP layer's header limits).
+    headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
 }
 
 impl<S: Services> Session<S> {
@@ -93,7 +98,16 @@ impl<S: Services> Session<S> {
             expires_at: None,
             subs: HashMap::new(),
             budget,
+            headers: Vec::new(),
         }
+    }
+
+    /// Headers of the client's upgrade request to forward to the backend proxies.
+    pub fn forward_headers(
+        &mut self,
+        headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    ) {
+        self.headers = headers;
     }
 
     pub fn is_connected(&self) -> bool {
@@ -157,8 +171,12 @@ impl<S: Services> Session<S> {
             Method::Rpc(req) if req.method.starts_with(crate::chat::rpc::PREFIX) => {
                 self.chat_rpc(id, req).await;
             }
+            // The backend's methods (roomcast's own `roomcast.*` ones are never proxied).
+            Method::Rpc(req) if self.proxies_rpc(&req.method) => {
+                return self.proxy_rpc(id, req).await
+            }
             Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
-            Method::Refresh(req) => return self.refresh(id, &req.token, now),
+            Method::Refresh(req) => return self.refresh(id, &req.token, now).await,
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
             Method::Empty => {}
             Method::Unknown => self.error(id, ErrorCode::METHOD_NOT_FOUND),
@@ -166,12 +184,13 @@ impl<S: Services> Session<S> {
         Flow::Continue
     }
 
-    fn verify(&self, token: &str) -> Result<Claims, Flow> {
-        match self.node.verify_connection(token) {
+    async fn verify(&self, token: &str) -> Result<Claims, Flow> {
+        match self.node.verify_connection_fresh(token).await {
             Ok(c) => Ok(c),
             Err(TokenError::Expired) => Err(Flow::Continue),
-            Err(TokenError::Invalid(why)) => {
-                // The reason only (signature, expiry, audience, ...): never the token.
+            Err(e @ (TokenError::Invalid(_) | TokenError::UnknownKey(_))) => {
+                // The reason only (signature, expiry, audience, key id): never the token.
+                let why = e.to_string();
                 tracing::info!(reason = %why, "connection refused: invalid token");
                 crate::metrics::METRICS.token_refusals.inc();
                 Err(Flow::Close(Disconnect::INVALID_TOKEN))
@@ -183,14 +202,20 @@ impl<S: Services> Session<S> {
         if self.identity.is_some() {
             return Flow::Close(Disconnect::BAD_REQUEST);
         }
-        let claims = if req.token.is_empty() {
+        let client = uuid::Uuid::new_v4().to_string();
+        let claims = if req.token.is_empty() && self.has_connect_proxy() {
+            match self.proxy_connect(id, &req, &client).await {
+                Ok(c) => c,
+                Err(flow) => return flow,
+            }
+        } else if req.token.is_empty() {
             if !self.node.config().insecure {
                 self.error(id, ErrorCode::UNAUTHORIZED);
                 return Flow::Close(Disconnect::INVALID_TOKEN);
             }
             Claims::default()
         } else {
-            match self.verify(&req.token) {
+            match self.verify(&req.token).await {
                 Ok(c) => c,
                 Err(Flow::Continue) => {
                     // Expired: the SDK fetches a fresh token and connects again.
@@ -204,7 +229,6 @@ impl<S: Services> Session<S> {
         if limit > 0 && self.node.user_conns(&claims.sub) >= limit {
             return Flow::Close(Disconnect::CONNECTION_LIMIT);
         }
-        let client = uuid::Uuid::new_v4().to_string();
         let mut info = ClientInfo::new(&claims.sub, &client);
         info.conn_info = claims.info;
         self.node.register(
@@ -269,8 +293,8 @@ impl<S: Services> Session<S> {
         }
     }
 
-    fn refresh(&mut self, id: u32, token: &str, now: Now) -> Flow {
-        let claims = match self.verify(token) {
+    async fn refresh(&mut self, id: u32, token: &str, now: Now) -> Flow {
+        let claims = match self.verify(token).await {
             Ok(c) => c,
             Err(Flow::Continue) => {
                 self.error(id, ErrorCode::TOKEN_EXPIRED);

@@ -55,7 +55,9 @@ impl<S: Services> Session<S> {
             Ok(c) if c.sub == *user && c.channel.as_deref() == Some(channel) => Ok(()),
             Ok(_) => Err(ErrorCode::PERMISSION_DENIED),
             Err(TokenError::Expired) => Err(ErrorCode::TOKEN_EXPIRED),
-            Err(TokenError::Invalid(_)) => Err(ErrorCode::PERMISSION_DENIED),
+            Err(TokenError::Invalid(_) | TokenError::UnknownKey(_)) => {
+                Err(ErrorCode::PERMISSION_DENIED)
+            }
         }
     }
 
@@ -89,7 +91,13 @@ impl<S: Services> Session<S> {
         };
         // A subscription token (HS256, claims `sub`, `channel`, `exp`) grants a channel
         // clients may not subscribe to on their own.
-        let granted = if req.token.is_empty() {
+        let granted = if req.token.is_empty() && channel.options.proxy_subscribe {
+            // The backend decides; on a refusal or failure it has already been answered.
+            if !self.proxy_subscribe(id, &req).await {
+                return;
+            }
+            true
+        } else if req.token.is_empty() {
             channel.options.allow_subscribe_for_client
         } else {
             match self.verify_subscription(&req.token, &req.channel) {

@@ -28,6 +28,18 @@ pub trait Services: Send + Sync + 'static {
     fn verify(&self, token: &str) -> Result<Claims, TokenError>;
     /// Checks a connection token: `verify`, and not a subscription token.
     fn verify_connection(&self, token: &str) -> Result<Claims, TokenError>;
+    /// `verify_connection`, the token keys refreshed first when the token names a key id
+    /// they lack (see `Auth::verify_fresh`).
+    fn verify_connection_fresh(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Claims, TokenError>> + Send {
+        std::future::ready(self.verify_connection(token))
+    }
+    /// The backend proxies; `None`: no proxy (the in-memory test node).
+    fn proxies(&self) -> Option<&crate::proxy::Proxies> {
+        None
+    }
     /// A fresh connection id.
     fn next_conn_id(&self) -> ConnId;
     /// Connections of `user` on this node.
@@ -110,6 +122,14 @@ impl Services for Node {
 
     fn verify_connection(&self, token: &str) -> Result<Claims, TokenError> {
         self.auth.verify_connection(token)
+    }
+
+    async fn verify_connection_fresh(&self, token: &str) -> Result<Claims, TokenError> {
+        self.auth.verify_connection_fresh(token).await
+    }
+
+    fn proxies(&self) -> Option<&crate::proxy::Proxies> {
+        Some(&self.proxies)
     }
 
     fn next_conn_id(&self) -> ConnId {

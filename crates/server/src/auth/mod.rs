@@ -1,9 +1,15 @@
-//! Connection tokens: HS256 JWTs with the claims Centrifugo defines (`sub`, `exp`, `info`,
-//! `channels`, optional `aud`/`iss`). The algorithm is pinned: a token whose header names
-//! any other algorithm (`none` included) is rejected before its signature is looked at.
+//! Connection tokens: JWTs with the claims Centrifugo defines (`sub`, `exp`, `info`,
+//! `channels`, optional `aud`/`iss`), signed HS256 (the HMAC secret), RS256 or ES256 (a
+//! configured public key, or a key of a JWKS picked by the token's `kid`). The algorithms
+//! are pinned by configuration and each key verifies only its own algorithm: a token whose
+//! header names any other (`none` included, or HS256 "signed" with an RSA public key) is
+//! rejected before its signature is looked at.
+//!
+//! - `keys.rs`: the configured keys and which one a token's header selects;
+//! - `jwks.rs`: the JWKS cache (fetch, periodic and unknown-`kid` refresh).
 //!
 //! What a token must be (RFC 7519 and 7515, as the README's security section says):
-//! - a valid HS256 signature; `exp` in the future when present; `nbf` in the past when
+//! - a valid signature by a configured key with an accepted algorithm; `exp` in the future when present; `nbf` in the past when
 //!   present (no leeway);
 //! - with an audience configured, an `aud` claim (a string, or an array containing it);
 //!   with an issuer configured, that `iss`;
@@ -11,9 +17,15 @@
 //!   naming one the recipient does not understand must be refused;
 //! - as a connection token, no `channel` claim (that makes it a subscription token).
 
-use jsonwebtoken::{
-    decode, encode, errors::ErrorKind, Algorithm, DecodingKey, EncodingKey, Header, Validation,
-};
+mod jwks;
+mod keys;
+
+pub use jwks::{Jwks, JwksError, JwksOptions};
+pub use keys::{KeyError, Keys};
+
+use std::sync::Arc;
+
+use jsonwebtoken::{decode, encode, errors::ErrorKind, Algorithm, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -67,18 +79,31 @@ pub enum TokenError {
     Expired,
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// Signed with a key id the JWKS does not hold (after a refresh when one was allowed).
+    #[error("invalid token: unknown key id {0:?}")]
+    UnknownKey(String),
 }
 
-/// Verifies and mints connection tokens with one HMAC secret.
+/// Verifies connection and subscription tokens with the configured keys, and mints HS256
+/// ones (the `token` command and tests). Cheap to clone: the JWKS cache is shared.
 #[derive(Clone)]
 pub struct Auth {
-    decoding: DecodingKey,
-    encoding: EncodingKey,
+    keys: Keys,
+    /// HS256 signing key, when there is an HMAC secret.
+    encoding: Option<EncodingKey>,
+    /// Claims checks (audience, issuer, `nbf`); its algorithm list is set per token to
+    /// the one algorithm of the key chosen.
     validation: Validation,
 }
 
 impl Auth {
+    /// HS256 only, with `secret`.
     pub fn new(secret: &str, audience: Option<&str>, issuer: Option<&str>) -> Auth {
+        Auth::with_keys(Keys::hmac(secret), audience, issuer)
+    }
+
+    /// Verifies with `keys`, accepting only the algorithms they pin.
+    pub fn with_keys(keys: Keys, audience: Option<&str>, issuer: Option<&str>) -> Auth {
         let mut validation = Validation::new(Algorithm::HS256);
         // `exp` is optional, as in Centrifugo: a token without it never expires.
         validation.required_spec_claims.clear();
@@ -95,38 +120,109 @@ impl Auth {
             validation.required_spec_claims.insert("iss".into());
         }
         Auth {
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            encoding: keys.hmac_secret().map(EncodingKey::from_secret),
+            keys,
             validation,
         }
     }
 
-    /// Verifies a token of either kind (connection or subscription).
+    /// The keys `config` names (the HMAC secret `secret` among them), pinned to
+    /// `token_algorithms`. A JWKS is fetched once here: when that fails the node still
+    /// starts (tokens with a `kid` are refused until a refresh succeeds).
+    pub async fn load(
+        config: &crate::Config,
+        secret: &str,
+        client: &crate::outbound::HttpClient,
+    ) -> Result<Auth, KeyError> {
+        use std::time::Duration;
+        let mut keys = Keys::hmac(secret);
+        if let Some(pem) = &config.token_rsa_public_key {
+            keys = keys.with_rsa_pem(pem)?;
+        }
+        if let Some(pem) = &config.token_ecdsa_public_key {
+            keys = keys.with_ec_pem(pem)?;
+        }
+        if let Some(url) = &config.token_jwks_url {
+            let options = JwksOptions {
+                url: crate::outbound::parse_url(url).map_err(|e| KeyError::Url(e.to_string()))?,
+                refresh: Duration::from_secs(config.token_jwks_refresh_secs.max(1)),
+                min_refresh: Duration::from_secs(config.token_jwks_min_refresh_secs),
+                timeout: Duration::from_millis(config.token_jwks_timeout_ms.max(1)),
+                max_bytes: config.token_jwks_max_bytes,
+            };
+            let jwks = Arc::new(Jwks::new(options, client.clone()));
+            if let Err(e) = jwks.refresh().await {
+                tracing::error!(error = %e, %url, "first JWKS fetch failed; tokens with a kid are refused until a refresh succeeds");
+            }
+            keys = keys.with_jwks(jwks);
+        }
+        let keys = keys.pin(&config.token_algorithms)?;
+        Ok(Auth::with_keys(
+            keys,
+            config.token_audience.as_deref(),
+            config.token_issuer.as_deref(),
+        ))
+    }
+
+    /// The JWKS cache, when keys come from a JWKS URL.
+    pub fn jwks(&self) -> Option<&Arc<Jwks>> {
+        self.keys.jwks.as_ref()
+    }
+
+    /// Verifies a token of either kind (connection or subscription) with the keys held now.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         refuse_crit(token)?;
-        match decode::<Claims>(token, &self.decoding, &self.validation) {
+        let key = self.keys.choose(token)?;
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![key.alg];
+        match decode::<Claims>(token, &key.key, &validation) {
             Ok(data) => Ok(data.claims),
             Err(e) if matches!(e.kind(), ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Err(e) => Err(TokenError::Invalid(e.to_string())),
         }
     }
 
+    /// `verify`, but a token naming a key id the JWKS cache lacks first makes the cache
+    /// refresh (rate limited, see `Jwks::refresh_for`), so a key rotated in at the
+    /// issuer is accepted without waiting for the periodic refresh.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Claims, TokenError> {
+        match self.verify(token) {
+            Err(TokenError::UnknownKey(kid)) => match &self.keys.jwks {
+                Some(jwks) if jwks.refresh_for(&kid).await => self.verify(token),
+                _ => Err(TokenError::UnknownKey(kid)),
+            },
+            other => other,
+        }
+    }
+
     /// Verifies a connection token: a subscription token (one with a `channel` claim) is
     /// refused, so a grant for one channel cannot be replayed as a login.
     pub fn verify_connection(&self, token: &str) -> Result<Claims, TokenError> {
-        let claims = self.verify(token)?;
-        if claims.channel.is_some() {
-            return Err(TokenError::Invalid(
-                "a subscription token is not a connection token".into(),
-            ));
-        }
-        Ok(claims)
+        not_a_subscription(self.verify(token)?)
     }
 
-    pub fn mint(&self, claims: &Claims) -> String {
-        encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
-            .expect("HS256 encoding cannot fail")
+    /// `verify_connection` with `verify_fresh`.
+    pub async fn verify_connection_fresh(&self, token: &str) -> Result<Claims, TokenError> {
+        not_a_subscription(self.verify_fresh(token).await?)
     }
+
+    /// An HS256 token; panics without an HMAC secret (the server always has one).
+    pub fn mint(&self, claims: &Claims) -> String {
+        let key = self
+            .encoding
+            .as_ref()
+            .expect("minting needs an HMAC secret");
+        encode(&Header::new(Algorithm::HS256), claims, key).expect("HS256 encoding cannot fail")
+    }
+}
+
+fn not_a_subscription(claims: Claims) -> Result<Claims, TokenError> {
+    if claims.channel.is_some() {
+        return Err(TokenError::Invalid(
+            "a subscription token is not a connection token".into(),
+        ));
+    }
+    Ok(claims)
 }
 
 /// Refuses a token whose JOSE header has a `crit` member (jsonwebtoken ignores unknown
