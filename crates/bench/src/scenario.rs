@@ -1,16 +1,17 @@
-//! One measured case: a fleet of members joins, publishers publish (or not), optionally every member
-//! is dropped mid-run (storm), then everything is drained, stopped, counted and judged.
+//! One measured case: a fleet of members joins, publishers publish (or not), then everything is
+//! drained, stopped, counted and judged.
 //!
-//! The four scenarios of the issue are this one engine with different knobs:
-//! idle = no publishers; fanout = paced publishers; storm = fanout + a mid-run drop of every member;
-//! accept = unpaced publishers limited by their ack window, into small rooms.
+//! The scenarios are this one engine with different knobs:
+//! idle = no publishers; fanout = paced publishers; accept = unpaced publishers limited by their ack
+//! window, into small rooms. The storm (every member away while its room moves on, then all back at
+//! once) has its own sequence in `storm`, built from the join and count steps here.
 
 use crate::fleet::{Fleet, FleetPlan};
 use crate::group::Expect;
 use crate::procfs;
 use crate::publisher::{self, PubJob, PubResult};
 use crate::report::{self, Params, Percentiles, RunResult};
-use crate::stats;
+use crate::stats::{self, GroupResult};
 use crate::target::Target;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -25,9 +26,18 @@ pub(crate) struct Case {
     /// None: no publishers (idle).
     pub publish: Option<Publish>,
     pub duration: Duration,
-    pub storm: bool,
+    /// Some: the storm sequence (`storm::run`) instead of publishing for `duration`.
+    pub storm: Option<Storm>,
     pub per_process: u32,
     pub join_concurrency: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Storm {
+    /// Publications each room gets while its members are away.
+    pub behind: u64,
+    /// Concurrent reconnect handshakes, over all bench processes.
+    pub concurrency: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -38,7 +48,7 @@ pub(crate) struct Publish {
     pub via_http: bool,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg}")
@@ -49,7 +59,20 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
+/// What the join step hands to the rest of a case.
+pub(crate) struct Joined {
+    pub fleet: Fleet,
+    pub result: RunResult,
+    pub label: String,
+    pub rss_pids: Vec<u32>,
+    pub rss0: Option<u64>,
+    pub tcp0: Option<u64>,
+    pub bench_cpu0: Option<f64>,
+}
+
+/// Step 1 of every case: starts the fleet, waits (bounded) for every member to join, and fills the
+/// run's parameters and join rate.
+pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
     let label = format!("{} {}", case.scenario, target.name);
     // RSS of the server: its first pid (Node, not the Redis beside it), or all limit processes.
     let rss_pids: Vec<u32> = match target.kind {
@@ -59,15 +82,15 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let rss0 = procfs::rss_kib_all(&rss_pids);
     let tcp0 = procfs::tcp_mem_kib();
     let load0 = procfs::loadavg();
-    let me = std::process::id();
-    let bench_cpu0 = procfs::cpu_seconds(me);
+    let bench_cpu0 = procfs::cpu_seconds(std::process::id());
 
-    // 1. Join.
     let plan = FleetPlan {
         members: case.members,
         rooms: case.rooms,
         per_process: case.per_process,
         join_concurrency: case.join_concurrency,
+        storm_concurrency: case.storm.map_or(1, |s| s.concurrency),
+        behind: case.storm.map_or(0, |s| s.behind),
     };
     let mut fleet = Fleet::start(target, &plan)?;
     let pb = bar(case.members.into(), &label);
@@ -80,7 +103,7 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let join_secs = joined.last_join_ns.saturating_sub(t_join_ns) as f64 / 1e9;
     pb.finish_and_clear();
 
-    let mut r = RunResult {
+    let result = RunResult {
         scenario: case.scenario.into(),
         target: target.name.clone(),
         bench_processes: fleet.processes().max(1),
@@ -96,9 +119,36 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
             duration_s: case.duration.as_secs_f64(),
             window: case.publish.as_ref().map_or(0, |p| p.window),
             via_http: case.publish.as_ref().is_some_and(|p| p.via_http),
+            storm_behind: case.storm.map(|s| s.behind),
         },
         ..Default::default()
     };
+    Ok(Joined {
+        fleet,
+        result,
+        label,
+        rss_pids,
+        rss0,
+        tcp0,
+        bench_cpu0,
+    })
+}
+
+pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
+    if case.storm.is_some() {
+        return crate::storm::run(target, case).await;
+    }
+    let Joined {
+        mut fleet,
+        result: mut r,
+        label,
+        rss_pids,
+        rss0,
+        tcp0,
+        bench_cpu0,
+    } = join(target, case).await?;
+    let me = std::process::id();
+    let joined = fleet.progress();
 
     // 2. Idle: let the server settle, then read its memory with everyone connected.
     if case.publish.is_none() {
@@ -121,13 +171,13 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
                     window: p.window,
                     payload_size: p.payload,
                     via_http: p.via_http,
+                    count: None,
                 };
                 tokio::spawn(publisher::run(job, stop_rx.clone()))
             })
             .collect();
         let pb = bar(case.duration.as_secs().max(1), &label);
         let t0 = Instant::now();
-        let mut stormed = false;
         while t0.elapsed() < case.duration {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let s = fleet.progress();
@@ -138,10 +188,6 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
                 s.delivered as f64 / secs,
                 s.recovered
             ));
-            if case.storm && !stormed && t0.elapsed() >= case.duration / 3 {
-                stormed = true;
-                fleet.drop_all().await;
-            }
         }
         let _ = stop_tx.send(true);
         for h in handles {
@@ -156,13 +202,12 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         while t_drain.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let s = fleet.progress();
-            let all_back = !case.storm || s.recovered + s.recover_failed + s.lost >= s.joined;
-            if s.delivered >= expect_total && all_back {
+            if s.delivered >= expect_total {
                 break;
             }
             if s.delivered != last.0 {
                 last = (s.delivered, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(3) && all_back {
+            } else if last.1.elapsed() > Duration::from_secs(3) {
                 break;
             }
         }
@@ -183,22 +228,7 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         worker_cpu += procfs::cpu_seconds(pid).unwrap_or(0.0);
     }
     let g = fleet.stop(expected).await?;
-    r.joined = g.snap.joined;
-    r.join_failed = g.snap.join_failed;
-    r.join_us = Percentiles::of(&g.join_us);
-    r.deliveries = g.snap.delivered;
-    r.missing = g.missing;
-    r.duplicates = g.duplicates;
-    r.out_of_order = g.out_of_order;
-    r.misrouted = g.snap.misrouted;
-    r.lost_connections = g.snap.lost;
-    r.reconnects = g.snap.reconnects;
-    r.recovered = g.snap.recovered;
-    r.recover_failed = g.snap.recover_failed;
-    r.latency_us = Percentiles::of(&g.latency_us);
-    r.latency_cdf = report::cdf(&g.latency_us);
-    r.recover_ms = Percentiles::of(&g.recover_ms);
-    r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
+    count(&mut r, &g);
     if case.publish.is_some() {
         let mut ack = stats::histogram();
         for p in &pubs {
@@ -233,6 +263,28 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         bench_cpu0.and_then(|c0| procfs::cpu_seconds(me).map(|c1| c1 - c0 + worker_cpu));
     r.judge();
     Ok(r)
+}
+
+/// Step 4 of every case: the members' merged counts and histograms into the run's result.
+pub(crate) fn count(r: &mut RunResult, g: &GroupResult) {
+    r.joined = g.snap.joined;
+    r.join_failed = g.snap.join_failed;
+    r.join_us = Percentiles::of(&g.join_us);
+    r.deliveries = g.snap.delivered;
+    r.missing = g.missing;
+    r.duplicates = g.duplicates;
+    r.out_of_order = g.out_of_order;
+    r.misrouted = g.snap.misrouted;
+    r.lost_connections = g.snap.lost;
+    r.reconnects = g.snap.reconnects;
+    r.recovered = g.snap.recovered;
+    r.recover_failed = g.snap.recover_failed;
+    r.latency_us = Percentiles::of(&g.latency_us);
+    r.latency_cdf = report::cdf(&g.latency_us);
+    r.recover_ms = Percentiles::of(&g.recover_ms);
+    r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
+    r.rejoined = g.snap.rejoined;
+    r.recover_wrong = g.snap.recover_wrong;
 }
 
 fn fill_memory(r: &mut RunResult, pids: &[u32], rss0: Option<u64>, tcp0: Option<u64>, n: u64) {
