@@ -17,6 +17,8 @@ pub(crate) struct FleetPlan {
     pub storm_concurrency: usize,
     /// Storm: publications each room gets while its members are away.
     pub behind: u64,
+    /// Storm: reconnect delays spread over 0..this.
+    pub storm_jitter: Duration,
 }
 
 pub(crate) struct Fleet {
@@ -48,6 +50,7 @@ impl Fleet {
                 join_concurrency: (plan.join_concurrency / n_groups as usize).max(8),
                 storm_concurrency: (plan.storm_concurrency / n_groups as usize).max(8),
                 behind: plan.behind,
+                storm_jitter_ms: plan.storm_jitter.as_millis() as u64,
             };
             groups.push(if n_groups == 1 {
                 group::spawn_local(job)

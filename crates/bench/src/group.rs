@@ -31,6 +31,8 @@ pub(crate) struct GroupJob {
     pub storm_concurrency: usize,
     /// Storm: publications each room gets while its members are away (see `member::Shared::behind`).
     pub behind: u64,
+    /// Storm: reconnect delays spread over 0..this many ms.
+    pub storm_jitter_ms: u64,
 }
 
 /// How many publications each room's publisher got accepted, for the missing-count.
@@ -71,6 +73,7 @@ pub(crate) async fn run(
         join_gate: Semaphore::new(job.join_concurrency.max(1)),
         storm_gate: Semaphore::new(job.storm_concurrency.max(1)),
         behind: job.behind,
+        jitter: Duration::from_millis(job.storm_jitter_ms),
     });
     let (cmd_tx, cmd_rx) = watch::channel(Cmd::Run);
     let mut handles = Vec::with_capacity(job.count as usize);

@@ -47,6 +47,8 @@ pub(crate) struct Shared {
     /// Storm: publications each member's room gets while it is away; a recovery must bring exactly
     /// these (0: nothing is published meanwhile, as for targets without recovery).
     pub behind: u64,
+    /// Storm: reconnect delays are spread over 0..jitter (SDK-style), zero: all at once.
+    pub jitter: Duration,
 }
 
 pub(crate) struct Member {
@@ -150,6 +152,7 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                             if !wait_reconnect(&mut cmd).await {
                                 return tracker;
                             }
+                            tokio::time::sleep(spread(me.idx, shared.jitter)).await;
                             shared.live.reconnects.fetch_add(1, Relaxed);
                             after_storm = true;
                             break;
@@ -183,6 +186,13 @@ fn storm_rejoined(shared: &Shared, before: u64, backlog: &[wire::Delivery]) {
 /// `before`, in order.
 fn exact_recovery(before: u64, behind: u64, mut seqs: impl Iterator<Item = u64>) -> bool {
     (before + 1..=before + behind).all(|want| seqs.next() == Some(want)) && seqs.next().is_none()
+}
+
+/// Member `idx`'s share of `jitter`: a multiplicative hash of the index, so delays are spread
+/// evenly over 0..jitter and the same in every run.
+fn spread(idx: u32, jitter: Duration) -> Duration {
+    let frac = u64::from(idx.wrapping_mul(2_654_435_761));
+    jitter.mul_f64(frac as f64 / f64::from(u32::MAX))
 }
 
 /// Waits offline for the storm's reconnect order; false when told to stop instead.

@@ -74,6 +74,10 @@ pub(crate) struct RunArgs {
     /// server's 1,024-deep accept queue).
     #[arg(long, default_value_t = 1000)]
     pub storm_concurrency: usize,
+    /// storm: each member waits a delay spread over 0..this many ms before reconnecting (the
+    /// SDKs' reconnect jitter); 0: all at once.
+    #[arg(long, default_value_t = 0)]
+    pub storm_jitter_ms: u64,
 
     /// accept: rooms, each with one unpaced publisher.
     #[arg(long, default_value_t = 4)]
@@ -155,6 +159,7 @@ impl RunArgs {
             storm: storm.then_some(Storm {
                 behind: a.storm_behind,
                 concurrency: a.storm_concurrency,
+                jitter: Duration::from_millis(a.storm_jitter_ms),
             }),
             per_process,
             join_concurrency: a.join_concurrency,

@@ -61,6 +61,8 @@ pub(crate) struct Params {
     pub via_http: bool,
     /// Storm: publications each room got while its members were away.
     pub storm_behind: Option<u64>,
+    /// Storm: reconnect delays spread over 0..this many ms (0: all at once).
+    pub storm_jitter_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -269,19 +271,20 @@ pub(crate) fn storm_summary(runs: &[RunResult]) -> Option<String> {
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "| storm target | members | rooms x size | behind | joins/s | back | back/s | recovered | exact | recovery p50/p99/max | all back | publish behind | problems |"
+        "| storm target | members | rooms x size | behind | jitter | joins/s | back | back/s | recovered | exact | recovery p50/p99/max | all back | publish behind | problems |"
     );
-    let _ = writeln!(s, "|{}", "---|".repeat(13));
+    let _ = writeln!(s, "|{}", "---|".repeat(14));
     for r in storms {
         let ms = |v: u64| format!("{v}ms");
         let _ = writeln!(
             s,
-            "| {} | {} | {} x {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} x {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.target,
             r.joined,
             r.params.rooms,
             r.params.room_size,
             r.params.storm_behind.unwrap_or(0),
+            ms(r.params.storm_jitter_ms.unwrap_or(0)),
             r.joins_per_s,
             r.rejoined,
             opt(r.rejoins_per_s, 0),

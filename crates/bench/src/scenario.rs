@@ -38,6 +38,9 @@ pub(crate) struct Storm {
     pub behind: u64,
     /// Concurrent reconnect handshakes, over all bench processes.
     pub concurrency: usize,
+    /// Each member waits a delay spread evenly over 0..jitter before reconnecting, as SDKs do;
+    /// zero: all at once.
+    pub jitter: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -91,6 +94,7 @@ pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
         join_concurrency: case.join_concurrency,
         storm_concurrency: case.storm.map_or(1, |s| s.concurrency),
         behind: case.storm.map_or(0, |s| s.behind),
+        storm_jitter: case.storm.map_or(Duration::ZERO, |s| s.jitter),
     };
     let mut fleet = Fleet::start(target, &plan)?;
     let pb = bar(case.members.into(), &label);
@@ -120,6 +124,7 @@ pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
             window: case.publish.as_ref().map_or(0, |p| p.window),
             via_http: case.publish.as_ref().is_some_and(|p| p.via_http),
             storm_behind: case.storm.map(|s| s.behind),
+            storm_jitter_ms: case.storm.map(|s| s.jitter.as_millis() as u64),
         },
         ..Default::default()
     };
