@@ -374,7 +374,37 @@ fn next_frame(buf: &mut Vec<u8>) -> Option<Result<(u8, Vec<u8>), String>> {
 
 #[cfg(test)]
 mod tests {
-    use super::next_frame;
+    use super::{next_frame, Check, Seen, Shared};
+    use std::collections::{HashMap, HashSet};
+
+    #[test]
+    fn waiting_commands_second_replies_and_odd_closes_are_findings() {
+        let shared = Shared::default();
+        let findings = || shared.findings.lock().unwrap().len();
+        let mut c = Check {
+            waiting: HashMap::new(),
+            answered: HashSet::new(),
+            next_id: 3,
+            shared: &shared,
+        };
+        c.expect(1, r#"{"id":1,"ping":{}}"#);
+        c.expect(2, r#"{"id":2,"foo":{}}"#);
+        assert_eq!(c.on_line(br#"{"id":1,"ping":{}}"#), None);
+        assert_eq!(c.on_line(b"{}"), Some(&b"{}"[..]), "a ping is answered");
+        c.judge(&Seen::Closed(3501));
+        assert_eq!(findings(), 0, "a documented close excuses what waits");
+        c.judge(&Seen::Open);
+        assert_eq!(findings(), 1, "id 2 unanswered");
+        c.judge(&Seen::Ended);
+        assert_eq!(findings(), 2, "an end without a close frame");
+        c.judge(&Seen::Closed(4321));
+        assert_eq!(findings(), 3, "an undocumented close code");
+        c.on_line(br#"{"id":1,"error":{"code":108}}"#);
+        assert_eq!(findings(), 4, "a second reply");
+        c.on_line(br#"{"id":2,"error":{"code":104}}"#);
+        c.judge(&Seen::Open);
+        assert_eq!(findings(), 4, "nothing waits any more");
+    }
 
     #[test]
     fn frames_are_read_whole_and_joined() {
