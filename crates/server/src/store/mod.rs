@@ -17,6 +17,7 @@
 //!
 //! Files: `writer.rs` (the writer and the `Store` it implements), `sqlite.rs` and
 //! `postgres.rs` (backends), `integrity.rs` (start-up checks of a SQLite file),
+//! `coalesce.rs` (identical concurrent reads share one; the node wraps every store in it),
 //! `conformance.rs` (the suite).
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use roomcast_proto::{ClientInfo, Publication};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+pub mod coalesce;
 mod integrity;
 pub mod postgres;
 pub mod sqlite;
