@@ -14,6 +14,7 @@ use crate::report::{self, Params, Percentiles, RunResult};
 use crate::stats::{self, GroupResult};
 use crate::target::Target;
 use anyhow::Result;
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -220,30 +221,9 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let cpu1 = procfs::cpu_seconds_all(&target.pids);
 
     // 4. Stop and count.
-    let expected: Vec<Expect> = pubs
-        .iter()
-        .map(|p| Expect {
-            room: p.room,
-            sent: p.sent,
-            excluded: p.failed.clone(),
-        })
-        .collect();
-    let mut worker_cpu = 0.0;
-    for pid in fleet.worker_pids() {
-        worker_cpu += procfs::cpu_seconds(pid).unwrap_or(0.0);
-    }
-    let g = fleet.stop(expected).await?;
-    count(&mut r, &g);
+    let (g, worker_cpu) = stop_and_count(fleet, &pubs, &mut r).await?;
     if case.publish.is_some() {
-        let mut ack = stats::histogram();
-        for p in &pubs {
-            stats::merge_into(&mut ack, &p.ack_us);
-            r.published += p.sent;
-            r.acked += p.acked;
-            r.publish_failed += p.failed.len() as u64;
-            r.publish_errors
-                .extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
-        }
+        let ack = count_publishers(&mut r, &pubs);
         r.ack_us = Percentiles::of(&stats::to_buckets(&ack));
         r.acks_per_s = r.acked as f64 / case.duration.as_secs_f64();
         let span = g.snap.last_delivery_ns.saturating_sub(t_pub_ns) as f64 / 1e9;
@@ -270,8 +250,47 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     Ok(r)
 }
 
-/// Step 4 of every case: the members' merged counts and histograms into the run's result.
-pub(crate) fn count(r: &mut RunResult, g: &GroupResult) {
+/// Step 4 of every case: stops the members, telling them what each room's publisher got
+/// accepted, and merges their counts into `r`; returns them and the worker processes' CPU
+/// seconds.
+pub(crate) async fn stop_and_count(
+    fleet: Fleet,
+    pubs: &[PubResult],
+    r: &mut RunResult,
+) -> Result<(GroupResult, f64)> {
+    let expected: Vec<Expect> = pubs
+        .iter()
+        .map(|p| Expect {
+            room: p.room,
+            sent: p.sent,
+            excluded: p.failed.clone(),
+        })
+        .collect();
+    let mut worker_cpu = 0.0;
+    for pid in fleet.worker_pids() {
+        worker_cpu += procfs::cpu_seconds(pid).unwrap_or(0.0);
+    }
+    let g = fleet.stop(expected).await?;
+    count(r, &g);
+    Ok((g, worker_cpu))
+}
+
+/// The publishers' totals into `r`; returns their merged ack latencies.
+pub(crate) fn count_publishers(r: &mut RunResult, pubs: &[PubResult]) -> Histogram<u64> {
+    let mut ack = stats::histogram();
+    for p in pubs {
+        stats::merge_into(&mut ack, &p.ack_us);
+        r.published += p.sent;
+        r.acked += p.acked;
+        r.publish_failed += p.failed.len() as u64;
+        r.publish_errors
+            .extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
+    }
+    ack
+}
+
+/// The members' merged counts and histograms into the run's result.
+fn count(r: &mut RunResult, g: &GroupResult) {
     r.joined = g.snap.joined;
     r.join_failed = g.snap.join_failed;
     r.join_us = Percentiles::of(&g.join_us);

@@ -14,8 +14,9 @@
 
 use crate::procfs;
 use crate::publisher::{self, PubJob, PubResult};
-use crate::report::RunResult;
+use crate::report::{Percentiles, RunResult};
 use crate::scenario::{self, Case, Joined};
+use crate::stats;
 use crate::target::Target;
 use anyhow::{Context, Result};
 use std::time::{Duration, Instant};
@@ -99,31 +100,13 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     );
 
     // 5. Stop and count.
-    let expected = pubs
-        .iter()
-        .map(|p| crate::group::Expect {
-            room: p.room,
-            sent: p.sent,
-            excluded: p.failed.clone(),
-        })
-        .collect();
-    let mut worker_cpu = 0.0;
-    for pid in fleet.worker_pids() {
-        worker_cpu += procfs::cpu_seconds(pid).unwrap_or(0.0);
-    }
-    let g = fleet.stop(expected).await?;
-    scenario::count(&mut r, &g);
+    let (_, worker_cpu) = scenario::stop_and_count(fleet, &pubs, &mut r).await?;
     r.rejoins_per_s = r
         .recover_all_ms
         .filter(|ms| *ms > 0)
         .map(|ms| r.rejoined as f64 * 1000.0 / ms as f64);
-    for p in &pubs {
-        r.published += p.sent;
-        r.acked += p.acked;
-        r.publish_failed += p.failed.len() as u64;
-        r.publish_errors
-            .extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
-    }
+    let ack = scenario::count_publishers(&mut r, &pubs);
+    r.ack_us = Percentiles::of(&stats::to_buckets(&ack));
     r.bench_cpu_s = bench_cpu0
         .and_then(|c0| procfs::cpu_seconds(std::process::id()).map(|c1| c1 - c0 + worker_cpu));
     r.judge();
