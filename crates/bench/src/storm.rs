@@ -50,7 +50,13 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let publish = case.publish.as_ref().filter(|_| storm.behind > 0);
     if let Some(p) = publish {
         let t0 = Instant::now();
-        let (_stop_tx, stop_rx) = watch::channel(false);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        // Bounded: past this the publishers are stopped, drain 10 s, and report what is unacked.
+        let limit = Duration::from_secs(60 + storm.behind * u64::from(case.rooms) / 1000);
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(limit).await;
+            let _ = stop_tx.send(true);
+        });
         let handles: Vec<_> = (0..case.rooms)
             .map(|room| {
                 let job = PubJob {
@@ -68,6 +74,7 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         for h in handles {
             pubs.push(h.await?);
         }
+        stopper.abort();
         r.storm_publish_s = Some(t0.elapsed().as_secs_f64());
     }
 
