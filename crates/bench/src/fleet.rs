@@ -13,6 +13,12 @@ pub(crate) struct FleetPlan {
     /// Members per process before the fleet spreads over worker processes.
     pub per_process: u32,
     pub join_concurrency: usize,
+    /// Concurrent handshakes of a storm's reconnect burst, over all groups.
+    pub storm_concurrency: usize,
+    /// Storm: publications each room gets while its members are away.
+    pub behind: u64,
+    /// Storm: reconnect delays spread over 0..this.
+    pub storm_jitter: Duration,
 }
 
 pub(crate) struct Fleet {
@@ -42,6 +48,9 @@ impl Fleet {
                 rooms: plan.rooms,
                 src_ips,
                 join_concurrency: (plan.join_concurrency / n_groups as usize).max(8),
+                storm_concurrency: (plan.storm_concurrency / n_groups as usize).max(8),
+                behind: plan.behind,
+                storm_jitter_ms: plan.storm_jitter.as_millis() as u64,
             };
             groups.push(if n_groups == 1 {
                 group::spawn_local(job)
@@ -108,9 +117,37 @@ impl Fleet {
         }
     }
 
+    /// Storm, part one: every member drops its connection abruptly and stays offline.
     pub(crate) async fn drop_all(&self) {
         for g in &self.groups {
             let _ = g.cmds.send(GroupCmd::Drop).await;
+        }
+    }
+
+    /// Storm, part two: every member reconnects with recovery at once.
+    pub(crate) async fn reconnect_all(&self) {
+        for g in &self.groups {
+            let _ = g.cmds.send(GroupCmd::Reconnect).await;
+        }
+    }
+
+    /// Polls progress every 50 ms until `done` holds or `limit` passes; returns the last progress
+    /// and whether `done` held.
+    pub(crate) async fn wait_for(
+        &mut self,
+        limit: Duration,
+        mut done: impl FnMut(&Snapshot) -> bool,
+    ) -> (Snapshot, bool) {
+        let t0 = Instant::now();
+        loop {
+            let s = self.progress();
+            if done(&s) {
+                return (s, true);
+            }
+            if t0.elapsed() > limit {
+                return (s, false);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 

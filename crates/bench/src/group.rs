@@ -27,6 +27,12 @@ pub(crate) struct GroupJob {
     /// Members spread over 127.0.0.1 ..= 127.0.0.<src_ips>, ~28k ephemeral ports each (see Fleet).
     pub src_ips: u32,
     pub join_concurrency: usize,
+    /// This group's share of a storm's concurrent reconnect handshakes.
+    pub storm_concurrency: usize,
+    /// Storm: publications each room gets while its members are away (see `member::Shared::behind`).
+    pub behind: u64,
+    /// Storm: reconnect delays spread over 0..this many ms.
+    pub storm_jitter_ms: u64,
 }
 
 /// How many publications each room's publisher got accepted, for the missing-count.
@@ -40,7 +46,10 @@ pub(crate) struct Expect {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum GroupCmd {
+    /// Every member drops its connection and waits offline.
     Drop,
+    /// Every member reconnects with recovery, all at once.
+    Reconnect,
     Stop(Vec<Expect>),
 }
 
@@ -60,8 +69,11 @@ pub(crate) async fn run(
         target: job.target.clone(),
         live: Live::default(),
         hists: Hists::default(),
-        drop_at_ns: AtomicU64::new(0),
+        reconnect_at_ns: AtomicU64::new(0),
         join_gate: Semaphore::new(job.join_concurrency.max(1)),
+        storm_gate: Semaphore::new(job.storm_concurrency.max(1)),
+        behind: job.behind,
+        jitter: Duration::from_millis(job.storm_jitter_ms),
     });
     let (cmd_tx, cmd_rx) = watch::channel(Cmd::Run);
     let mut handles = Vec::with_capacity(job.count as usize);
@@ -89,8 +101,11 @@ pub(crate) async fn run(
             c = cmds.recv() => match c {
                 Some(GroupCmd::Drop) => {
                     storms += 1;
-                    shared.drop_at_ns.store(crate::wire::now_ns(), Relaxed);
                     let _ = cmd_tx.send(Cmd::Drop(storms));
+                }
+                Some(GroupCmd::Reconnect) => {
+                    shared.reconnect_at_ns.store(crate::wire::now_ns(), Relaxed);
+                    let _ = cmd_tx.send(Cmd::Reconnect(storms));
                 }
                 Some(GroupCmd::Stop(e)) => break e,
                 None => break Vec::new(),

@@ -1,6 +1,6 @@
 //! `roomcast-bench`: the load generator every performance claim of roomcast rests on.
 //!
-//! `roomcast-bench run --target SPEC ...` runs the scenarios (idle, fanout, storm, accept) against each
+//! `roomcast-bench run --target SPEC ...` runs the scenarios (idle, fanout, storm, accept, large) against each
 //! target, always including the `limit` baseline (a raw fan-out server this binary starts as a child)
 //! so that every figure has a ratio to what the machine can do at all. `limit-server` and `worker` are
 //! the roles the binary re-executes itself in. See BENCHMARKS.md for the commands and results.
@@ -20,6 +20,7 @@ mod publisher;
 mod report;
 mod scenario;
 mod stats;
+mod storm;
 mod target;
 mod tracker;
 mod wire;
@@ -179,6 +180,9 @@ async fn run(args: plan::RunArgs) -> Result<bool> {
         let _ = c.kill().await;
     }
     println!("{}", report::summary(&runs));
+    if let Some(t) = report::storm_summary(&runs) {
+        println!("{t}");
+    }
     let doc = report::Report {
         date: procfs::utc_now(),
         machine: procfs::machine(),

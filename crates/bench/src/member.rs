@@ -1,6 +1,9 @@
 //! One subscribed client ("member"): joins its room, counts and times every delivery, answers pings,
-//! and on a storm (or a server-side disconnect) reconnects and recovers from its last offset when the
-//! protocol allows it. It returns its `Tracker` when told to stop, for the missing-count.
+//! and on a server-side disconnect reconnects and recovers from its last offset when the protocol
+//! allows it. In a storm it drops its connection abruptly on `Cmd::Drop`, stays away while its room
+//! moves on, and on `Cmd::Reconnect` joins again with recovery; it checks that the recovery brought
+//! exactly the publications it missed, in order. It returns its `Tracker` when told to stop, for the
+//! missing-count.
 
 use crate::stats::{Hists, Live};
 use crate::target::Target;
@@ -22,8 +25,10 @@ const JOIN_ATTEMPTS: u32 = 6;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cmd {
     Run,
-    /// Storm number n: drop the connection now and reconnect with recovery.
+    /// Storm number n: drop the connection now (no close handshake) and stay offline.
     Drop(u32),
+    /// Storm number n: everyone back at once, recovering from the last offset seen.
+    Reconnect(u32),
     Stop,
 }
 
@@ -32,10 +37,18 @@ pub(crate) struct Shared {
     pub target: Target,
     pub live: Live,
     pub hists: Hists,
-    /// Wall-clock ns of the latest storm, to time each member's recovery from it.
-    pub drop_at_ns: AtomicU64,
+    /// Wall-clock ns of the latest storm's reconnect order, to time each member's recovery from it.
+    pub reconnect_at_ns: AtomicU64,
     /// Bounds concurrent handshakes so the server's accept backlog is not overrun.
     pub join_gate: Semaphore,
+    /// Bounds concurrent handshakes of a storm's reconnect burst (wider than `join_gate`: all at once,
+    /// as far as the server's accept queue allows).
+    pub storm_gate: Semaphore,
+    /// Storm: publications each member's room gets while it is away; a recovery must bring exactly
+    /// these (0: nothing is published meanwhile, as for targets without recovery).
+    pub behind: u64,
+    /// Storm: reconnect delays are spread over 0..jitter (SDK-style), zero: all at once.
+    pub jitter: Duration,
 }
 
 pub(crate) struct Member {
@@ -49,10 +62,17 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
     let mut tracker = Tracker::default();
     let mut pos: Option<Position> = None;
     let mut first = true;
-    // Set when this (re)join follows a storm, so its recovery gets timed.
+    // Set when this (re)join follows a storm, so its recovery gets timed and checked.
     let mut after_storm = false;
     loop {
-        let joined = join_with_retries(&shared, &me, pos.as_ref()).await;
+        let gate = if after_storm {
+            &shared.storm_gate
+        } else {
+            &shared.join_gate
+        };
+        // Highest sequence seen before this join: a storm's recovery must continue right after it.
+        let before = tracker.max_seen();
+        let joined = join_with_retries(&shared, gate, &me, pos.as_ref()).await;
         let mut ws = match joined {
             Ok((ws, j)) => {
                 if first {
@@ -67,16 +87,9 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                     } else {
                         shared.live.recover_failed.fetch_add(1, Relaxed);
                     }
-                    if after_storm {
-                        let ms = wire::now_ns().saturating_sub(shared.drop_at_ns.load(Relaxed))
-                            / 1_000_000;
-                        shared
-                            .hists
-                            .recover
-                            .lock()
-                            .unwrap()
-                            .saturating_record(ms.max(1));
-                    }
+                }
+                if after_storm {
+                    storm_rejoined(&shared, before, &j.backlog);
                 }
                 if j.position.is_some() {
                     pos = j.position;
@@ -132,9 +145,14 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                             let _ = ws.close(None).await;
                             return tracker;
                         }
-                        (_, Cmd::Drop(_)) => {
+                        (_, Cmd::Drop(_) | Cmd::Reconnect(_)) => {
                             // Abrupt drop: no close handshake, like a phone losing its network.
                             drop(ws);
+                            shared.live.offline.fetch_add(1, Relaxed);
+                            if !wait_reconnect(&mut cmd).await {
+                                return tracker;
+                            }
+                            tokio::time::sleep(spread(me.idx, shared.jitter)).await;
                             shared.live.reconnects.fetch_add(1, Relaxed);
                             after_storm = true;
                             break;
@@ -143,6 +161,50 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                     }
                 }
             }
+        }
+    }
+}
+
+/// Times a storm rejoin from the reconnect order and checks what the recovery brought: exactly the
+/// `behind` publications after `before`, in order (deliveries are counted apart, by the tracker).
+fn storm_rejoined(shared: &Shared, before: u64, backlog: &[wire::Delivery]) {
+    let ms = wire::now_ns().saturating_sub(shared.reconnect_at_ns.load(Relaxed)) / 1_000_000;
+    shared
+        .hists
+        .recover
+        .lock()
+        .unwrap()
+        .saturating_record(ms.max(1));
+    shared.live.rejoined.fetch_add(1, Relaxed);
+    let seqs = backlog.iter().map(|d| d.payload.s);
+    if !exact_recovery(before, shared.behind, seqs) {
+        shared.live.recover_wrong.fetch_add(1, Relaxed);
+    }
+}
+
+/// Whether a recovery brought exactly `behind` publications, the ones right after sequence
+/// `before`, in order.
+fn exact_recovery(before: u64, behind: u64, mut seqs: impl Iterator<Item = u64>) -> bool {
+    (before + 1..=before + behind).all(|want| seqs.next() == Some(want)) && seqs.next().is_none()
+}
+
+/// Member `idx`'s share of `jitter`: a multiplicative hash of the index, so delays are spread
+/// evenly over 0..jitter and the same in every run.
+fn spread(idx: u32, jitter: Duration) -> Duration {
+    let frac = u64::from(idx.wrapping_mul(2_654_435_761));
+    jitter.mul_f64(frac as f64 / f64::from(u32::MAX))
+}
+
+/// Waits offline for the storm's reconnect order; false when told to stop instead.
+async fn wait_reconnect(cmd: &mut watch::Receiver<Cmd>) -> bool {
+    loop {
+        match *cmd.borrow_and_update() {
+            Cmd::Reconnect(_) => return true,
+            Cmd::Stop => return false,
+            _ => {}
+        }
+        if cmd.changed().await.is_err() {
+            return false;
         }
     }
 }
@@ -190,6 +252,7 @@ async fn wait_stop(cmd: &mut watch::Receiver<Cmd>) {
 
 async fn join_with_retries(
     shared: &Shared,
+    gate: &Semaphore,
     me: &Member,
     pos: Option<&Position>,
 ) -> Result<(Ws, wire::Joined)> {
@@ -198,7 +261,7 @@ async fn join_with_retries(
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(100 << attempt.min(5))).await;
         }
-        let _permit = shared.join_gate.acquire().await.expect("gate never closed");
+        let _permit = gate.acquire().await.expect("gate never closed");
         let t0 = Instant::now();
         match join_once(shared, me, pos).await {
             Ok(ok) => {
@@ -227,4 +290,20 @@ async fn join_once(
     let user = format!("m{}", me.idx);
     let j = wire::join(&mut ws, t, me.room, &user, pos).await?;
     Ok((ws, j))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exact_recovery;
+
+    #[test]
+    fn a_recovery_is_exact_only_with_every_missed_publication_in_order() {
+        assert!(exact_recovery(5, 3, [6, 7, 8].into_iter()));
+        assert!(exact_recovery(0, 0, std::iter::empty()));
+        assert!(!exact_recovery(5, 3, [6, 8, 7].into_iter()));
+        assert!(!exact_recovery(5, 3, [6, 7].into_iter()));
+        assert!(!exact_recovery(5, 3, [6, 7, 8, 9].into_iter()));
+        assert!(!exact_recovery(5, 3, [7, 8, 9].into_iter()));
+        assert!(!exact_recovery(5, 3, [6, 6, 7].into_iter()));
+    }
 }

@@ -1,7 +1,7 @@
 //! Turns the command line into the list of (target, case) runs: scenario parameters, the
 //! `--preset seed500` worked example, and the small `--quick` plan that CI runs.
 
-use crate::scenario::{Case, Publish};
+use crate::scenario::{Case, Publish, Storm};
 use crate::target::{Kind, Target};
 use anyhow::Result;
 use clap::Args;
@@ -61,14 +61,23 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value_t = 10)]
     pub duration: u64,
 
-    /// storm: members (dropped and reconnected all at once a third into the run).
-    #[arg(long, default_value_t = 5_000)]
+    /// storm: members; all drop at once, their rooms move on, all reconnect at once with recovery.
+    #[arg(long, default_value_t = 15_000)]
     pub storm_members: u32,
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 150)]
     pub storm_rooms: u32,
-    /// storm: publications per second per room during the storm.
-    #[arg(long, default_value_t = 20.0)]
-    pub storm_rate: f64,
+    /// storm: publications each room gets while its members are away (each recovery must bring
+    /// exactly these).
+    #[arg(long, default_value_t = 100)]
+    pub storm_behind: u64,
+    /// storm: concurrent reconnect handshakes over all bench processes ("at once", within the
+    /// server's 1,024-deep accept queue).
+    #[arg(long, default_value_t = 1000)]
+    pub storm_concurrency: usize,
+    /// storm: each member waits a delay spread over 0..this many ms before reconnecting (the
+    /// SDKs' reconnect jitter); 0: all at once.
+    #[arg(long, default_value_t = 0)]
+    pub storm_jitter_ms: u64,
 
     /// accept: rooms, each with one unpaced publisher.
     #[arg(long, default_value_t = 4)]
@@ -131,7 +140,7 @@ impl RunArgs {
             a.duration = 3;
             a.storm_members = 200;
             a.storm_rooms = 4;
-            a.storm_rate = 20.0;
+            a.storm_behind = 20;
             a.accept_rooms = 2;
             a.window = 8;
         }
@@ -141,13 +150,17 @@ impl RunArgs {
             a.rate = 1000.0;
         }
         let dur = Duration::from_secs(a.duration.max(1));
-        let base = |scenario, members, rooms, publish, storm, per_process| Case {
+        let base = |scenario, members, rooms, publish, storm: bool, per_process| Case {
             scenario,
             members,
             rooms,
             publish,
             duration: dur,
-            storm,
+            storm: storm.then_some(Storm {
+                behind: a.storm_behind,
+                concurrency: a.storm_concurrency,
+                jitter: Duration::from_millis(a.storm_jitter_ms),
+            }),
             per_process,
             join_concurrency: a.join_concurrency,
         };
@@ -224,15 +237,28 @@ impl RunArgs {
             }
         }
         if self.wants("storm") {
-            for t in targets.iter().filter(|t| t.recovers()) {
-                let c = base(
+            // The limit has no recovery: it runs the drop and reconnect without publications, the
+            // ceiling for the reconnect rate. Peers without recovery are not stormed.
+            for t in targets
+                .iter()
+                .filter(|t| t.recovers() || t.kind == Kind::Limit)
+            {
+                let mut c = base(
                     "storm",
                     a.storm_members,
                     a.storm_rooms,
-                    paced(a.storm_rate),
+                    t.recovers().then(|| Publish {
+                        rate_per_room: None,
+                        window: a.window.max(256),
+                        payload: a.payload,
+                        via_http: false,
+                    }),
                     true,
-                    15_000,
+                    a.per_process,
                 );
+                if !t.recovers() {
+                    c.storm = c.storm.map(|s| Storm { behind: 0, ..s });
+                }
                 out.push((t.clone(), c));
             }
         }

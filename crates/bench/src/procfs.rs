@@ -85,6 +85,13 @@ pub(crate) fn cpu_seconds_all(pids: &[u32]) -> f64 {
 }
 
 /// The 1-minute load average: a case that starts on a busy machine says so in its result.
+/// Open files of a process (`/proc/<pid>/fd` entries); None when it cannot be read.
+pub(crate) fn open_files(pid: u32) -> Option<u64> {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()
+        .map(|d| d.count() as u64)
+}
+
 pub(crate) fn loadavg() -> Option<f64> {
     fs::read_to_string("/proc/loadavg")
         .ok()?

@@ -35,6 +35,8 @@ pub(crate) struct PubJob {
     pub payload_size: usize,
     /// roomcast only: publish through `POST /api/publish` instead of the client protocol.
     pub via_http: bool,
+    /// Publish this many, wait for their acks and end (storm); None: until `stop`.
+    pub count: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -96,15 +98,16 @@ async fn run_ws(
     let t0 = Instant::now();
     let mut stopping: Option<Instant> = None;
     let mut out = Vec::new();
+    let all_sent = |sent: u64| job.count.is_some_and(|c| sent >= c);
     loop {
-        if stopping.is_some() && inflight.is_empty() {
+        if (stopping.is_some() || all_sent(res.sent)) && inflight.is_empty() {
             return Ok(());
         }
         tokio::select! {
             _ = tick.tick(), if stopping.is_none() => {
                 let due = due(job.rate, t0.elapsed());
                 let mut n = 0;
-                while res.sent < due && inflight.len() < job.window {
+                while res.sent < due && inflight.len() < job.window && !all_sent(res.sent) {
                     res.sent += 1;
                     let body = wire::payload(job.room, res.sent, job.payload_size);
                     ws.feed(Message::text(wire::publish_frame(t.kind, job.room, res.sent, &body))).await?;
@@ -168,9 +171,10 @@ async fn run_http(
     let mut tick = tokio::time::interval(Duration::from_millis(1));
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let t0 = Instant::now();
-    while !*stop.borrow() {
+    let due_at = |elapsed| due(job.rate, elapsed).min(job.count.unwrap_or(u64::MAX));
+    while !*stop.borrow() && res.sent < job.count.unwrap_or(u64::MAX) {
         tick.tick().await;
-        while res.sent < due(job.rate, t0.elapsed()) && !*stop.borrow() {
+        while res.sent < due_at(t0.elapsed()) && !*stop.borrow() {
             // Pusher's REST API takes up to 10 events per batch request, delivered in order; that is
             // how a Pusher backend publishes at high rates. roomcast's API publishes one at a time.
             let room_max = if t.kind == Kind::Pusher {
@@ -178,7 +182,7 @@ async fn run_http(
             } else {
                 1
             };
-            let due_now = due(job.rate, t0.elapsed())
+            let due_now = due_at(t0.elapsed())
                 .saturating_sub(res.sent)
                 .clamp(1, room_max);
             let first = res.sent + 1;

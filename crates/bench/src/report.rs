@@ -59,6 +59,10 @@ pub(crate) struct Params {
     pub duration_s: f64,
     pub window: usize,
     pub via_http: bool,
+    /// Storm: publications each room got while its members were away.
+    pub storm_behind: Option<u64>,
+    /// Storm: reconnect delays spread over 0..this many ms (0: all at once).
+    pub storm_jitter_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -105,9 +109,19 @@ pub(crate) struct RunResult {
     pub reconnects: u64,
     pub recovered: u64,
     pub recover_failed: u64,
-    /// Storm: ms from the drop until every member had recovered (max over members).
+    /// Storm: ms from the reconnect order until every member was back and recovered (max over
+    /// members).
     pub recover_all_ms: Option<u64>,
+    /// Storm: ms from the reconnect order to each member's recovered re-subscription.
     pub recover_ms: Option<Percentiles>,
+    /// Storm: members back after the reconnect order.
+    pub rejoined: u64,
+    /// Storm: members back per second, from the reconnect order to the last one back.
+    pub rejoins_per_s: Option<f64>,
+    /// Storm: recoveries that were not exactly the missed publications, in order.
+    pub recover_wrong: u64,
+    /// Storm: seconds the publishers took to put every room `storm_behind` ahead.
+    pub storm_publish_s: Option<f64>,
     /// Correctness problems; any entry fails the run.
     pub problems: Vec<String>,
 }
@@ -125,6 +139,18 @@ impl RunResult {
             ("failed publishes", self.publish_failed),
             ("recoveries that did not recover", self.recover_failed),
             ("connections lost for good", self.lost_connections),
+            (
+                "recoveries not exactly the missed publications in order",
+                self.recover_wrong,
+            ),
+            (
+                "members not back after the storm",
+                if self.params.storm_behind.is_some() {
+                    self.joined.saturating_sub(self.rejoined)
+                } else {
+                    0
+                },
+            ),
         ] {
             if v > 0 {
                 p.push(format!("{v} {name}"));
@@ -255,4 +281,49 @@ pub(crate) fn summary(runs: &[RunResult]) -> String {
         );
     }
     s
+}
+
+/// The storm's own table: first-join rate, then the reconnect burst, per target (the limit first).
+pub(crate) fn storm_summary(runs: &[RunResult]) -> Option<String> {
+    let storms: Vec<&RunResult> = runs.iter().filter(|r| r.scenario == "storm").collect();
+    if storms.is_empty() {
+        return None;
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| storm target | members | rooms x size | behind | jitter | joins/s | back | back/s | recovered | exact | recovery p50/p99/max | all back | publish behind | problems |"
+    );
+    let _ = writeln!(s, "|{}", "---|".repeat(14));
+    for r in storms {
+        let ms = |v: u64| format!("{v}ms");
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} x {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.target,
+            r.joined,
+            r.params.rooms,
+            r.params.room_size,
+            r.params.storm_behind.unwrap_or(0),
+            ms(r.params.storm_jitter_ms.unwrap_or(0)),
+            r.joins_per_s,
+            r.rejoined,
+            opt(r.rejoins_per_s, 0),
+            r.recovered,
+            r.rejoined.saturating_sub(r.recover_wrong),
+            r.recover_ms.as_ref().map_or_else(
+                || "-".into(),
+                |p| format!("{}/{}/{}", ms(p.p50), ms(p.p99), ms(p.max))
+            ),
+            r.recover_all_ms.map_or_else(|| "-".into(), ms),
+            r.storm_publish_s
+                .map_or_else(|| "-".into(), |v| format!("{v:.2}s")),
+            if r.problems.is_empty() {
+                "none".into()
+            } else {
+                r.problems.join("; ")
+            },
+        );
+    }
+    Some(s)
 }

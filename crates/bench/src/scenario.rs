@@ -1,18 +1,20 @@
-//! One measured case: a fleet of members joins, publishers publish (or not), optionally every member
-//! is dropped mid-run (storm), then everything is drained, stopped, counted and judged.
+//! One measured case: a fleet of members joins, publishers publish (or not), then everything is
+//! drained, stopped, counted and judged.
 //!
-//! The four scenarios of the issue are this one engine with different knobs:
-//! idle = no publishers; fanout = paced publishers; storm = fanout + a mid-run drop of every member;
-//! accept = unpaced publishers limited by their ack window, into small rooms.
+//! The scenarios are this one engine with different knobs:
+//! idle = no publishers; fanout = paced publishers; accept = unpaced publishers limited by their ack
+//! window, into small rooms. The storm (every member away while its room moves on, then all back at
+//! once) has its own sequence in `storm`, built from the join and count steps here.
 
 use crate::fleet::{Fleet, FleetPlan};
 use crate::group::Expect;
 use crate::procfs;
 use crate::publisher::{self, PubJob, PubResult};
 use crate::report::{self, Params, Percentiles, RunResult};
-use crate::stats;
+use crate::stats::{self, GroupResult};
 use crate::target::Target;
 use anyhow::Result;
+use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -25,9 +27,21 @@ pub(crate) struct Case {
     /// None: no publishers (idle).
     pub publish: Option<Publish>,
     pub duration: Duration,
-    pub storm: bool,
+    /// Some: the storm sequence (`storm::run`) instead of publishing for `duration`.
+    pub storm: Option<Storm>,
     pub per_process: u32,
     pub join_concurrency: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Storm {
+    /// Publications each room gets while its members are away.
+    pub behind: u64,
+    /// Concurrent reconnect handshakes, over all bench processes.
+    pub concurrency: usize,
+    /// Each member waits a delay spread evenly over 0..jitter before reconnecting, as SDKs do;
+    /// zero: all at once.
+    pub jitter: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -38,7 +52,7 @@ pub(crate) struct Publish {
     pub via_http: bool,
 }
 
-fn bar(len: u64, what: &str) -> ProgressBar {
+pub(crate) fn bar(len: u64, what: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template("{prefix:>22} [{bar:30}] {pos}/{len} {msg}")
@@ -49,7 +63,20 @@ fn bar(len: u64, what: &str) -> ProgressBar {
     pb
 }
 
-pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
+/// What the join step hands to the rest of a case.
+pub(crate) struct Joined {
+    pub fleet: Fleet,
+    pub result: RunResult,
+    pub label: String,
+    pub rss_pids: Vec<u32>,
+    pub rss0: Option<u64>,
+    pub tcp0: Option<u64>,
+    pub bench_cpu0: Option<f64>,
+}
+
+/// Step 1 of every case: starts the fleet, waits (bounded) for every member to join, and fills the
+/// run's parameters and join rate.
+pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
     let label = format!("{} {}", case.scenario, target.name);
     // RSS of the server: its first pid (Node, not the Redis beside it), or all limit processes.
     let rss_pids: Vec<u32> = match target.kind {
@@ -59,15 +86,16 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let rss0 = procfs::rss_kib_all(&rss_pids);
     let tcp0 = procfs::tcp_mem_kib();
     let load0 = procfs::loadavg();
-    let me = std::process::id();
-    let bench_cpu0 = procfs::cpu_seconds(me);
+    let bench_cpu0 = procfs::cpu_seconds(std::process::id());
 
-    // 1. Join.
     let plan = FleetPlan {
         members: case.members,
         rooms: case.rooms,
         per_process: case.per_process,
         join_concurrency: case.join_concurrency,
+        storm_concurrency: case.storm.map_or(1, |s| s.concurrency),
+        behind: case.storm.map_or(0, |s| s.behind),
+        storm_jitter: case.storm.map_or(Duration::ZERO, |s| s.jitter),
     };
     let mut fleet = Fleet::start(target, &plan)?;
     let pb = bar(case.members.into(), &label);
@@ -80,7 +108,7 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let join_secs = joined.last_join_ns.saturating_sub(t_join_ns) as f64 / 1e9;
     pb.finish_and_clear();
 
-    let mut r = RunResult {
+    let result = RunResult {
         scenario: case.scenario.into(),
         target: target.name.clone(),
         bench_processes: fleet.processes().max(1),
@@ -96,9 +124,37 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
             duration_s: case.duration.as_secs_f64(),
             window: case.publish.as_ref().map_or(0, |p| p.window),
             via_http: case.publish.as_ref().is_some_and(|p| p.via_http),
+            storm_behind: case.storm.map(|s| s.behind),
+            storm_jitter_ms: case.storm.map(|s| s.jitter.as_millis() as u64),
         },
         ..Default::default()
     };
+    Ok(Joined {
+        fleet,
+        result,
+        label,
+        rss_pids,
+        rss0,
+        tcp0,
+        bench_cpu0,
+    })
+}
+
+pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
+    if case.storm.is_some() {
+        return crate::storm::run(target, case).await;
+    }
+    let Joined {
+        mut fleet,
+        result: mut r,
+        label,
+        rss_pids,
+        rss0,
+        tcp0,
+        bench_cpu0,
+    } = join(target, case).await?;
+    let me = std::process::id();
+    let joined = fleet.progress();
 
     // 2. Idle: let the server settle, then read its memory with everyone connected.
     if case.publish.is_none() {
@@ -125,13 +181,13 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
                     window: p.window,
                     payload_size: p.payload,
                     via_http: p.via_http,
+                    count: None,
                 };
                 tokio::spawn(publisher::run(job, stop_rx.clone()))
             })
             .collect();
         let pb = bar(case.duration.as_secs().max(1), &label);
         let t0 = Instant::now();
-        let mut stormed = false;
         while t0.elapsed() < case.duration {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let s = fleet.progress();
@@ -142,10 +198,6 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
                 s.delivered as f64 / secs,
                 s.recovered
             ));
-            if case.storm && !stormed && t0.elapsed() >= case.duration / 3 {
-                stormed = true;
-                fleet.drop_all().await;
-            }
         }
         let _ = stop_tx.send(true);
         for h in handles {
@@ -160,13 +212,12 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         while t_drain.elapsed() < Duration::from_secs(30) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let s = fleet.progress();
-            let all_back = !case.storm || s.recovered + s.recover_failed + s.lost >= s.joined;
-            if s.delivered >= expect_total && all_back {
+            if s.delivered >= expect_total {
                 break;
             }
             if s.delivered != last.0 {
                 last = (s.delivered, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(3) && all_back {
+            } else if last.1.elapsed() > Duration::from_secs(3) {
                 break;
             }
         }
@@ -180,45 +231,9 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     }
 
     // 4. Stop and count.
-    let expected: Vec<Expect> = pubs
-        .iter()
-        .map(|p| Expect {
-            room: p.room,
-            sent: p.sent,
-            excluded: p.failed.clone(),
-        })
-        .collect();
-    let mut worker_cpu = 0.0;
-    for pid in fleet.worker_pids() {
-        worker_cpu += procfs::cpu_seconds(pid).unwrap_or(0.0);
-    }
-    let g = fleet.stop(expected).await?;
-    r.joined = g.snap.joined;
-    r.join_failed = g.snap.join_failed;
-    r.join_us = Percentiles::of(&g.join_us);
-    r.deliveries = g.snap.delivered;
-    r.missing = g.missing;
-    r.duplicates = g.duplicates;
-    r.out_of_order = g.out_of_order;
-    r.misrouted = g.snap.misrouted;
-    r.lost_connections = g.snap.lost;
-    r.reconnects = g.snap.reconnects;
-    r.recovered = g.snap.recovered;
-    r.recover_failed = g.snap.recover_failed;
-    r.latency_us = Percentiles::of(&g.latency_us);
-    r.latency_cdf = report::cdf(&g.latency_us);
-    r.recover_ms = Percentiles::of(&g.recover_ms);
-    r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
+    let (g, worker_cpu) = stop_and_count(fleet, &pubs, &mut r).await?;
     if case.publish.is_some() {
-        let mut ack = stats::histogram();
-        for p in &pubs {
-            stats::merge_into(&mut ack, &p.ack_us);
-            r.published += p.sent;
-            r.acked += p.acked;
-            r.publish_failed += p.failed.len() as u64;
-            r.publish_errors
-                .extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
-        }
+        let ack = count_publishers(&mut r, &pubs);
         r.ack_us = Percentiles::of(&stats::to_buckets(&ack));
         r.acks_per_s = r.acked as f64 / case.duration.as_secs_f64();
         let span = g.snap.last_delivery_ns.saturating_sub(t_pub_ns) as f64 / 1e9;
@@ -243,6 +258,67 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         bench_cpu0.and_then(|c0| procfs::cpu_seconds(me).map(|c1| c1 - c0 + worker_cpu));
     r.judge();
     Ok(r)
+}
+
+/// Step 4 of every case: stops the members, telling them what each room's publisher got
+/// accepted, and merges their counts into `r`; returns them and the worker processes' CPU
+/// seconds.
+pub(crate) async fn stop_and_count(
+    fleet: Fleet,
+    pubs: &[PubResult],
+    r: &mut RunResult,
+) -> Result<(GroupResult, f64)> {
+    let expected: Vec<Expect> = pubs
+        .iter()
+        .map(|p| Expect {
+            room: p.room,
+            sent: p.sent,
+            excluded: p.failed.clone(),
+        })
+        .collect();
+    let mut worker_cpu = 0.0;
+    for pid in fleet.worker_pids() {
+        worker_cpu += procfs::cpu_seconds(pid).unwrap_or(0.0);
+    }
+    let g = fleet.stop(expected).await?;
+    count(r, &g);
+    Ok((g, worker_cpu))
+}
+
+/// The publishers' totals into `r`; returns their merged ack latencies.
+pub(crate) fn count_publishers(r: &mut RunResult, pubs: &[PubResult]) -> Histogram<u64> {
+    let mut ack = stats::histogram();
+    for p in pubs {
+        stats::merge_into(&mut ack, &p.ack_us);
+        r.published += p.sent;
+        r.acked += p.acked;
+        r.publish_failed += p.failed.len() as u64;
+        r.publish_errors
+            .extend(p.error.iter().map(|e| format!("room {}: {e}", p.room)));
+    }
+    ack
+}
+
+/// The members' merged counts and histograms into the run's result.
+fn count(r: &mut RunResult, g: &GroupResult) {
+    r.joined = g.snap.joined;
+    r.join_failed = g.snap.join_failed;
+    r.join_us = Percentiles::of(&g.join_us);
+    r.deliveries = g.snap.delivered;
+    r.missing = g.missing;
+    r.duplicates = g.duplicates;
+    r.out_of_order = g.out_of_order;
+    r.misrouted = g.snap.misrouted;
+    r.lost_connections = g.snap.lost;
+    r.reconnects = g.snap.reconnects;
+    r.recovered = g.snap.recovered;
+    r.recover_failed = g.snap.recover_failed;
+    r.latency_us = Percentiles::of(&g.latency_us);
+    r.latency_cdf = report::cdf(&g.latency_us);
+    r.recover_ms = Percentiles::of(&g.recover_ms);
+    r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
+    r.rejoined = g.snap.rejoined;
+    r.recover_wrong = g.snap.recover_wrong;
 }
 
 fn fill_memory(r: &mut RunResult, pids: &[u32], rss0: Option<u64>, tcp0: Option<u64>, n: u64) {

@@ -44,6 +44,12 @@ pub(crate) struct Live {
     pub lost: AtomicU64,
     /// Deliveries of another room's publication: a routing bug.
     pub misrouted: AtomicU64,
+    /// Storm: members that dropped their connection and are waiting for the reconnect order.
+    pub offline: AtomicU64,
+    /// Storm: members back after the reconnect order.
+    pub rejoined: AtomicU64,
+    /// Storm: rejoins whose recovery was not exactly the missed publications in order.
+    pub recover_wrong: AtomicU64,
 }
 
 impl Live {
@@ -59,6 +65,9 @@ impl Live {
             reconnects: self.reconnects.load(Relaxed),
             lost: self.lost.load(Relaxed),
             misrouted: self.misrouted.load(Relaxed),
+            offline: self.offline.load(Relaxed),
+            rejoined: self.rejoined.load(Relaxed),
+            recover_wrong: self.recover_wrong.load(Relaxed),
         }
     }
 }
@@ -76,6 +85,9 @@ pub(crate) struct Snapshot {
     pub reconnects: u64,
     pub lost: u64,
     pub misrouted: u64,
+    pub offline: u64,
+    pub rejoined: u64,
+    pub recover_wrong: u64,
 }
 
 impl Snapshot {
@@ -90,6 +102,9 @@ impl Snapshot {
         self.reconnects += o.reconnects;
         self.lost += o.lost;
         self.misrouted += o.misrouted;
+        self.offline += o.offline;
+        self.rejoined += o.rejoined;
+        self.recover_wrong += o.recover_wrong;
     }
 }
 
@@ -100,7 +115,7 @@ pub(crate) struct Hists {
     pub latency: Mutex<Histogram<u64>>,
     /// Time to connect and join, µs.
     pub join: Mutex<Histogram<u64>>,
-    /// Storm: time from the drop to this member's recovered re-subscription, ms.
+    /// Storm: time from the reconnect order to this member's recovered re-subscription, ms.
     pub recover: Mutex<Histogram<u64>>,
 }
 

@@ -48,6 +48,11 @@ impl Tracker {
         Seen::InOrder
     }
 
+    /// Highest sequence received so far (0: none).
+    pub(crate) fn max_seen(&self) -> u64 {
+        self.max_seen
+    }
+
     /// Number of sequences in `1..=sent` that were never received, ignoring those in `excluded`
     /// (publishes the server refused or whose fate is unknown: they are reported separately).
     pub(crate) fn missing(&self, sent: u64, excluded: &[u64]) -> u64 {

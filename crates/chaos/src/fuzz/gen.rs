@@ -68,7 +68,7 @@ pub(super) fn random_bytes(rng: &mut Rng, max: usize) -> Vec<u8> {
     (0..rng.usize(0..max)).map(|_| rng.u8(..)).collect()
 }
 
-fn random_string(rng: &mut Rng) -> String {
+pub(super) fn random_string(rng: &mut Rng) -> String {
     match rng.u8(0..6) {
         0 => String::new(),
         1 => "x".repeat(rng.usize(200..5000)),
@@ -132,6 +132,17 @@ pub(super) fn command(rng: &mut Rng, token: &str, channel: &str) -> String {
         4 => Value::Null,
         _ => json!(rng.u32(1..1000)),
     };
+    command_with_id(rng, token, channel, id).0
+}
+
+/// Like [`command`] with the id given; also says whether the command carries it (random
+/// JSON that is not an object does not).
+pub(super) fn command_with_id(
+    rng: &mut Rng,
+    token: &str,
+    channel: &str,
+    id: Value,
+) -> (String, bool) {
     let valid = match rng.u8(0..10) {
         0 => json!({"connect": {"token": token}}),
         1 => json!({"subscribe": {"channel": channel}}),
@@ -192,22 +203,32 @@ pub(super) fn command(rng: &mut Rng, token: &str, channel: &str) -> String {
         6 => {
             let n = rng.usize(100..3000);
             let data = format!("{}1{}", "[".repeat(n), "]".repeat(n));
-            return format!(r#"{{"id":{id},"publish":{{"channel":"fuzz-deep","data":{data}}}}}"#);
+            let cmd = format!(r#"{{"id":{id},"publish":{{"channel":"fuzz-deep","data":{data}}}}}"#);
+            return (cmd, true);
         }
         _ => random_json(rng, 4),
     };
-    if let Some(o) = cmd.as_object_mut() {
-        o.insert("id".into(), id);
-    }
-    cmd.to_string()
+    let carried = match cmd.as_object_mut() {
+        Some(o) => {
+            o.insert("id".into(), id);
+            true
+        }
+        None => false,
+    };
+    (cmd.to_string(), carried)
+}
+
+/// A valid HTTP upgrade request for `/connection/websocket`.
+pub(super) fn valid_upgrade(host: &str) -> String {
+    format!(
+        "GET /connection/websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
 }
 
 /// An HTTP upgrade request for `/connection/websocket`: valid, or one of its broken forms.
 pub(super) fn upgrade(rng: &mut Rng, host: &str) -> (Vec<u8>, bool) {
-    let valid = format!(
-        "GET /connection/websocket HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
+    let valid = valid_upgrade(host);
     if rng.u8(0..10) < 8 {
         return (valid.into_bytes(), true);
     }

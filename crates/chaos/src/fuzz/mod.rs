@@ -6,11 +6,14 @@
 //! - a probe connects and pings every two seconds, and every API publish must be answered
 //!   within 5 s (no hang);
 //! - the node must stay up, write no `panicked` line, and keep its RSS (from
-//!   `/proc/PID/status`) under a bound.
+//!   `/proc/PID/status`) under a bound;
+//! - on a quarter as many checked connections again ([`replies`]), every command with an id
+//!   gets its reply within 5 s, or the connection is closed with a documented code.
 //!
 //! Any of these is a finding; the run exits non-zero on one.
 
 mod gen;
+mod replies;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -42,6 +45,9 @@ struct Shared {
     stop: AtomicBool,
     frames: AtomicU64,
     sessions: AtomicU64,
+    /// Commands with an id the reply check waited for, and those answered in time.
+    checked: AtomicU64,
+    answered: AtomicU64,
 }
 
 impl Shared {
@@ -80,6 +86,10 @@ pub(crate) async fn run(o: Options) -> bool {
         let seed = o.seed.wrapping_mul(1_000_003).wrapping_add(i as u64);
         fuzzers.push(tokio::spawn(fuzzer(node.addr, seed, shared.clone())));
     }
+    for i in 0..(o.connections / 4).max(1) {
+        let seed = o.seed.wrapping_mul(1_000_033).wrapping_add(i as u64);
+        fuzzers.push(tokio::spawn(checker(node.addr, seed, shared.clone())));
+    }
 
     let mut max_rss = 0;
     let mut log_lines = 0u64;
@@ -111,12 +121,15 @@ pub(crate) async fn run(o: Options) -> bool {
     let findings = shared.findings.lock().unwrap().clone();
     println!(
         "roomcast fuzz: seed {}, {} s, {} connections, {} sessions, {} frames/messages sent, \
-         canary received {got} of {last} publications, max RSS {} MiB (bound {}), load average {}",
+         canary received {got} of {last} publications, {} of {} commands with an id answered \
+         (the others closed with a documented code), max RSS {} MiB (bound {}), load average {}",
         o.seed,
         o.seconds,
         o.connections,
         shared.sessions.load(Ordering::Relaxed),
         shared.frames.load(Ordering::Relaxed),
+        shared.answered.load(Ordering::Relaxed),
+        shared.checked.load(Ordering::Relaxed),
         max_rss / 1024,
         o.max_rss_mib,
         crate::run::load_average(),
@@ -284,6 +297,21 @@ async fn fuzzer(addr: SocketAddr, seed: u64, shared: Arc<Shared>) {
     while !shared.stop.load(Ordering::Relaxed) {
         shared.sessions.fetch_add(1, Ordering::Relaxed);
         let _ = timeout(Duration::from_secs(20), session(addr, &mut rng, &shared)).await;
+    }
+}
+
+/// One reply-checked connection after another until the run stops.
+async fn checker(addr: SocketAddr, seed: u64, shared: Arc<Shared>) {
+    let mut rng = Rng::with_seed(seed);
+    while !shared.stop.load(Ordering::Relaxed) {
+        shared.sessions.fetch_add(1, Ordering::Relaxed);
+        let run = timeout(
+            Duration::from_secs(30),
+            replies::session(addr, &mut rng, &shared),
+        );
+        if run.await.is_err() {
+            shared.finding("reply check: a checked session took over 30 s".into());
+        }
     }
 }
 

@@ -71,6 +71,8 @@ impl Backends {
                     redact(url)
                 ),
             };
+        // Identical concurrent reads (a room's members recovering at once) share one.
+        let store = crate::store::coalesce::Coalesced::wrap(store);
         let redis_url = config.redis_url.as_deref().filter(|u| !u.is_empty());
         let nats_url = config.nats_url.as_deref().filter(|u| !u.is_empty());
         let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match (redis_url, nats_url) {

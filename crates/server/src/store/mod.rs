@@ -21,8 +21,9 @@
 //!
 //! Files: `writer.rs` (the writer and the `Store` it implements), `sqlite.rs` and
 //! `postgres.rs` (backends), `sqlite_chat.rs` and `postgres_chat.rs` (their chat tables and
-//! migrations), `schema.rs` (schema versions), `chat.rs` (the chat trait), `integrity.rs` (start-up checks of a SQLite
-//! file), `conformance.rs` (the suite).
+//! migrations), `schema.rs` (schema versions), `chat.rs` (the chat trait), `integrity.rs`
+//! (start-up checks of a SQLite file), `coalesce.rs` (identical concurrent reads share one;
+//! the node wraps every store in it), `conformance.rs` (the suite).
 
 use std::sync::Arc;
 
@@ -32,6 +33,7 @@ use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
 pub mod chat;
+pub mod coalesce;
 mod integrity;
 pub mod postgres;
 mod postgres_chat;

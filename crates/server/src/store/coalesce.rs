@@ -1,0 +1,367 @@
+//! Shared reads: a `Store` wrapper that lets identical concurrent `range` calls share one
+//! read of the backend. In a reconnect storm a room's members all come back at once and
+//! all ask to recover from the same offset; without this every one of them reads the same
+//! rows (15,000 members, 100 publications behind: 1.5 million rows instead of 15,000).
+//!
+//! Invariant (what recovery's pending/activate protocol needs, see `hub/mod.rs`): a caller
+//! only ever gets the result of a read that *started after it called*. A subscriber
+//! registers pending in the hub before it reads; a read that began before that could miss
+//! a publication committed in between that the pending buffer did not see either. So a
+//! caller that finds a read of its key in flight does not take that read's result: it
+//! waits for it to finish and then shares the next read, which every caller that arrived
+//! meanwhile shares too. Per key at most one read runs at a time; the number of reads is
+//! bounded by the number of callers, and the map holds only keys with a caller waiting.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+
+use super::{Appended, Message, NewMessage, Position, Range, Store, StoreError};
+
+type Outcome = Result<(Vec<Message>, Position), StoreError>;
+
+/// Which read: the room and the range, field by field.
+type Key = (String, Option<u64>, usize, bool);
+
+/// The reads of one key.
+#[derive(Default)]
+struct Lane {
+    /// Held while a read of this key runs, so reads of one key never overlap.
+    reading: tokio::sync::Mutex<()>,
+    /// Callers of this key so far (a ticket each, in arrival order).
+    tickets: Mutex<u64>,
+    /// The latest read's result and the ticket count when it started: it serves callers
+    /// whose ticket is below that count (they called before it began).
+    last: Mutex<Option<(u64, Arc<Outcome>)>>,
+}
+
+/// A `Store` whose `range` reads are shared by identical concurrent callers.
+pub struct Coalesced {
+    inner: Arc<dyn Store>,
+    /// Lanes of keys with callers in progress, and how many (the last one out removes it).
+    lanes: Mutex<HashMap<Key, (Arc<Lane>, usize)>>,
+}
+
+impl Coalesced {
+    pub fn new(inner: Arc<dyn Store>) -> Coalesced {
+        Coalesced {
+            inner,
+            lanes: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn wrap(inner: Arc<dyn Store>) -> Arc<dyn Store> {
+        Arc::new(Coalesced::new(inner))
+    }
+
+    async fn shared_range(&self, room: &str, range: Range) -> Arc<Outcome> {
+        let key: Key = (room.to_owned(), range.since, range.limit, range.reverse);
+        let lane = {
+            let mut lanes = self.lanes.lock().expect("lanes lock");
+            let entry = lanes.entry(key.clone()).or_default();
+            entry.1 += 1;
+            entry.0.clone()
+        };
+        // Leaves the lane on every way out, cancellation included.
+        let _leave = Leave {
+            owner: self,
+            key,
+            lane: lane.clone(),
+        };
+        let ticket = {
+            let mut t = lane.tickets.lock().expect("tickets lock");
+            *t += 1;
+            *t - 1
+        };
+        let _reading = lane.reading.lock().await;
+        if let Some((started_at, outcome)) = &*lane.last.lock().expect("last lock") {
+            if ticket < *started_at {
+                return outcome.clone();
+            }
+        }
+        let started_at = *lane.tickets.lock().expect("tickets lock");
+        let outcome = Arc::new(self.inner.range(room, range).await);
+        *lane.last.lock().expect("last lock") = Some((started_at, outcome.clone()));
+        outcome
+    }
+}
+
+/// Drops a caller's hold on its lane; the last caller removes the lane.
+struct Leave<'a> {
+    owner: &'a Coalesced,
+    key: Key,
+    lane: Arc<Lane>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut lanes = self.owner.lanes.lock().expect("lanes lock");
+        if let Some((lane, users)) = lanes.get_mut(&self.key) {
+            if Arc::ptr_eq(lane, &self.lane) {
+                *users -= 1;
+                if *users == 0 {
+                    lanes.remove(&self.key);
+                }
+            }
+        }
+    }
+}
+
+/// An error for each sharer (the backend's errors carry only text).
+fn copy_error(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Backend(s) => StoreError::Backend(s.clone()),
+        StoreError::Closed => StoreError::Closed,
+        StoreError::Damaged(s) => StoreError::Damaged(s.clone()),
+    }
+}
+
+#[async_trait]
+impl Store for Coalesced {
+    async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError> {
+        self.inner.append(msg).await
+    }
+
+    async fn append_batch(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        self.inner.append_batch(msgs).await
+    }
+
+    async fn range(
+        &self,
+        room: &str,
+        range: Range,
+    ) -> Result<(Vec<Message>, Position), StoreError> {
+        match &*self.shared_range(room, range).await {
+            Ok((msgs, pos)) => Ok((msgs.clone(), pos.clone())),
+            Err(e) => Err(copy_error(e)),
+        }
+    }
+
+    async fn position(&self, room: &str) -> Result<Position, StoreError> {
+        self.inner.position(room).await
+    }
+
+    async fn close(&self) {
+        self.inner.close().await;
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.inner.ready().await
+    }
+}
+
+/// The chat tables are not coalesced: straight to the wrapped store.
+#[async_trait]
+impl super::ChatStore for Coalesced {
+    async fn add_members(&self, room: &str, users: &[String]) -> Result<u64, StoreError> {
+        self.inner.add_members(room, users).await
+    }
+    async fn remove_members(&self, room: &str, users: &[String]) -> Result<u64, StoreError> {
+        self.inner.remove_members(room, users).await
+    }
+    async fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.members(room, after, limit).await
+    }
+    async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        self.inner.is_member(room, user).await
+    }
+    async fn set_cursor(
+        &self,
+        user: &str,
+        room: &str,
+        offset: u64,
+    ) -> Result<super::Cursor, StoreError> {
+        self.inner.set_cursor(user, room, offset).await
+    }
+    async fn cursor(&self, user: &str, room: &str) -> Result<super::Cursor, StoreError> {
+        self.inner.cursor(user, room).await
+    }
+    async fn unread_total(&self, user: &str) -> Result<(u64, u64), StoreError> {
+        self.inner.unread_total(user).await
+    }
+    async fn rooms(
+        &self,
+        user: &str,
+        after: Option<&super::RoomsAfter>,
+        limit: usize,
+    ) -> Result<Vec<super::RoomEntry>, StoreError> {
+        self.inner.rooms(user, after, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::conformance::msg;
+    use crate::store::sqlite::SqliteStore;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    crate::store_conformance!(
+        coalesced_sqlite_store_conformance,
+        tempfile::tempdir().unwrap(),
+        |dir, n| {
+            let (s, c) = SqliteStore::open(
+                &dir.path().join(format!("{n}.db")),
+                Duration::from_secs(300),
+            )
+            .unwrap();
+            (Coalesced::new(Arc::new(s)), c)
+        }
+    );
+
+    /// A store that counts its range reads and makes each take 50 ms.
+    struct Slow {
+        inner: Arc<dyn Store>,
+        reads: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for Slow {
+        async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
+            self.inner.append(m).await
+        }
+        async fn range(&self, room: &str, r: Range) -> Outcome {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            let out = self.inner.range(room, r).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            out
+        }
+        async fn position(&self, room: &str) -> Result<Position, StoreError> {
+            self.inner.position(room).await
+        }
+        async fn close(&self) {
+            self.inner.close().await;
+        }
+        async fn ready(&self) -> Result<(), StoreError> {
+            self.inner.ready().await
+        }
+    }
+
+    #[async_trait]
+    impl crate::store::ChatStore for Slow {
+        async fn add_members(&self, room: &str, users: &[String]) -> Result<u64, StoreError> {
+            self.inner.add_members(room, users).await
+        }
+        async fn remove_members(&self, room: &str, users: &[String]) -> Result<u64, StoreError> {
+            self.inner.remove_members(room, users).await
+        }
+        async fn members(
+            &self,
+            room: &str,
+            after: Option<&str>,
+            limit: usize,
+        ) -> Result<Vec<String>, StoreError> {
+            self.inner.members(room, after, limit).await
+        }
+        async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+            self.inner.is_member(room, user).await
+        }
+        async fn set_cursor(
+            &self,
+            user: &str,
+            room: &str,
+            offset: u64,
+        ) -> Result<crate::store::Cursor, StoreError> {
+            self.inner.set_cursor(user, room, offset).await
+        }
+        async fn cursor(&self, user: &str, room: &str) -> Result<crate::store::Cursor, StoreError> {
+            self.inner.cursor(user, room).await
+        }
+        async fn unread_total(&self, user: &str) -> Result<(u64, u64), StoreError> {
+            self.inner.unread_total(user).await
+        }
+        async fn rooms(
+            &self,
+            user: &str,
+            after: Option<&crate::store::RoomsAfter>,
+            limit: usize,
+        ) -> Result<Vec<crate::store::RoomEntry>, StoreError> {
+            self.inner.rooms(user, after, limit).await
+        }
+    }
+
+    fn slow_sqlite(dir: &tempfile::TempDir) -> Arc<Slow> {
+        let (s, _c) =
+            SqliteStore::open(&dir.path().join("m.db"), Duration::from_secs(300)).unwrap();
+        Arc::new(Slow {
+            inner: Arc::new(s),
+            reads: AtomicUsize::new(0),
+        })
+    }
+
+    const FROM_1: Range = Range {
+        since: Some(1),
+        limit: 100,
+        reverse: false,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn identical_concurrent_reads_share_a_few_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = slow_sqlite(&dir);
+        let store = Coalesced::wrap(slow.clone());
+        for i in 0..5 {
+            store.append(msg("r", &i.to_string(), None)).await.unwrap();
+        }
+        let calls: Vec<_> = (0..100)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.range("r", FROM_1).await.unwrap() })
+            })
+            .collect();
+        for c in calls {
+            let (msgs, pos) = c.await.unwrap();
+            assert_eq!(msgs.len(), 4);
+            assert_eq!(pos.offset, 5);
+        }
+        // The first read, then (at most) one more for everyone who came while it ran.
+        let reads = slow.reads.load(Ordering::SeqCst);
+        assert!(reads <= 3, "{reads} reads for 100 identical calls");
+        assert!(store
+            .range(
+                "r",
+                Range {
+                    since: Some(3),
+                    ..FROM_1
+                }
+            )
+            .await
+            .is_ok());
+        assert_eq!(
+            slow.reads.load(Ordering::SeqCst),
+            reads + 1,
+            "other keys read alone"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_never_gets_a_read_that_began_before_it_called() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = slow_sqlite(&dir);
+        let store = Coalesced::wrap(slow.clone());
+        store.append(msg("r", "1", None)).await.unwrap();
+        let early = {
+            let s = store.clone();
+            tokio::spawn(async move { s.range("r", FROM_1).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await; // the early read is running
+        store.append(msg("r", "2", None)).await.unwrap();
+        let (late, pos) = store.range("r", FROM_1).await.unwrap();
+        assert_eq!(
+            (late.len(), pos.offset),
+            (1, 2),
+            "the late caller sees offset 2"
+        );
+        let (early, _) = early.await.unwrap();
+        assert!(early.len() <= 1);
+        assert_eq!(slow.reads.load(Ordering::SeqCst), 2);
+        assert!(store.clone().range("r", FROM_1).await.is_ok());
+    }
+}
