@@ -148,6 +148,17 @@ pub struct Config {
     pub idempotency_ttl_secs: u64,
     /// Seconds the node waits on shutdown for connections and commits to drain.
     pub shutdown_grace_secs: u64,
+    /// Subscribe every connection of a user, server-side, to the user's personal channel
+    /// (`#<user>`, Centrifugo's option name). On by default.
+    pub user_subscribe_to_personal: bool,
+    /// Namespace of personal channels (`ns:#<user>`); "" for the default namespace. Must
+    /// be configured.
+    pub user_personal_channel_namespace: String,
+    /// Seconds a connection's entry in the per-user registry lives unless refreshed
+    /// (every third of it): a user whose node died is offline this long after.
+    pub user_registry_ttl_secs: u64,
+    /// Most users one `user_status` call (API or `roomcast.status`) may ask about.
+    pub user_status_max_users: usize,
     /// Options for channels without a namespace prefix.
     pub default_namespace: NamespaceOptions,
     /// Named namespaces: channel `ns:room` uses `namespaces.ns`.
@@ -187,6 +198,10 @@ impl Default for Config {
             store_url: None,
             idempotency_ttl_secs: 300,
             shutdown_grace_secs: 10,
+            user_subscribe_to_personal: true,
+            user_personal_channel_namespace: String::new(),
+            user_registry_ttl_secs: 30,
+            user_status_max_users: 1000,
             default_namespace: NamespaceOptions::default(),
             namespaces: HashMap::new(),
         }
@@ -206,6 +221,9 @@ pub struct SessionConfig {
     pub commands_per_second: u32,
     /// Deepest nesting publication data may have (see `roomcast_proto::data`).
     pub max_data_depth: usize,
+    /// How every connection's personal channel is named (`None`:
+    /// `user_subscribe_to_personal` is off).
+    pub personal: Option<crate::personal::PersonalChannels>,
     pub default_namespace: NamespaceOptions,
     pub namespaces: HashMap<String, NamespaceOptions>,
 }
@@ -267,6 +285,12 @@ impl Config {
         }
     }
 
+    /// How personal channels are named (`user_publish` uses them whether or not
+    /// connections are subscribed to them).
+    pub fn personal_channels(&self) -> crate::personal::PersonalChannels {
+        crate::personal::PersonalChannels::new(&self.user_personal_channel_namespace)
+    }
+
     /// The part of the configuration client sessions read.
     pub fn session(&self) -> SessionConfig {
         SessionConfig {
@@ -278,6 +302,9 @@ impl Config {
             max_connections_per_user: self.max_connections_per_user,
             commands_per_second: self.commands_per_second,
             max_data_depth: self.max_data_depth,
+            personal: self
+                .user_subscribe_to_personal
+                .then(|| self.personal_channels()),
             default_namespace: self.default_namespace.clone(),
             namespaces: self.namespaces.clone(),
         }
@@ -319,6 +346,18 @@ impl Config {
         {
             return bad(
                 "max_data_depth, api_max_in_flight and api_body_timeout_secs must be at least 1"
+                    .into(),
+            );
+        }
+        let ns = &self.user_personal_channel_namespace;
+        if !ns.is_empty() && !self.namespaces.contains_key(ns) {
+            return bad(format!(
+                "user_personal_channel_namespace {ns:?} is not a configured namespace"
+            ));
+        }
+        if self.user_registry_ttl_secs < 3 || self.user_status_max_users == 0 {
+            return bad(
+                "user_registry_ttl_secs must be at least 3 and user_status_max_users at least 1"
                     .into(),
             );
         }

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod bus;
 pub mod channel;
+pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
@@ -15,6 +16,7 @@ pub mod http;
 pub mod hub;
 pub mod keepalive;
 pub mod node;
+pub mod personal;
 pub mod presence;
 pub mod rate;
 pub mod server;

@@ -144,7 +144,7 @@ fn same_secret(given: &str, key: &str) -> bool {
         == 0
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
 }
@@ -155,7 +155,7 @@ struct Reply<T> {
     result: T,
 }
 
-fn ok<T: Serialize>(result: T) -> Response {
+pub(super) fn ok<T: Serialize>(result: T) -> Response {
     Json(Reply { result }).into_response()
 }
 
@@ -291,10 +291,13 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
             };
             // Matching is O(pattern x name) per channel: over many channels that is CPU
             // work, done on the blocking pool so WebSocket pings and other calls go on.
+            // Personal channels (one per connected user) are not listed: rooms are.
             let pattern = b.pattern;
+            let personal = node.config.personal_channels();
             let channels = tokio::task::spawn_blocking(move || {
                 counts
                     .into_iter()
+                    .filter(|(name, _)| personal.user_of(name).is_none())
                     .filter(|(name, _)| pattern.is_empty() || glob(&pattern, name))
                     .map(|(name, n)| (name, json!({ "num_clients": n })))
                     .collect::<HashMap<_, _>>()
@@ -356,6 +359,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 })?;
             Ok(ok(json!({})))
         }
+        m if super::personal::METHODS.contains(&m) => super::personal::run(node, m, body).await,
         other => Err(ApiError::UnknownMethod(other.to_owned())),
     }
 }

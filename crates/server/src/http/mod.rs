@@ -19,6 +19,7 @@ use crate::node::Node;
 
 pub mod api;
 pub mod error;
+mod personal;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()

@@ -33,6 +33,7 @@ fn node(
         name.into(),
         hub.clone(),
         store.clone(),
+        None,
     ));
     TestNode { bus, hub }
 }
