@@ -102,7 +102,12 @@ impl<S: Services> Session<S> {
         if self.subs.contains_key(req.channel.as_str()) {
             return self.error(id, ErrorCode::ALREADY_SUBSCRIBED);
         }
-        if self.subs.len() >= self.node.config().max_channels_per_connection {
+        // The personal channel is the server's own subscription: not counted.
+        let personal = (self.node.config().personal.as_ref())
+            .and_then(|p| p.channel(&user))
+            .is_some_and(|c| self.subs.contains_key(c.as_str()));
+        if self.subs.len() - usize::from(personal) >= self.node.config().max_channels_per_connection
+        {
             return self.error(id, ErrorCode::LIMIT_EXCEEDED);
         }
         match self.join(&req).await {
