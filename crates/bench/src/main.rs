@@ -11,6 +11,7 @@ mod group;
 mod http;
 mod limit;
 mod member;
+mod personal;
 mod plan;
 mod plot;
 mod procfs;
@@ -57,6 +58,8 @@ enum Cmd {
     },
     /// A member-group worker process (started by `run`; reads its job on stdin).
     Worker,
+    /// Send-to-user deliveries/s across running roomcast nodes (`bench/user-publish.sh`).
+    UserPublish(personal::Args),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
                 limit::serve(&listen, reuseport).await.map(|_| true)
             }
             Cmd::Worker => group::worker_main().await.map(|_| true),
+            Cmd::UserPublish(args) => personal::run(args).await,
         }
     });
     match outcome {
