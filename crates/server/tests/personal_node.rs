@@ -36,6 +36,9 @@ async fn the_personal_channel_is_subscribed_server_side_on_connect() {
     let mut bob = s.client("bob").await;
     let r = bob.call(json!({"subscribe": {"channel": "#alice"}})).await;
     assert_eq!(error_code(&r), Some(103), "{r}");
+    // It keeps no presence (`user_status` says where the user is).
+    let p = s.api("presence", json!({"channel": "#alice"})).await;
+    assert_eq!(p["result"]["presence"], json!({}), "{p}");
     // It is the server's own subscription: not in the `channels` listing of rooms.
     let ch = s.api("channels", json!({})).await;
     assert!(
