@@ -58,14 +58,8 @@ async fn redis_conn(redis: &Redis) -> redis::aio::MultiplexedConnection {
     client.get_multiplexed_async_connection().await.unwrap()
 }
 
-/// Connects as `user` (with `subs` positions); returns the client and its node's id.
 async fn connect(url: &str, user: &str, subs: Value) -> (Client, Value) {
-    let mut c = Client::open(url).await;
-    let r = c
-        .call(json!({"connect": {"token": token(user), "subs": subs}}))
-        .await;
-    assert!(r.get("connect").is_some(), "connect failed: {r}");
-    (c, r)
+    Client::connect_with_subs(url, user, subs).await
 }
 
 async fn user_publish(node: &Node, user: &str, data: Value) -> u64 {

@@ -13,14 +13,8 @@ async fn user_publish(s: &TestServer, user: &str, data: Value) -> Value {
         .await
 }
 
-/// Connects as `user`; returns the client and the connect reply.
 async fn connect(url: &str, user: &str, subs: Value) -> (Client, Value) {
-    let mut c = Client::open(url).await;
-    let r = c
-        .call(json!({"connect": {"token": token(user), "subs": subs}}))
-        .await;
-    assert!(r.get("connect").is_some(), "connect failed: {r}");
-    (c, r)
+    Client::connect_with_subs(url, user, subs).await
 }
 
 #[tokio::test]
