@@ -32,7 +32,8 @@
 //! This node's own events go straight to the receiver too (and their echo from the broker
 //! is ignored), so local subscribers do not depend on the broker at all.
 //!
-//! **Drain** (`Bus::close`): the publisher sends everything queued, then this node
+//! **Drain** (`Bus::close`): the router finishes what it holds, the publisher sends
+//! everything queued, then this node
 //! announces on the control channel that it is gone (peers drop it from their node list
 //! and sweep their rooms from the store once more), removes its registry entry, and the
 //! tasks stop.
@@ -134,6 +135,9 @@ struct Shared {
     nodes: Mutex<HashMap<String, (NodeStats, Instant)>>,
     /// Publications not put on the broker because the publisher's queue was full.
     dropped: AtomicU64,
+    /// Personal-channel events handed to the router and not yet queued for the publisher
+    /// (the drain waits for none to be left before its flush marker).
+    routing: AtomicU64,
     /// Set by the drain before its leave announcement: the heartbeat sends nothing more.
     leaving: AtomicBool,
     /// Reorder counters, updated by the receiver (see `NodeStats`).
@@ -239,6 +243,7 @@ impl BrokerBus {
             watched: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
+            routing: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
             early: AtomicU64::new(0),
             gap_fills: AtomicU64::new(0),
@@ -326,8 +331,10 @@ impl Bus for BrokerBus {
                 .as_ref()
                 .filter(|_| self.shared.is_personal(e.room()))
             {
+                self.shared.routing.fetch_add(1, Relaxed);
                 if routed.try_send(e.clone()).is_err() {
                     // Stored: the user's other nodes read it on their next gap or resync.
+                    self.shared.routing.fetch_sub(1, Relaxed);
                     self.shared.dropped.fetch_add(1, Relaxed);
                 }
                 continue;
@@ -446,6 +453,16 @@ impl Bus for BrokerBus {
         // Everything queued so far reaches the broker first (the marker is answered once
         // the publisher got past it), then the announcement that this node is gone.
         self.shared.leaving.store(true, Relaxed);
+        // Personal-channel events still with the router go first (they are queued for the
+        // publisher once routed).
+        let routed = timeout(FLUSH_TIMEOUT, async {
+            while self.shared.routing.load(Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        if routed.await.is_err() {
+            tracing::warn!("bus drain: personal-channel events still being routed");
+        }
         let (flushed, done) = oneshot::channel();
         let gone = Envelope::Gone {
             n: self.shared.node.clone(),

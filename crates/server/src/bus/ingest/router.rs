@@ -66,10 +66,12 @@ pub(super) async fn run(
             Err(e) => {
                 tracing::warn!(error = %e, "personal routing lookup failed");
                 shared.dropped.fetch_add(batch.len() as u64, Relaxed);
+                shared.routing.fetch_sub(batch.len() as u64, Relaxed);
                 batch.clear();
                 continue;
             }
         };
+        let routed = batch.len() as u64;
         for e in batch.drain(..) {
             let Some(targets) = channels.user_of(e.room()).and_then(|u| nodes.get(u)) else {
                 continue;
@@ -92,5 +94,6 @@ pub(super) async fn run(
                 }
             }
         }
+        shared.routing.fetch_sub(routed, Relaxed);
     }
 }
