@@ -445,6 +445,30 @@ mod tests {
     }
 
     #[test]
+    fn personal_channel_options_are_checked() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.personal_channels().channel("al").as_deref(), Some("#al"));
+        c.user_personal_channel_namespace = "me".into();
+        assert!(c.validate().unwrap_err().to_string().contains("\"me\""));
+        c.namespaces
+            .insert("me".into(), NamespaceOptions::default());
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.personal_channels().channel("al").as_deref(),
+            Some("me:#al")
+        );
+        c.user_registry_ttl_secs = 2;
+        assert!(c.validate().is_err());
+        c.user_registry_ttl_secs = 3;
+        c.user_status_max_users = 0;
+        assert!(c.validate().is_err());
+        c.user_status_max_users = 1;
+        c.user_subscribe_to_personal = false;
+        assert!(c.session().personal.is_none());
+    }
+
+    #[test]
     fn secrets_are_generated_once_and_reused() {
         let dir = tempfile::tempdir().unwrap();
         let mut a = Config {
