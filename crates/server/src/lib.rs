@@ -15,6 +15,7 @@ pub mod gateway;
 pub mod http;
 pub mod hub;
 pub mod keepalive;
+pub mod metrics;
 pub mod node;
 pub mod personal;
 pub mod presence;

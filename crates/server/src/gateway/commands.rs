@@ -23,6 +23,7 @@ pub(super) async fn run(session: &mut Session, texts: &[String]) -> Result<(), D
         })?;
         for cmd in commands {
             let (id, method) = cmd.into_method().map_err(|_| Disconnect::BAD_REQUEST)?;
+            crate::metrics::METRICS.command(crate::metrics::method_name(&method));
             match method {
                 Method::Empty => session.pong(),
                 Method::Publish(p) if id != 0 && session.is_connected() => publishes.push((id, p)),

@@ -360,7 +360,10 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
             Ok(ok(json!({})))
         }
         m if super::personal::METHODS.contains(&m) => super::personal::run(node, m, body).await,
-        other => Err(ApiError::UnknownMethod(other.to_owned())),
+        other => match super::chat::run(node, other, body).await {
+            Some(r) => r,
+            None => Err(ApiError::UnknownMethod(other.to_owned())),
+        },
     }
 }
 

@@ -7,9 +7,11 @@
 //! - `mod.rs`: the session's own state, command dispatch, connect and refresh;
 //! - `rooms.rs`: subscriptions (subscribe with recovery, unsubscribe, presence, history);
 //! - `publish.rs`: publishes and the command rate limit;
+//! - `chat.rs`: the `roomcast.*` rpc methods (read cursors, unread counts, room list);
 //! - `status.rs`: `rpc` `roomcast.status` (user status);
 //! - `services.rs`: the `Services` trait and its implementation by `Node`.
 
+mod chat;
 mod publish;
 mod rooms;
 mod services;
@@ -100,6 +102,11 @@ impl<S: Services> Session<S> {
         self.identity.is_some()
     }
 
+    /// Who connected (`None` before a successful connect).
+    pub fn identity(&self) -> Option<&ClientInfo> {
+        self.identity.as_ref()
+    }
+
     pub fn conn_id(&self) -> ConnId {
         self.conn
     }
@@ -114,6 +121,7 @@ impl<S: Services> Session<S> {
     }
 
     fn error(&self, id: u32, err: ErrorCode) {
+        crate::metrics::METRICS.command_error(err.code);
         self.reply(encode_error(id, err));
     }
 
@@ -149,6 +157,9 @@ impl<S: Services> Session<S> {
             Method::Ping => self.reply(encode_empty_reply(id, "ping")),
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
             Method::Rpc(req) if req.method == status::STATUS => self.status(id, req).await,
+            Method::Rpc(req) if req.method.starts_with(crate::chat::rpc::PREFIX) => {
+                self.chat_rpc(id, req).await;
+            }
             Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
             Method::Refresh(req) => return self.refresh(id, &req.token, now),
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
@@ -163,7 +174,9 @@ impl<S: Services> Session<S> {
             Ok(c) => Ok(c),
             Err(TokenError::Expired) => Err(Flow::Continue),
             Err(TokenError::Invalid(why)) => {
-                tracing::debug!(%why, "invalid token");
+                // The reason only (signature, expiry, audience, ...): never the token.
+                tracing::info!(reason = %why, "connection refused: invalid token");
+                crate::metrics::METRICS.token_refusals.inc();
                 Err(Flow::Close(Disconnect::INVALID_TOKEN))
             }
         }
@@ -249,6 +262,8 @@ impl<S: Services> Session<S> {
             pong: true,
             node: self.node.node_id().to_owned(),
         };
+        tracing::info!(client = %result.client, user = %claims.sub, "connected");
+        crate::metrics::METRICS.connects.inc();
         self.reply(encode_reply(id, "connect", &result));
         for (channel, next) in activate {
             self.node.activate(&channel, self.conn, next);

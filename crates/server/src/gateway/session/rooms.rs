@@ -99,7 +99,30 @@ impl<S: Services> Session<S> {
         if !granted || !channel.admits(&user) {
             return self.error(id, ErrorCode::PERMISSION_DENIED);
         }
+        if channel.options.members_only {
+            if let Err(e) = self.node.check_member(&req.channel, &user).await {
+                return self.error(id, e);
+            }
+        }
         if self.subs.contains_key(req.channel.as_str()) {
+            if self.personal_channel().as_deref() == Some(req.channel.as_str()) {
+                // A client subscribing to its own personal channel itself (written before
+                // server-side personal subscriptions): it is subscribed already, so the
+                // reply gives the position and publications keep coming as they do.
+                return match self.node.position(&req.channel).await {
+                    Ok(pos) => {
+                        let result = SubscribeResult {
+                            recoverable: true,
+                            positioned: true,
+                            epoch: pos.epoch,
+                            offset: pos.offset,
+                            ..SubscribeResult::default()
+                        };
+                        self.reply(encode_reply(id, "subscribe", &result));
+                    }
+                    Err(e) => self.error(id, internal(e)),
+                };
+            }
             return self.error(id, ErrorCode::ALREADY_SUBSCRIBED);
         }
         // The personal channel is the server's own subscription: not counted.
@@ -196,6 +219,9 @@ impl<S: Services> Session<S> {
                         .map(crate::store::Message::publication)
                         .collect();
                 }
+            }
+            if req.recover {
+                crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
             }
             result.recoverable = recoverable;
             result.positioned = positioned;
@@ -297,6 +323,13 @@ impl<S: Services> Session<S> {
             || !channel.options.allow_history_for_subscriber
         {
             return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        if channel.options.members_only {
+            // Checked again: the user may have been removed since subscribing.
+            let user = &self.identity.as_ref().expect("connected").user;
+            if let Err(e) = self.node.check_member(&req.channel, user).await {
+                return self.error(id, e);
+            }
         }
         match self
             .node
