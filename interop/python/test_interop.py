@@ -277,7 +277,8 @@ async def test_token_channels_claim_subscribes_server_side(clients, api):
     client, rec = new_client(mint_token("carol-py", channels=[channel]))
     clients.track(client)
     await client.connect()
-    [subscribed] = await rec.wait_count("subscribed", 1)
+    # The personal channel (`#carol-py`) is subscribed server-side too: wait for this one.
+    [subscribed] = await rec.wait_count("subscribed", 1, lambda c: c.channel == channel)
     assert subscribed.channel == channel
     assert (await api.publish(PublishRequest(channel=channel, data={"n": 1}))).offset == 1
     [pub] = await rec.wait_count("publication", 1)

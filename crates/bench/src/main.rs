@@ -13,6 +13,7 @@ mod group;
 mod http;
 mod limit;
 mod member;
+mod personal;
 mod plan;
 mod plot;
 mod procfs;
@@ -68,6 +69,8 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: String,
     },
+    /// Send-to-user deliveries/s across running roomcast nodes (`bench/user-publish.sh`).
+    UserPublish(personal::Args),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +89,7 @@ fn main() -> ExitCode {
             Cmd::Worker => group::worker_main().await.map(|_| true),
             Cmd::ChatCost(args) => chat::run(args).await,
             Cmd::AcceptBackend { listen } => backend::serve(&listen).await.map(|_| true),
+            Cmd::UserPublish(args) => personal::run(args).await,
         }
     });
     match outcome {

@@ -209,6 +209,17 @@ pub struct Config {
     pub idempotency_ttl_secs: u64,
     /// Seconds the node waits on shutdown for connections and commits to drain.
     pub shutdown_grace_secs: u64,
+    /// Subscribe every connection of a user, server-side, to the user's personal channel
+    /// (`#<user>`, Centrifugo's option name). On by default.
+    pub user_subscribe_to_personal: bool,
+    /// Namespace of personal channels (`ns:#<user>`); "" for the default namespace. Must
+    /// be configured.
+    pub user_personal_channel_namespace: String,
+    /// Seconds a connection's entry in the per-user registry lives unless refreshed
+    /// (every third of it): a user whose node died is offline this long after.
+    pub user_registry_ttl_secs: u64,
+    /// Most users one `user_status` call (API or `roomcast.status`) may ask about.
+    pub user_status_max_users: usize,
     /// Options for channels without a namespace prefix.
     pub default_namespace: NamespaceOptions,
     /// Named namespaces: channel `ns:room` uses `namespaces.ns`.
@@ -268,6 +279,10 @@ impl Default for Config {
             store_url: None,
             idempotency_ttl_secs: 300,
             shutdown_grace_secs: 10,
+            user_subscribe_to_personal: true,
+            user_personal_channel_namespace: String::new(),
+            user_registry_ttl_secs: 30,
+            user_status_max_users: 1000,
             default_namespace: NamespaceOptions::default(),
             namespaces: HashMap::new(),
         }
@@ -287,6 +302,9 @@ pub struct SessionConfig {
     pub commands_per_second: u32,
     /// Deepest nesting publication data may have (see `roomcast_proto::data`).
     pub max_data_depth: usize,
+    /// How every connection's personal channel is named (`None`:
+    /// `user_subscribe_to_personal` is off).
+    pub personal: Option<crate::personal::PersonalChannels>,
     pub default_namespace: NamespaceOptions,
     pub namespaces: HashMap<String, NamespaceOptions>,
 }
@@ -348,6 +366,12 @@ impl Config {
         }
     }
 
+    /// How personal channels are named (`user_publish` uses them whether or not
+    /// connections are subscribed to them).
+    pub fn personal_channels(&self) -> crate::personal::PersonalChannels {
+        crate::personal::PersonalChannels::new(&self.user_personal_channel_namespace)
+    }
+
     /// The part of the configuration client sessions read.
     pub fn session(&self) -> SessionConfig {
         SessionConfig {
@@ -359,6 +383,9 @@ impl Config {
             max_connections_per_user: self.max_connections_per_user,
             commands_per_second: self.commands_per_second,
             max_data_depth: self.max_data_depth,
+            personal: self
+                .user_subscribe_to_personal
+                .then(|| self.personal_channels()),
             default_namespace: self.default_namespace.clone(),
             namespaces: self.namespaces.clone(),
         }
@@ -457,6 +484,18 @@ impl Config {
             .any(|h| hyper::header::HeaderName::from_bytes(h.as_bytes()).is_err())
         {
             return bad("proxy_http_headers holds an invalid header name".into());
+        }
+        let ns = &self.user_personal_channel_namespace;
+        if !ns.is_empty() && !self.namespaces.contains_key(ns) {
+            return bad(format!(
+                "user_personal_channel_namespace {ns:?} is not a configured namespace"
+            ));
+        }
+        if self.user_registry_ttl_secs < 3 || self.user_status_max_users == 0 {
+            return bad(
+                "user_registry_ttl_secs must be at least 3 and user_status_max_users at least 1"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -568,6 +607,30 @@ mod tests {
         assert!(c.namespace("news").unwrap().allow_subscribe_for_client);
         assert!(c.namespace("nope").is_none());
         assert!(toml::from_str::<Config>("lisen = 1").is_err());
+    }
+
+    #[test]
+    fn personal_channel_options_are_checked() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.personal_channels().channel("al").as_deref(), Some("#al"));
+        c.user_personal_channel_namespace = "me".into();
+        assert!(c.validate().unwrap_err().to_string().contains("\"me\""));
+        c.namespaces
+            .insert("me".into(), NamespaceOptions::default());
+        assert!(c.validate().is_ok());
+        assert_eq!(
+            c.personal_channels().channel("al").as_deref(),
+            Some("me:#al")
+        );
+        c.user_registry_ttl_secs = 2;
+        assert!(c.validate().is_err());
+        c.user_registry_ttl_secs = 3;
+        c.user_status_max_users = 0;
+        assert!(c.validate().is_err());
+        c.user_status_max_users = 1;
+        c.user_subscribe_to_personal = false;
+        assert!(c.session().personal.is_none());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod keepalive;
 pub mod metrics;
 pub mod node;
 pub mod outbound;
+pub mod personal;
 pub mod presence;
 pub mod proxy;
 pub mod rate;

@@ -33,6 +33,8 @@ pub struct Node {
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,
     pub presence: Arc<dyn Presence>,
+    /// Which nodes hold each user's connections, and last-seen times (`personal/`).
+    pub directory: Arc<dyn crate::personal::Directory>,
     /// Pings, pong deadlines, connect deadlines and token expiry of every connection.
     pub keepalive: Arc<crate::keepalive::Keepalive>,
     /// This node's id (in connect replies and the `info` API).

@@ -88,6 +88,7 @@ impl Server {
             committed,
             bus,
             presence,
+            directory,
             store_name,
         } = Backends::open(&config, &hub, &id).await?;
         let listener = TcpListener::bind(config.listen)
@@ -101,6 +102,7 @@ impl Server {
             bus,
             hub,
             presence,
+            directory,
             keepalive: Arc::new(Keepalive::new(
                 config.ping_interval_secs,
                 config.pong_timeout_secs,
@@ -155,6 +157,8 @@ impl Server {
         {
             tracing::warn!("connections still open after the grace period");
         }
+        // Connections removed their registry entries as they closed; stop refreshing.
+        self.node.directory.close().await;
         let _ = tokio::time::timeout(grace, self.serve).await;
         self.node.store.close().await;
         // The writer has stopped; the dispatcher ends when the committed queue drains,

@@ -94,6 +94,17 @@ impl Client {
         c
     }
 
+    /// Opens `url` and connects as `user`, sending `subs` (positions of server-side
+    /// subscriptions, as an SDK does on reconnect); asserts and returns the connect reply.
+    pub async fn connect_with_subs(url: &str, user: &str, subs: Value) -> (Client, Value) {
+        let mut c = Client::open(url).await;
+        let reply = c
+            .call(json!({"connect": {"token": token(user), "subs": subs}}))
+            .await;
+        assert!(reply.get("connect").is_some(), "connect failed: {reply}");
+        (c, reply)
+    }
+
     pub fn ws_mut(&mut self) -> &mut WebSocketStream<MaybeTlsStream<TcpStream>> {
         &mut self.ws
     }

@@ -251,7 +251,8 @@ test('the token channels claim subscribes server-side and delivers publications'
   const client = track(newClient(token));
   const rec = new Recorder(client, CLIENT_EVENTS);
   client.connect();
-  const [subscribed] = await rec.waitCount('subscribed', 1);
+  // The personal channel (`#carol-js`) is subscribed server-side too: wait for this one.
+  const [subscribed] = await rec.waitCount('subscribed', 1, { filter: (c) => c.channel === channel });
   assert.equal(subscribed.channel, channel);
   assert.equal((await apiPublish(channel, { n: 1 })).offset, 1);
   const [pub] = await rec.waitCount('publication', 1);
@@ -341,7 +342,8 @@ test('a server-side subscription (token channels) recovers across a reconnect', 
   const client = track(newClient(token));
   const rec = new Recorder(client, CLIENT_EVENTS);
   client.connect();
-  await rec.waitCount('subscribed', 1);
+  const onChannel = { filter: (c) => c.channel === channel }; // not the personal channel
+  await rec.waitCount('subscribed', 1, onChannel);
   assert.equal((await apiPublish(channel, { n: 1 })).offset, 1);
   await rec.waitCount('publication', 1);
 
@@ -350,7 +352,7 @@ test('a server-side subscription (token channels) recovers across a reconnect', 
   assert.equal((await apiPublish(channel, { n: 2 })).offset, 2);
   assert.equal((await apiPublish(channel, { n: 3 })).offset, 3);
   client.connect();
-  const subscribed = await rec.waitCount('subscribed', 2);
+  const subscribed = await rec.waitCount('subscribed', 2, onChannel);
   assert.equal(subscribed[1].channel, channel);
   assert.equal(subscribed[1].wasRecovering, true, `connect carried the position: ${JSON.stringify(subscribed[1])}`);
   assert.equal(subscribed[1].recovered, true);

@@ -6,17 +6,16 @@ use crate::node::Node;
 impl Node {
     /// Delivers `data` to every connection of `user`, on every node.
     ///
-    /// For now: a store-first publish into the user's personal channel `#<user>` through
-    /// the normal publish path (user-limited, so only that user may subscribe; it is
-    /// recoverable like any channel). Failures are logged: the change it reports is
+    /// Through send-to-user (`Node::user_publish`): stored first in the user's personal
+    /// channel (recoverable like any channel), then routed to the nodes the per-user
+    /// registry names, in offset order. Failures are logged: the change it reports is
     /// durable already and is read again on reconnect.
     pub async fn user_event(&self, user: &str, data: serde_json::Value) {
-        let room = format!("#{user}");
         let data = match serde_json::value::to_raw_value(&data) {
             Ok(d) => d,
             Err(e) => return tracing::error!(error = %e, "user event not serializable"),
         };
-        if let Err(e) = self.publish(&room, data, None, None).await {
+        if let Err(e) = self.user_publish(user, data, None).await {
             tracing::warn!(error = %e, %user, "user event not published");
         }
     }

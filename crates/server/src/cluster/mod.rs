@@ -3,6 +3,8 @@
 //!
 //! - `presence`: presence in Redis, cluster-wide, with TTLs refreshed on heartbeat;
 //! - `registry`: each node's channels and users in Redis (the `channels` API);
+//! - `directory`: the per-user registry in Redis (which nodes hold a user's connections,
+//!   last-seen times), for send-to-user and user status (`personal/`);
 //! - `Backends` (this file): the store, bus and presence chosen from the configuration.
 //!
 //! The bus is `bus/ingest/` over a broker of `bus/redis/` or `bus/nats.rs`, the store
@@ -15,6 +17,7 @@
 //! listing a room means a key scan per read. So `--nats` moves the bus (the hot path:
 //! publications, probes, control) and keeps presence and the registry on `--redis`.
 
+pub mod directory;
 pub mod presence;
 pub mod registry;
 
@@ -24,12 +27,13 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::bus::broker::Broker;
-use crate::bus::ingest::BrokerBus;
+use crate::bus::ingest::{BrokerBus, Personal};
 use crate::bus::nats::NatsBroker;
 use crate::bus::redis::{RedisBroker, Target};
 use crate::bus::{Bus, LocalBus};
 use crate::config::Config;
 use crate::hub::Hub;
+use crate::personal::{Directory, LocalDirectory};
 use crate::presence::{LocalPresence, Presence};
 use crate::store::postgres::PostgresStore;
 use crate::store::sqlite::SqliteStore;
@@ -44,6 +48,8 @@ pub struct Backends {
     pub committed: Committed,
     pub bus: Arc<dyn Bus>,
     pub presence: Arc<dyn Presence>,
+    /// Which nodes hold each user's connections.
+    pub directory: Arc<dyn Directory>,
     /// Where the messages are, for the log (no password).
     pub store_name: String,
 }
@@ -75,10 +81,12 @@ impl Backends {
         let store = crate::store::coalesce::Coalesced::wrap(store);
         let redis_url = config.redis_url.as_deref().filter(|u| !u.is_empty());
         let nats_url = config.nats_url.as_deref().filter(|u| !u.is_empty());
-        let (bus, presence): (Arc<dyn Bus>, Arc<dyn Presence>) = match (redis_url, nats_url) {
+        type Parts = (Arc<dyn Bus>, Arc<dyn Presence>, Arc<dyn Directory>);
+        let (bus, presence, directory): Parts = match (redis_url, nats_url) {
             (None, None) => (
                 Arc::new(LocalBus::new(hub.clone())),
                 Arc::new(LocalPresence::default()),
+                Arc::new(LocalDirectory::new(node_id)),
             ),
             (None, Some(_)) => anyhow::bail!(
                 "nats_url needs redis_url too: presence and the node registry are kept in Redis"
@@ -104,14 +112,29 @@ impl Backends {
                 };
                 tracing::info!(broker = broker.name(), redis = %name, "cluster bus on {}, presence on redis", broker.name());
                 let registry = Arc::new(registry::RedisRegistry::new(conn.clone()));
+                let directory: Arc<dyn Directory> = directory::RedisDirectory::start(
+                    conn.clone(),
+                    node_id,
+                    hub.clone(),
+                    Duration::from_secs(config.user_registry_ttl_secs),
+                );
+                let personal = Personal {
+                    channels: config.personal_channels(),
+                    directory: directory.clone(),
+                };
                 let bus = BrokerBus::start(
                     broker,
                     registry,
                     node_id.to_owned(),
                     hub.clone(),
                     store.clone(),
+                    Some(personal),
                 );
-                (Arc::new(bus), presence::RedisPresence::start(conn))
+                (
+                    Arc::new(bus),
+                    presence::RedisPresence::start(conn),
+                    directory,
+                )
             }
         };
         Ok(Backends {
@@ -119,6 +142,7 @@ impl Backends {
             committed,
             bus,
             presence,
+            directory,
             store_name,
         })
     }

@@ -300,10 +300,13 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
             };
             // Matching is O(pattern x name) per channel: over many channels that is CPU
             // work, done on the blocking pool so WebSocket pings and other calls go on.
+            // Personal channels (one per connected user) are not listed: rooms are.
             let pattern = b.pattern;
+            let personal = node.config.personal_channels();
             let channels = tokio::task::spawn_blocking(move || {
                 counts
                     .into_iter()
+                    .filter(|(name, _)| personal.user_of(name).is_none())
                     .filter(|(name, _)| pattern.is_empty() || glob(&pattern, name))
                     .map(|(name, n)| (name, json!({ "num_clients": n })))
                     .collect::<HashMap<_, _>>()
@@ -365,6 +368,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 })?;
             Ok(ok(json!({})))
         }
+        m if super::personal::METHODS.contains(&m) => super::personal::run(node, m, body).await,
         other => match super::chat::run(node, other, body).await {
             Some(r) => r,
             None => Err(ApiError::UnknownMethod(other.to_owned())),

@@ -20,6 +20,7 @@ use crate::node::Node;
 pub mod api;
 pub mod chat;
 pub mod error;
+mod personal;
 pub mod ready;
 
 pub fn router(node: Arc<Node>) -> Router {

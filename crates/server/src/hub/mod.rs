@@ -259,6 +259,21 @@ impl Hub {
             .collect()
     }
 
+    /// Users with local connections and their client ids (the per-user registry).
+    pub fn user_clients(&self) -> Vec<(String, Vec<Arc<str>>)> {
+        self.users
+            .lock()
+            .expect("users lock")
+            .iter()
+            .map(|(u, c)| {
+                (
+                    u.to_string(),
+                    c.values().map(|e| e.client.clone()).collect(),
+                )
+            })
+            .collect()
+    }
+
     /// Number of local connections and of distinct users.
     pub fn counts(&self) -> (usize, usize) {
         let users = self.users.lock().expect("users lock");

@@ -20,6 +20,10 @@
 //!   the broker and the hub: the hub sees each room's offsets in order, gaps are filled
 //!   from the store, and after every (re)subscription each watched room is swept from the
 //!   store after the last offset it delivered. The broker is never the source of truth;
+//! - the **router** (`router.rs`) sends the events of personal channels to the nodes the
+//!   user directory names, on their node channels; personal channels are never
+//!   subscribed on the broker (the subscriber leaves them out), yet have a reorder state
+//!   on every node with a local subscriber, like any room;
 //! - the **heartbeat** (`heartbeat.rs`) sends probes and heartbeats, drops nodes gone
 //!   silent (then sweeps from the store: a node that died between a commit and its
 //!   publish left publications only the store has) and refreshes this node's entry in the
@@ -28,7 +32,8 @@
 //! This node's own events go straight to the receiver too (and their echo from the broker
 //! is ignored), so local subscribers do not depend on the broker at all.
 //!
-//! **Drain** (`Bus::close`): the publisher sends everything queued, then this node
+//! **Drain** (`Bus::close`): the router finishes what it holds, the publisher sends
+//! everything queued, then this node
 //! announces on the control channel that it is gone (peers drop it from their node list
 //! and sweep their rooms from the store once more), removes its registry entry, and the
 //! tasks stop.
@@ -36,7 +41,10 @@
 mod heartbeat;
 mod publisher;
 mod receiver;
+mod router;
 mod subscriber;
+
+pub use router::Personal;
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
@@ -66,6 +74,8 @@ const OUT_QUEUE: usize = 16_384;
 const INBOX: usize = 16_384;
 /// Watch/unwatch requests waiting for the subscriber.
 const COMMANDS: usize = 4096;
+/// Personal-channel events waiting for the router.
+const ROUTED: usize = 16_384;
 /// Time a broker operation may take.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the drain waits for queued publishes to reach the broker.
@@ -119,6 +129,8 @@ struct Shared {
     store: Arc<dyn Store>,
     broker: Arc<dyn Broker>,
     registry: Arc<dyn Registry>,
+    /// How personal channels are named (`None`: every room is an ordinary one).
+    personal: Option<crate::personal::PersonalChannels>,
     started: Instant,
     /// When this node's own probe last came back through the broker (ms after `started`;
     /// 0: never), for the `/ready` check.
@@ -130,6 +142,9 @@ struct Shared {
     nodes: Mutex<HashMap<String, (NodeStats, Instant)>>,
     /// Publications not put on the broker because the publisher's queue was full.
     dropped: AtomicU64,
+    /// Personal-channel events handed to the router and not yet queued for the publisher
+    /// (the drain waits for none to be left before its flush marker).
+    routing: AtomicU64,
     /// Set by the drain before its leave announcement: the heartbeat sends nothing more.
     leaving: AtomicBool,
     /// Reorder counters, updated by the receiver (see `NodeStats`).
@@ -159,6 +174,20 @@ impl Shared {
             .keys()
             .cloned()
             .collect()
+    }
+
+    /// Whether `room` is a personal channel (routed to nodes, not subscribed on the broker).
+    fn is_personal(&self, room: &str) -> bool {
+        self.personal
+            .as_ref()
+            .is_some_and(|p| p.user_of(room).is_some())
+    }
+
+    /// The watched rooms the broker carries (personal channels left out).
+    fn broker_rooms(&self) -> Vec<Arc<str>> {
+        let mut rooms = self.watched_rooms();
+        rooms.retain(|r| !self.is_personal(r));
+        rooms
     }
 
     fn stats(&self) -> NodeStats {
@@ -196,6 +225,8 @@ pub struct BrokerBus {
     out: mpsc::Sender<Queued>,
     /// To the receiver.
     inbox: mpsc::Sender<Inbound>,
+    /// To the router: events of personal channels.
+    routed: Option<mpsc::Sender<RoomEvent>>,
     /// To the subscriber: reconcile a room's subscription, answer when done.
     commands: mpsc::Sender<(Arc<str>, oneshot::Sender<()>)>,
     /// Stops the tasks.
@@ -204,13 +235,15 @@ pub struct BrokerBus {
 }
 
 impl BrokerBus {
-    /// Starts the bus tasks over `broker`. The node id names this node's channel.
+    /// Starts the bus tasks over `broker`. The node id names this node's channel. With
+    /// `personal`, personal channels are routed through the user directory.
     pub fn start(
         broker: Arc<dyn Broker>,
         registry: Arc<dyn Registry>,
         node: String,
         hub: Arc<Hub>,
         store: Arc<dyn Store>,
+        personal: Option<Personal>,
     ) -> BrokerBus {
         let shared = Arc::new(Shared {
             node,
@@ -218,11 +251,13 @@ impl BrokerBus {
             store,
             broker,
             registry,
+            personal: personal.as_ref().map(|p| p.channels.clone()),
             started: Instant::now(),
             probe_back_ms: AtomicU64::new(0),
             watched: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
+            routing: AtomicU64::new(0),
             leaving: AtomicBool::new(false),
             early: AtomicU64::new(0),
             gap_fills: AtomicU64::new(0),
@@ -233,6 +268,18 @@ impl BrokerBus {
         let (out_tx, out_rx) = mpsc::channel(OUT_QUEUE);
         let (inbox_tx, inbox_rx) = mpsc::channel(INBOX);
         let (cmd_tx, cmd_rx) = mpsc::channel(COMMANDS);
+        let routed = personal.map(|p| {
+            let (tx, rx) = mpsc::channel(ROUTED);
+            tasks.spawn(router::run(
+                shared.clone(),
+                p.directory,
+                p.channels,
+                rx,
+                out_tx.clone(),
+                stop.clone(),
+            ));
+            tx
+        });
         tasks.spawn(publisher::run(shared.broker.clone(), out_rx, stop.clone()));
         tasks.spawn(receiver::run(shared.clone(), inbox_rx, stop.clone()));
         tasks.spawn(subscriber::run(
@@ -251,10 +298,27 @@ impl BrokerBus {
             shared,
             out: out_tx,
             inbox: inbox_tx,
+            routed,
             commands: cmd_tx,
             stop,
             tasks,
         }
+    }
+
+    /// Reads the room's store position and hands it to the receiver as its baseline:
+    /// from then on its publications reach the local subscribers in order.
+    async fn baseline(&self, room: Arc<str>) -> Result<(), BusError> {
+        let baseline = self
+            .shared
+            .store
+            .position(&room)
+            .await
+            .map_err(|e| BusError::Backend(e.to_string()))?
+            .offset;
+        self.inbox
+            .send(Inbound::Baseline(room, baseline))
+            .await
+            .map_err(|_| BusError::Backend("bus stopped".into()))
     }
 
     fn enqueue(&self, item: Queued) {
@@ -295,6 +359,19 @@ impl Bus for BrokerBus {
 
     async fn publish(&self, events: Vec<RoomEvent>) -> Result<(), BusError> {
         for e in &events {
+            if let Some(routed) = self
+                .routed
+                .as_ref()
+                .filter(|_| self.shared.is_personal(e.room()))
+            {
+                self.shared.routing.fetch_add(1, Relaxed);
+                if routed.try_send(e.clone()).is_err() {
+                    // Stored: the user's other nodes read it on their next gap or resync.
+                    self.shared.routing.fetch_sub(1, Relaxed);
+                    self.shared.dropped.fetch_add(1, Relaxed);
+                }
+                continue;
+            }
             let offset = match e {
                 RoomEvent::Publication(m) => Some((m.room.clone(), m.offset)),
                 _ => None,
@@ -324,6 +401,10 @@ impl Bus for BrokerBus {
             .expect("watched lock")
             .entry(room.clone())
             .or_default() += 1;
+        if self.shared.is_personal(&room) {
+            // Not on the broker: the router sends it here. Only the baseline is needed.
+            return self.baseline(room).await;
+        }
         let (ack, done) = oneshot::channel();
         // Bounded waits: while the broker is away the subscriber takes no commands, and a
         // full command queue must not hold a subscribe forever.
@@ -338,17 +419,7 @@ impl Bus for BrokerBus {
         if timeout(COMMAND_TIMEOUT, done).await.is_err() {
             tracing::warn!(%room, "bus subscribe not confirmed; the resync will cover it");
         }
-        let baseline = self
-            .shared
-            .store
-            .position(&room)
-            .await
-            .map_err(|e| BusError::Backend(e.to_string()))?
-            .offset;
-        self.inbox
-            .send(Inbound::Baseline(room, baseline))
-            .await
-            .map_err(|_| BusError::Backend("bus stopped".into()))
+        self.baseline(room).await
     }
 
     async fn unwatch(&self, room: &str) {
@@ -362,10 +433,12 @@ impl Bus for BrokerBus {
                 }
             }
         }
-        let (ack, _done) = oneshot::channel();
-        // If this times out the room stays subscribed until the next reconcile; its
-        // events are dropped by the reorder meanwhile.
-        let _ = timeout(COMMAND_TIMEOUT, self.commands.send((room.clone(), ack))).await;
+        if !self.shared.is_personal(&room) {
+            let (ack, _done) = oneshot::channel();
+            // If this times out the room stays subscribed until the next reconcile; its
+            // events are dropped by the reorder meanwhile.
+            let _ = timeout(COMMAND_TIMEOUT, self.commands.send((room.clone(), ack))).await;
+        }
         let _ = self.inbox.send(Inbound::Forget(room)).await;
     }
 
@@ -413,6 +486,16 @@ impl Bus for BrokerBus {
         // Everything queued so far reaches the broker first (the marker is answered once
         // the publisher got past it), then the announcement that this node is gone.
         self.shared.leaving.store(true, Relaxed);
+        // Personal-channel events still with the router go first (they are queued for the
+        // publisher once routed).
+        let routed = timeout(FLUSH_TIMEOUT, async {
+            while self.shared.routing.load(Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        });
+        if routed.await.is_err() {
+            tracing::warn!("bus drain: personal-channel events still being routed");
+        }
         let (flushed, done) = oneshot::channel();
         let gone = Envelope::Gone {
             n: self.shared.node.clone(),

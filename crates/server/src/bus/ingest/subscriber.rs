@@ -65,7 +65,7 @@ pub(super) async fn run(
             }
         };
         // Subscribe the fixed channels and every watched room.
-        let watched = shared.watched_rooms();
+        let watched = shared.broker_rooms();
         let mut subscribed: HashSet<Arc<str>> = HashSet::new();
         let mut ok = bounded(subs.subscribe(&fixed)).await.is_ok();
         for chunk in watched.chunks(CHUNK) {
@@ -98,7 +98,7 @@ pub(super) async fn run(
                 _ = stop.cancelled() => return,
                 cmd = commands.recv() => {
                     let Some((room, ack)) = cmd else { return };
-                    let want = shared.is_watched(&room);
+                    let want = shared.is_watched(&room) && !shared.is_personal(&room);
                     let has = subscribed.contains(&room);
                     let one = [Channel::Room(room.clone())];
                     let result = if want && !has {
@@ -170,7 +170,7 @@ async fn reconcile(
     subs: &mut dyn Subscription,
     subscribed: &mut HashSet<Arc<str>>,
 ) -> Result<Vec<Arc<str>>, ()> {
-    let watched: HashSet<Arc<str>> = shared.watched_rooms().into_iter().collect();
+    let watched: HashSet<Arc<str>> = shared.broker_rooms().into_iter().collect();
     let added: Vec<Arc<str>> = watched.difference(subscribed).cloned().collect();
     let removed: Vec<Arc<str>> = subscribed.difference(&watched).cloned().collect();
     for chunk in added.chunks(CHUNK) {

@@ -26,6 +26,16 @@ fn node(
     registry: &Arc<LocalRegistry>,
     store: &Arc<dyn Store>,
 ) -> TestNode {
+    node_with(name, broker, registry, store, None)
+}
+
+fn node_with(
+    name: &str,
+    broker: &MemoryBroker,
+    registry: &Arc<LocalRegistry>,
+    store: &Arc<dyn Store>,
+    personal: Option<super::Personal>,
+) -> TestNode {
     let hub = Arc::new(Hub::new());
     let bus = Arc::new(BrokerBus::start(
         Arc::new(broker.clone()),
@@ -33,6 +43,7 @@ fn node(
         name.into(),
         hub.clone(),
         store.clone(),
+        personal,
     ));
     TestNode { bus, hub }
 }
@@ -128,4 +139,72 @@ async fn publications_of_another_node_arrive_in_order_and_a_lost_subscription_is
         );
         sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A directory that names fixed nodes for each user.
+struct Fixed(std::collections::HashMap<String, Vec<String>>);
+
+#[async_trait::async_trait]
+impl crate::personal::Directory for Fixed {
+    async fn add(&self, _user: &str, _client: &str) {}
+    async fn remove(&self, _user: &str, _client: &str) {}
+    async fn lookup(
+        &self,
+        users: &[String],
+    ) -> Result<Vec<crate::personal::UserEntry>, crate::personal::DirectoryError> {
+        Ok(users
+            .iter()
+            .map(|u| crate::personal::UserEntry {
+                nodes: self.0.get(u).cloned().unwrap_or_default(),
+                last_seen_ms: None,
+            })
+            .collect())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn personal_channels_go_to_the_nodes_the_directory_names_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, mut committed) =
+        SqliteStore::open(&dir.path().join("m.db"), Duration::from_secs(60)).unwrap();
+    let store: Arc<dyn Store> = Arc::new(store);
+    let broker = MemoryBroker::new();
+    let registry = Arc::new(LocalRegistry::default());
+    let directory = Arc::new(Fixed(
+        [("alice".to_owned(), vec!["a".to_owned(), "b".to_owned()])].into(),
+    ));
+    let personal = super::Personal {
+        channels: crate::personal::PersonalChannels::new(""),
+        directory,
+    };
+    let [a, b, c] =
+        ["a", "b", "c"].map(|n| node_with(n, &broker, &registry, &store, Some(personal.clone())));
+    let a_bus = a.bus.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = committed.recv().await {
+            let events = batch.into_iter().map(RoomEvent::Publication).collect();
+            a_bus.publish(events).await.unwrap();
+        }
+    });
+    // Subscribers of #alice on b (named by the directory) and on c (not named).
+    let mut outboxes = Vec::new();
+    for n in [&b, &c] {
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        n.hub
+            .subscribe("#alice", 1, outbox.clone(), crate::hub::SubMode::default());
+        n.bus.watch("#alice").await.unwrap();
+        n.hub.activate("#alice", 1, Some(1));
+        outboxes.push(outbox);
+    }
+    for n in 1..=30 {
+        store.append(msg("#alice", n)).await.unwrap();
+    }
+    let mut seen = Vec::new();
+    collect(&outboxes[0], &mut seen, 30, Duration::from_secs(5)).await;
+    assert_eq!(seen, (1..=30).collect::<Vec<_>>(), "once each, in order");
+    // c is not in the directory: nothing reached it (no room channel carries #alice).
+    sleep(Duration::from_millis(300)).await;
+    let mut on_c = Vec::new();
+    offsets(&outboxes[1], &mut on_c);
+    assert!(on_c.is_empty(), "c got {on_c:?}");
 }

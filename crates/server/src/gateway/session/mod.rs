@@ -9,6 +9,7 @@
 //! - `publish.rs`: publishes and the command rate limit;
 //! - `backend.rs`: the connect and publish proxies (what the application backend decides);
 //! - `chat.rs`: the `roomcast.*` rpc methods (read cursors, unread counts, room list);
+//! - `status.rs`: `rpc` `roomcast.status` (user status);
 //! - `services.rs`: the `Services` trait and its implementation by `Node`.
 
 mod backend;
@@ -16,6 +17,7 @@ mod chat;
 mod publish;
 mod rooms;
 mod services;
+mod status;
 #[cfg(test)]
 mod tests;
 
@@ -168,6 +170,7 @@ impl<S: Services> Session<S> {
             Method::History(req) => self.history(id, req).await,
             Method::Ping => self.reply(encode_empty_reply(id, "ping")),
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
+            Method::Rpc(req) if req.method == status::STATUS => self.status(id, req).await,
             Method::Rpc(req) if req.method.starts_with(crate::chat::rpc::PREFIX) => {
                 self.chat_rpc(id, req).await;
             }
@@ -239,16 +242,22 @@ impl<S: Services> Session<S> {
                 outbox: self.peer.outbox.clone(),
             },
         );
+        // In the user registry before the personal channel's store position is read, so
+        // that any publication to it committed after that read is routed here.
+        if !info.user.is_empty() {
+            self.node.user_online(&info.user, &client).await;
+        }
         self.identity = Some(info);
         self.expires_at = claims.exp;
         self.peer.set_connected(claims.exp);
 
-        // Server-side subscriptions from the token, recovered from the positions the client
-        // sent for them.
+        // Server-side subscriptions: the user's personal channel and those of the token,
+        // recovered from the positions the client sent for them.
         let mut subs = HashMap::new();
         let mut activate = Vec::new();
         let mut positions = req.subs;
-        for channel in claims.channels {
+        let personal = (self.node.config().personal.as_ref()).and_then(|p| p.channel(&claims.sub));
+        for channel in personal.into_iter().chain(claims.channels) {
             if self.subs.contains_key(channel.as_str())
                 || Channel::resolve(self.node.config(), &channel).is_err()
             {
@@ -327,6 +336,11 @@ impl<S: Services> Session<S> {
         }
         if let Some(identity) = &self.identity {
             self.node.unregister(&identity.user, self.conn);
+            if !identity.user.is_empty() {
+                self.node
+                    .user_offline(&identity.user, &identity.client)
+                    .await;
+            }
         }
     }
 }

@@ -114,9 +114,33 @@ impl<S: Services> Session<S> {
             }
         }
         if self.subs.contains_key(req.channel.as_str()) {
+            if self.personal_channel().as_deref() == Some(req.channel.as_str()) {
+                // A client subscribing to its own personal channel itself (written before
+                // server-side personal subscriptions): it is subscribed already, so the
+                // reply gives the position and publications keep coming as they do.
+                return match self.node.position(&req.channel).await {
+                    Ok(pos) => {
+                        let result = SubscribeResult {
+                            recoverable: true,
+                            positioned: true,
+                            epoch: pos.epoch,
+                            offset: pos.offset,
+                            ..SubscribeResult::default()
+                        };
+                        self.reply(encode_reply(id, "subscribe", &result));
+                    }
+                    Err(e) => self.error(id, internal(e)),
+                };
+            }
             return self.error(id, ErrorCode::ALREADY_SUBSCRIBED);
         }
-        if self.subs.len() >= self.node.config().max_channels_per_connection {
+        // The personal channel is the server's own subscription: not counted.
+        let own = self
+            .personal_channel()
+            .filter(|c| self.subs.contains_key(c.as_str()));
+        if self.subs.len() - usize::from(own.is_some())
+            >= self.node.config().max_channels_per_connection
+        {
             return self.error(id, ErrorCode::LIMIT_EXCEEDED);
         }
         match self.join(&req).await {
@@ -128,6 +152,12 @@ impl<S: Services> Session<S> {
         }
     }
 
+    /// This connection's personal channel, when personal channels are on.
+    fn personal_channel(&self) -> Option<String> {
+        let user = &self.identity.as_ref()?.user;
+        self.node.config().personal.as_ref()?.channel(user)
+    }
+
     /// Registers a subscription (pending in the hub), recovers its missed publications and
     /// announces it. The caller queues the reply, then activates the subscriber.
     pub(super) async fn join(
@@ -135,9 +165,16 @@ impl<S: Services> Session<S> {
         req: &SubscribeRequest,
     ) -> Result<(SubscribeResult, Option<u64>), ErrorCode> {
         let node = self.node.clone();
-        let options = Channel::resolve(node.config(), &req.channel)?
+        let mut options = Channel::resolve(node.config(), &req.channel)?
             .options
             .clone();
+        if self.personal_channel().as_deref() == Some(req.channel.as_str()) {
+            // Its only subscribers are the user's own connections: presence and join/leave
+            // would tell them nothing (`user_status` says where the user is), at a registry
+            // write and a routed event per connect.
+            options.presence = false;
+            options.join_leave = false;
+        }
         let room: Arc<str> = req.channel.as_str().into();
         let digest = wants_digest(req, &options, node.room_size(&room));
         let mode = SubMode {

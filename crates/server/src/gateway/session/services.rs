@@ -15,6 +15,7 @@ use crate::chat::ChatError;
 use crate::config::SessionConfig;
 use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent, SubMode};
 use crate::node::Node;
+use crate::personal::UserStatus;
 use crate::presence::Members;
 use crate::store::{Appended, Message, Position, Range, StoreError};
 
@@ -105,6 +106,21 @@ pub trait Services: Send + Sync + 'static {
         method: &str,
         data: Option<&RawValue>,
     ) -> impl Future<Output = Result<Box<RawValue>, ChatError>> + Send;
+    /// The user registry: a connection of `user` is here (resolves once recorded).
+    fn user_online(&self, _user: &str, _client: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// The connection is gone.
+    fn user_offline(&self, _user: &str, _client: &str) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+    /// Status of each user (`Node::user_status`).
+    fn user_status(
+        &self,
+        _users: Vec<String>,
+    ) -> impl Future<Output = Result<Vec<UserStatus>, ErrorCode>> + Send {
+        async { Err(ErrorCode::METHOD_NOT_FOUND) }
+    }
 }
 
 impl Services for Node {
@@ -222,6 +238,18 @@ impl Services for Node {
 
     async fn presence_stats(&self, room: &str) -> (u32, u32) {
         self.presence.stats(room).await
+    }
+
+    async fn user_online(&self, user: &str, client: &str) {
+        self.directory.add(user, client).await;
+    }
+
+    async fn user_offline(&self, user: &str, client: &str) {
+        self.directory.remove(user, client).await;
+    }
+
+    async fn user_status(&self, users: Vec<String>) -> Result<Vec<UserStatus>, ErrorCode> {
+        Node::user_status(self, &users).await.map_err(|e| e.code())
     }
 
     async fn check_member(&self, room: &str, user: &str) -> Result<(), ErrorCode> {

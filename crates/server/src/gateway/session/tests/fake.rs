@@ -52,6 +52,8 @@ impl Fake {
 
     pub(super) fn new(tune: impl FnOnce(&mut SessionConfig)) -> Arc<Fake> {
         let mut config = Config::default().session();
+        // The tests here name every subscription they expect: no personal channel.
+        config.personal = None;
         tune(&mut config);
         Arc::new(Fake {
             config,
