@@ -139,3 +139,119 @@ fn command(c: wire::Command) -> Result<Command, DecodeError> {
         }),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Method;
+    use proptest::prelude::*;
+
+    fn frame(cmds: &[wire::Command]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for c in cmds {
+            c.encode_length_delimited(&mut out).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_several_commands_and_the_empty_pong() {
+        let f = frame(&[
+            wire::Command {
+                id: 1,
+                publish: Some(wire::PublishRequest {
+                    channel: "a".into(),
+                    data: br#"{"x":1}"#.to_vec(),
+                }),
+                ..Default::default()
+            },
+            wire::Command::default(),
+            wire::Command {
+                id: 2,
+                ping: Some(wire::PingRequest {}),
+                ..Default::default()
+            },
+        ]);
+        let mut cmds = decode_commands(&f).unwrap().into_iter();
+        match cmds.next().unwrap().into_method().unwrap() {
+            (1, Method::Publish(p)) => {
+                assert_eq!((p.channel.as_str(), p.data.get()), ("a", r#"{"x":1}"#));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            cmds.next().unwrap().into_method(),
+            Ok((0, Method::Empty))
+        ));
+        assert!(matches!(
+            cmds.next().unwrap().into_method(),
+            Ok((2, Method::Ping))
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_framing_without_allocating_by_it() {
+        assert!(matches!(
+            decode_commands(&[0xff; 11]),
+            Err(DecodeError::BadLength)
+        ));
+        let mut huge = Vec::new();
+        prost::encoding::encode_varint(u64::MAX, &mut huge);
+        assert!(matches!(
+            decode_commands(&huge),
+            Err(DecodeError::Truncated { .. })
+        ));
+        assert!(matches!(
+            decode_commands(&[3, 0x0a, 1, 0]),
+            Err(DecodeError::Malformed(_))
+        ));
+        let not_json = frame(&[wire::Command {
+            id: 1,
+            publish: Some(wire::PublishRequest::default()),
+            ..Default::default()
+        }]);
+        assert!(matches!(
+            decode_commands(&not_json),
+            Err(DecodeError::NotJson)
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn never_panics_on_bytes(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Ok(cmds) = decode_commands(&bytes) {
+                for c in cmds {
+                    let _ = c.into_method();
+                }
+            }
+        }
+
+        #[test]
+        fn history_round_trips(id in 1u32.., channel in ".{0,30}", limit in any::<i32>(),
+                               offset in any::<u64>(), epoch in "[a-z0-9]{0,8}", reverse in any::<bool>()) {
+            let f = frame(&[wire::Command {
+                id,
+                history: Some(wire::HistoryRequest {
+                    channel: channel.clone(),
+                    limit,
+                    since: Some(wire::StreamPosition { offset, epoch: epoch.clone() }),
+                    reverse,
+                }),
+                ..Default::default()
+            }]);
+            let cmd = decode_commands(&f).unwrap().pop().unwrap();
+            match cmd.into_method().unwrap() {
+                (got, Method::History(h)) => {
+                    prop_assert_eq!(got, id);
+                    prop_assert_eq!(h.channel, channel);
+                    prop_assert_eq!((h.limit, h.reverse), (i64::from(limit), reverse));
+                    let since = h.since.unwrap();
+                    prop_assert_eq!((since.offset, since.epoch), (offset, epoch));
+                }
+                other => prop_assert!(false, "not history: {:?}", other),
+            }
+        }
+    }
+}
