@@ -50,8 +50,11 @@ impl Api {
     }
 }
 
+// Request bodies: fields roomcast does not know are ignored, as Centrifugo does (its API
+// grows fields every release). Fields it knows and does not act on are listed in the
+// README ("Server API") with the reason.
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PublishBody {
     channel: String,
     data: Box<RawValue>,
@@ -60,7 +63,6 @@ struct PublishBody {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BroadcastBody {
     channels: Vec<String>,
     data: Box<RawValue>,
@@ -69,13 +71,11 @@ struct BroadcastBody {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ChannelBody {
     channel: String,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct HistoryBody {
     channel: String,
     #[serde(default)]
@@ -87,7 +87,6 @@ struct HistoryBody {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct ChannelsBody {
     #[serde(default)]
     pattern: String,
@@ -100,17 +99,18 @@ struct DisconnectCode {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DisconnectBody {
     user: String,
     #[serde(default)]
     client: Option<String>,
     #[serde(default)]
     disconnect: Option<DisconnectCode>,
+    /// Client ids of the user to leave connected.
+    #[serde(default)]
+    whitelist: Vec<String>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct UnsubscribeBody {
     user: String,
     channel: String,
@@ -331,6 +331,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 .user_op(UserOp::Disconnect {
                     user: b.user,
                     client: b.client,
+                    keep: b.whitelist,
                     why,
                 })
                 .await
