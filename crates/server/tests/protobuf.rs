@@ -287,3 +287,30 @@ async fn attacker_frames_close_with_bad_request_and_the_node_goes_on() {
     assert_eq!(c.next_pub("after").await.offset, 1);
     s.client("bob").await.subscribe("after").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_are_empty_replies_and_an_empty_command_is_the_pong() {
+    let s = TestServer::start_with(|c| {
+        c.ping_interval_secs = 2;
+        c.pong_timeout_secs = 1;
+    })
+    .await;
+    let mut quiet = PbClient::connect(&s.ws_url(), Ask::Subprotocol, "quiet").await;
+    quiet.auto_pong = false;
+    let mut polite = PbClient::connect(&s.ws_url(), Ask::Query, "polite").await;
+    // The one that answers pings is still there after several ping periods (each call
+    // reads what came meanwhile and answers pings).
+    for _ in 0..8 {
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let r = polite
+            .call(wire::Command {
+                ping: Some(wire::PingRequest {}),
+                ..Default::default()
+            })
+            .await;
+        assert!(r.ping.is_some(), "{r:?}");
+    }
+    assert!(polite.pings >= 1, "a ping came within two ping periods");
+    assert_eq!(quiet.closed_code().await, Some(3012));
+    assert!(quiet.pings >= 1);
+}

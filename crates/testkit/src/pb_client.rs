@@ -25,6 +25,10 @@ pub struct PbClient {
     pub closed: Option<Option<u16>>,
     /// The subprotocol the server's 101 named.
     pub subprotocol: Option<String>,
+    /// Answer server pings automatically.
+    pub auto_pong: bool,
+    /// Server pings received.
+    pub pings: usize,
 }
 
 /// How a client asks for the protobuf format.
@@ -65,6 +69,8 @@ impl PbClient {
             inbox: VecDeque::new(),
             closed: None,
             subprotocol,
+            auto_pong: true,
+            pings: 0,
         }
     }
 
@@ -189,7 +195,10 @@ impl PbClient {
                         .expect("server sent a malformed reply");
                     if r == wire::Reply::default() {
                         // A ping: pong with an empty command.
-                        self.ws.send(Message::binary(vec![0u8])).await.ok();
+                        self.pings += 1;
+                        if self.auto_pong {
+                            self.ws.send(Message::binary(vec![0u8])).await.ok();
+                        }
                         continue;
                     }
                     self.inbox.push_back(r);

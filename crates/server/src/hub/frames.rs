@@ -51,7 +51,49 @@ fn encode(event: &RoomEvent, format: Format) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::super::tests::publication;
+    use super::super::{Hub, Out, Outbox, SubMode};
     use super::*;
+
+    fn frames(outbox: &Outbox) -> Vec<Bytes> {
+        let mut out = Vec::new();
+        outbox.take(&mut out);
+        out.into_iter()
+            .filter_map(|o| match o {
+                Out::Frame(b) => Some(b),
+                Out::Unsubscribe { .. } => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_mixed_room_gets_one_encoding_per_format() {
+        let hub = Hub::new();
+        let json: Vec<_> = (0..3).map(|_| Arc::new(Outbox::new(1 << 20))).collect();
+        let pb: Vec<_> = (0..3)
+            .map(|_| Arc::new(Outbox::new(1 << 20).with_format(Format::Protobuf)))
+            .collect();
+        for (i, ob) in json.iter().chain(&pb).enumerate() {
+            hub.subscribe("r", i as u64, ob.clone(), SubMode::default());
+            hub.activate("r", i as u64, Some(1));
+        }
+        hub.dispatch(&publication("r", 1));
+        let got: Vec<Bytes> = json.iter().chain(&pb).flat_map(|o| frames(o)).collect();
+        assert_eq!(got.len(), 6);
+        let (j, p) = got.split_at(3);
+        assert!(
+            j.iter().all(|b| b.as_ptr() == j[0].as_ptr()),
+            "one JSON encoding"
+        );
+        assert!(
+            p.iter().all(|b| b.as_ptr() == p[0].as_ptr()),
+            "one protobuf encoding"
+        );
+        assert_eq!(
+            &j[0][..],
+            br#"{"push":{"channel":"r","pub":{"data":1,"offset":1}}}"#
+        );
+        assert_eq!(p[0][0] as usize, p[0].len() - 1, "a length-delimited reply");
+    }
 
     #[test]
     fn each_format_is_encoded_once_and_shared() {
