@@ -5,6 +5,7 @@
 //! so that every figure has a ratio to what the machine can do at all. `limit-server` and `worker` are
 //! the roles the binary re-executes itself in. See BENCHMARKS.md for the commands and results.
 
+mod chat;
 mod codec;
 mod fleet;
 mod group;
@@ -57,6 +58,9 @@ enum Cmd {
     },
     /// A member-group worker process (started by `run`; reads its job on stdin).
     Worker,
+    /// Latency of the chat reads (`roomcast.read`, a full `roomcast.rooms` listing) for one
+    /// user in many rooms, against a running node.
+    ChatCost(chat::ChatArgs),
 }
 
 fn main() -> ExitCode {
@@ -73,6 +77,7 @@ fn main() -> ExitCode {
                 limit::serve(&listen, reuseport).await.map(|_| true)
             }
             Cmd::Worker => group::worker_main().await.map(|_| true),
+            Cmd::ChatCost(args) => chat::run(args).await,
         }
     });
     match outcome {

@@ -49,6 +49,9 @@ pub struct NamespaceOptions {
     pub digest_interval_ms: u64,
     /// Every subscription is recoverable, whether or not the client asked for it.
     pub force_recovery: bool,
+    /// Only the room's members (server API `add_members`) may subscribe, publish and
+    /// read history or cursors; others get 103, permission denied.
+    pub members_only: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -67,6 +70,7 @@ impl Default for NamespaceOptions {
             digest_above: 0,
             digest_interval_ms: 1000,
             force_recovery: true,
+            members_only: false,
         }
     }
 }
@@ -75,6 +79,8 @@ impl Default for NamespaceOptions {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// `ip:port` or `host:port` (`localhost:8000`: the first address the name resolves to).
+    #[serde(deserialize_with = "listen_address")]
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     /// HMAC secret for HS256 connection tokens. Generated into the data dir when unset.
@@ -360,6 +366,28 @@ impl Config {
     }
 }
 
+/// Resolves a listen address: `127.0.0.1:8000`, `[::1]:8000` or `localhost:8000` (the name's
+/// first address, IPv4 preferred, as most clients try it first).
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    let addrs: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|e| format!("listen address {s:?}: {e} (expected host:port)"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("listen address {s:?} resolves to no address"))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    parse_listen(&s).map_err(serde::de::Error::custom)
+}
+
 /// The generated secrets file.
 #[derive(Debug, Deserialize, Serialize)]
 struct Secrets {
@@ -399,6 +427,13 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.port(), 9000);
+        let named: Config = toml::from_str("listen = \"localhost:9001\"").unwrap();
+        assert_eq!(
+            named.listen,
+            "127.0.0.1:9001".parse::<SocketAddr>().unwrap()
+        );
+        assert!(parse_listen("localhost").is_err());
+        assert!(parse_listen("no-such-host.invalid:80").is_err());
         assert!(!c.namespace("news").unwrap().allow_publish_for_subscriber);
         assert!(c.namespace("news").unwrap().allow_subscribe_for_client);
         assert!(c.namespace("nope").is_none());

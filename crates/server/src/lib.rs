@@ -8,12 +8,14 @@
 pub mod auth;
 pub mod bus;
 pub mod channel;
+pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
 pub mod http;
 pub mod hub;
 pub mod keepalive;
+pub mod metrics;
 pub mod node;
 pub mod presence;
 pub mod rate;

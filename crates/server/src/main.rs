@@ -16,8 +16,37 @@ use roomcast::{Config, Server};
     about = "A Centrifugo-compatible chat server with durable history"
 )]
 struct Cli {
+    /// Log lines as `text` (for people) or `json` (one object per line, for collectors).
+    /// Levels by `ROOMCAST_LOG` (e.g. `roomcast=debug`; default `roomcast=info`).
+    #[arg(long, global = true, env = "ROOMCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr in the chosen format.
+fn init_logs(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
+        .unwrap_or_else(|_| "roomcast=info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
 }
 
 /// Settings shared by `serve` and `token`; each overrides the TOML file.
@@ -26,10 +55,11 @@ struct Common {
     /// TOML configuration file.
     #[arg(long, env = "ROOMCAST_CONFIG")]
     config: Option<PathBuf>,
-    /// Data directory (message store, generated secrets).
+    /// Data directory (message store, generated secrets) [default: roomcast-data].
     #[arg(long, env = "ROOMCAST_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// HMAC secret for HS256 connection tokens.
+    /// HMAC secret for HS256 connection tokens [default: generated into the data directory's
+    /// secrets.toml].
     #[arg(long, env = "ROOMCAST_TOKEN_HMAC_SECRET", hide_env_values = true)]
     token_hmac_secret: Option<String>,
 }
@@ -40,19 +70,19 @@ enum Command {
     Serve {
         #[command(flatten)]
         common: Common,
-        /// Address to listen on.
-        #[arg(long, env = "ROOMCAST_LISTEN")]
+        /// Address to listen on, `ip:port` or `host:port` [default: 127.0.0.1:8000].
+        #[arg(long, env = "ROOMCAST_LISTEN", value_parser = roomcast::config::parse_listen)]
         listen: Option<std::net::SocketAddr>,
-        /// Server API key.
+        /// Server API key [default: generated into the data directory's secrets.toml].
         #[arg(long, env = "ROOMCAST_API_KEY", hide_env_values = true)]
         api_key: Option<String>,
         /// Development mode: clients may connect without a token.
         #[arg(long, env = "ROOMCAST_INSECURE")]
         insecure: bool,
-        /// Seconds between server pings.
+        /// Seconds between server pings [default: 25].
         #[arg(long, env = "ROOMCAST_PING_INTERVAL")]
         ping_interval: Option<u64>,
-        /// Seconds a client has to answer a ping.
+        /// Seconds a client has to answer a ping [default: 8].
         #[arg(long, env = "ROOMCAST_PONG_TIMEOUT")]
         pong_timeout: Option<u64>,
         /// Join a cluster: Redis URL of the bus and presence (`redis://host:port`).
@@ -61,7 +91,8 @@ enum Command {
         /// Put the cluster bus on NATS (`nats://host:port`); presence stays on `--redis`.
         #[arg(long, env = "ROOMCAST_NATS", hide_env_values = true)]
         nats: Option<String>,
-        /// Shared message store URL (`postgres://user:pass@host:port/db`).
+        /// Shared message store URL (`postgres://user:pass@host:port/db`) [default: SQLite in the
+        /// data directory].
         #[arg(long, env = "ROOMCAST_STORE", hide_env_values = true)]
         store: Option<String>,
         /// Once listening, write one JSON line to this file descriptor (1: stdout):
@@ -81,6 +112,12 @@ enum Command {
         /// Largest message echoed.
         #[arg(long, default_value_t = 16 << 20)]
         max_message_size: usize,
+    },
+    /// Print a shell completion script (e.g. `roomcast completions bash >
+    /// /etc/bash_completion.d/roomcast`).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Print a connection token (HS256 JWT) for a user.
     Token {
@@ -112,15 +149,9 @@ fn load(common: &Common) -> anyhow::Result<Config> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("ROOMCAST_LOG")
-                .unwrap_or_else(|_| "roomcast=info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    init_logs(cli.log_format);
+    match cli.command {
         Command::Serve {
             common,
             listen,
@@ -193,6 +224,14 @@ fn main() -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "roomcast", &mut script);
+            // A closed pipe (`| head`) is not an error worth a panic.
+            let _ = std::io::Write::write_all(&mut std::io::stdout(), &script);
+            Ok(())
+        }
         Command::Token {
             common,
             user,
@@ -201,9 +240,16 @@ fn main() -> anyhow::Result<()> {
         } => {
             let mut config = load(&common)?;
             if config.token_hmac_secret.is_none() {
-                if let Some(path) = config.ensure_secrets()? {
-                    eprintln!("generated secrets in {}", path.display());
+                let path = config.data_dir.join("secrets.toml");
+                match config.ensure_secrets()? {
+                    Some(_) => eprintln!(
+                        "generated secrets in {} (start `roomcast serve` with the same --data-dir)",
+                        path.display()
+                    ),
+                    None => eprintln!("signed with the secret in {}", path.display()),
                 }
+            } else {
+                eprintln!("signed with the secret given by --token-hmac-secret, ROOMCAST_TOKEN_HMAC_SECRET or the config file");
             }
             let auth = Auth::new(
                 config.token_hmac_secret.as_deref().expect("secret ensured"),
@@ -266,5 +312,27 @@ fn announce_ready(fd: u32, addr: std::net::SocketAddr) -> std::io::Result<()> {
             .append(true)
             .open(format!("/dev/fd/{n}"))?
             .write_all(line.as_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The defaults `--help` states are the ones `Config::default()` has.
+    #[test]
+    fn help_states_the_real_defaults() {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        let serve = cmd.find_subcommand_mut("serve").expect("serve");
+        let help = serve.render_long_help().to_string();
+        let d = Config::default();
+        for want in [
+            format!("[default: {}]", d.listen),
+            format!("[default: {}]", d.data_dir.display()),
+            format!("[default: {}]", d.ping_interval_secs),
+            format!("[default: {}]", d.pong_timeout_secs),
+        ] {
+            assert!(help.contains(&want), "{want} missing from:\n{help}");
+        }
     }
 }

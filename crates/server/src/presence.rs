@@ -21,6 +21,10 @@ pub trait Presence: Send + Sync + 'static {
     /// background refresh stops. A `remove` afterwards is harmless; an `add` racing the
     /// drain expires on its own.
     async fn close(&self) {}
+    /// Whether presence answers now (the `/ready` check): `Err` says why not.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
     /// Number of clients and of distinct users.
     async fn stats(&self, room: &str) -> (u32, u32) {
         let entries = self.get(room).await;

@@ -50,7 +50,25 @@ pub fn raise_fd_limit() -> u64 {
 impl Server {
     /// Binds, opens the store and starts serving. `config` must have its secrets filled
     /// in (see `Config::ensure_secrets`) unless it is insecure.
-    pub async fn start(mut config: Config) -> anyhow::Result<Server> {
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        // A start that fails leaves nothing behind: a data directory this start created
+        // (secrets, an empty store) is removed again. An existing one is never touched.
+        let created = (!config.data_dir.exists()).then(|| config.data_dir.clone());
+        let started = Self::start_in(config).await;
+        if let (Err(e), Some(dir)) = (&started, created) {
+            match std::fs::remove_dir_all(&dir) {
+                Ok(()) => {
+                    tracing::info!(dir = %dir.display(), "start failed ({e:#}); removed the data directory it had created");
+                }
+                Err(rm) => {
+                    tracing::warn!(dir = %dir.display(), error = %rm, "start failed; could not remove the data directory it had created");
+                }
+            }
+        }
+        started
+    }
+
+    async fn start_in(mut config: Config) -> anyhow::Result<Server> {
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         if config.token_hmac_secret.is_none() || config.api_key.is_none() {

@@ -196,3 +196,63 @@ async fn ready_line_on_another_descriptor_names_the_bound_address() {
     let info = api(addr, "info", json!({})).await;
     assert!(info["result"]["nodes"].is_array(), "{info}");
 }
+
+/// A start that fails (the port is taken) exits non-zero and leaves no data directory
+/// (no generated secrets, no empty store) behind; an existing data directory is kept.
+/// `--listen` and `token` take the forms a new user types: `localhost:PORT`, `--data-dir`.
+#[test]
+fn a_failed_start_leaves_nothing_behind_and_listen_takes_a_host_name() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = dir.path().join("fresh");
+    let run = |data: &std::path::Path| {
+        std::process::Command::new(roomcast_bin())
+            .args(["serve", "--listen", &format!("localhost:{port}")])
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap()
+    };
+    let out = run(&fresh);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains(&format!("127.0.0.1:{port}")),
+        "localhost resolved: {log}"
+    );
+    assert!(
+        !fresh.exists(),
+        "the data directory it created is gone: {log}"
+    );
+
+    let kept = dir.path().join("kept");
+    std::fs::create_dir(&kept).unwrap();
+    std::fs::write(kept.join("mine"), "x").unwrap();
+    assert!(!run(&kept).status.success());
+    assert!(
+        kept.join("mine").exists(),
+        "an existing data directory is untouched"
+    );
+
+    // `token` reads the secrets of the data directory it is given, and says which file.
+    let out = std::process::Command::new(roomcast_bin())
+        .args(["token", "alice", "--data-dir"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&kept.join("secrets.toml").display().to_string()),
+        "{said}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .split('.')
+            .count(),
+        3
+    );
+    drop(taken);
+}

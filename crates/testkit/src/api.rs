@@ -69,6 +69,29 @@ pub async fn try_api_raw(
     Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
+/// `GET path` (e.g. `/ready`), bounded by `within`: the status and the body as text.
+pub async fn get(addr: SocketAddr, path: &str, within: Duration) -> Result<(u16, String), String> {
+    let call = async {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8(out).map_err(|e| e.to_string())?;
+        let status: u16 = text
+            .get(9..12)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP reply: {text:.200}"))?;
+        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        Ok((status, body.to_owned()))
+    };
+    tokio::time::timeout(within, call)
+        .await
+        .map_err(|_| format!("GET {path}: no answer within {within:?}"))?
+}
+
 /// Calls `method` with the kit's API key; asserts an answer within [`WAIT`] with HTTP 200
 /// and returns the body.
 pub async fn api(addr: SocketAddr, method: &str, body: Value) -> Value {

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use roomcast::auth::{now_secs, Auth, Claims};
 
-pub use api::{api, api_raw, publish, try_api, try_api_raw};
+pub use api::{api, api_raw, get, publish, try_api, try_api_raw};
 pub use client::{error_code, Client, Event};
 pub use node::{roomcast_bin, Node, NodeBuilder};
 pub use pb_client::{Ask, PbClient};

@@ -93,7 +93,7 @@ impl UserOp {
 }
 
 /// One node as the `info` API shows it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct NodeStats {
     pub uid: String,
     pub name: String,
@@ -140,6 +140,10 @@ pub trait Bus: Send + Sync + 'static {
     /// node (the caller reads its hub).
     async fn channels(&self) -> Option<HashMap<String, u64>> {
         None
+    }
+    /// Whether the bus carries publications now (the `/ready` check): `Err` says why not.
+    fn ready(&self) -> Result<(), String> {
+        Ok(())
     }
     /// Drains: everything already handed to `publish` reaches the broker, then peers are
     /// told this node is leaving. Nothing may be published afterwards.

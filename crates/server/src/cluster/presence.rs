@@ -169,8 +169,25 @@ async fn refresh(
     }
 }
 
+/// How long `/ready` waits for Redis to answer.
+const READY_TIMEOUT: Duration = Duration::from_secs(1);
+
 #[async_trait]
 impl Presence for RedisPresence {
+    async fn ready(&self) -> Result<(), String> {
+        let mut conn = self.conn.clone();
+        match timeout(
+            READY_TIMEOUT,
+            redis::cmd("PING").query_async::<String>(&mut conn),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("presence (redis): {e}")),
+            Err(_) => Err("presence (redis): no answer to PING within 1 s".into()),
+        }
+    }
+
     async fn close(&self) {
         self.stop.cancel();
         self.tasks.close();

@@ -172,8 +172,16 @@ pub async fn serve(node: Arc<Node>, tcp: TcpStream, leftover: Bytes, format: For
         max_message: node.config.max_message_size,
         write_timeout: Duration::from_secs(node.config.write_timeout_secs),
     };
-    run(tcp, leftover, &outbox, &mut handler, limits).await;
+    let code = run(tcp, leftover, &outbox, &mut handler, limits).await;
     node.keepalive.unregister(id);
+    crate::metrics::METRICS.disconnect(code);
+    if let Handler::Session(s) = &handler {
+        if let Some(who) = s.identity() {
+            // No code: the socket ended without a close frame (peer gone, reset, write
+            // timeout).
+            tracing::info!(client = %who.client, user = %who.user, code, "disconnected");
+        }
+    }
     // Whatever queued after the end is dropped with the outbox.
     outbox.close(Disconnect::CONNECTION_CLOSED);
     if let Handler::Session(mut s) = handler {
@@ -197,13 +205,14 @@ struct Limits {
     write_timeout: Duration,
 }
 
+/// Returns the close code sent or received, `None` when the socket ended without one.
 async fn run(
     mut tcp: TcpStream,
     leftover: Bytes,
     outbox: &Outbox,
     handler: &mut Handler,
     limits: Limits,
-) {
+) -> Option<u16> {
     let mut decoder = ws::Decoder::new(limits.max_message);
     let mut inbuf = BytesMut::from(&leftover[..]);
     // `leftover` may be a slice of hyper's whole read buffer: let it go now, or every
@@ -218,10 +227,23 @@ async fn run(
     let mut items = Vec::new();
     let mut msgs = Vec::new();
     let mut stall: Option<Box<Stall>> = None;
+    let mut code = None;
     // Bytes in `inbuf` not decoded yet (the HTTP layer may have read past the upgrade).
     let mut undecoded = !inbuf.is_empty();
+    // The peer shut its side after the bytes in `inbuf`: they are handled (a close frame
+    // or commands sent just before a half-close count), then the connection ends.
+    let mut peer_eof = false;
 
     let end = loop {
+        if peer_eof && !undecoded {
+            // What the handled messages queued goes out if the socket takes it now.
+            if !closing {
+                outbox.take(&mut items);
+                Box::pin(commands::flush(&mut wire, &mut items, handler.session())).await;
+            }
+            let _ = write_some(&tcp, &mut wire.out);
+            break End::Gone;
+        }
         if closing && wire.out.is_empty() {
             break End::Closed {
                 linger: !client_closed,
@@ -237,6 +259,7 @@ async fn run(
                 Err(v) => {
                     msgs.clear();
                     wire.close(v.code, v.reason);
+                    code = Some(v.code);
                     closing = true;
                     continue;
                 }
@@ -251,11 +274,12 @@ async fn run(
                 // own state is what an idle connection pays for.
                 let closing_now = Box::pin(on_messages(&mut msgs, handler, &mut wire)).await;
                 msgs.clear();
-                if let Some((code, reason, by_client)) = closing_now {
+                if let Some((close, reason, by_client)) = closing_now {
                     // Replies queued before the close (an error explaining it) go first.
                     outbox.take(&mut items);
                     Box::pin(commands::flush(&mut wire, &mut items, handler.session())).await;
-                    wire.close(code, reason);
+                    wire.close(close, reason);
+                    code = Some(close);
                     closing = true;
                     client_closed = by_client;
                 }
@@ -314,6 +338,7 @@ async fn run(
                 Box::pin(commands::flush(&mut wire, &mut items, handler.session())).await;
                 if let Some(why) = close {
                     wire.close(why.code, why.reason);
+                    code = Some(why.code);
                     closing = true;
                 }
             }
@@ -322,8 +347,11 @@ async fn run(
                     break End::Gone;
                 }
                 match read_some(&tcp, &mut inbuf, limits.max_message) {
-                    Ok(true) => undecoded = !inbuf.is_empty(),
-                    Ok(false) | Err(_) => break End::Gone,
+                    Ok(open) => {
+                        undecoded = !inbuf.is_empty();
+                        peer_eof = !open;
+                    }
+                    Err(_) => break End::Gone,
                 }
             }
         }
@@ -332,6 +360,7 @@ async fn run(
     if let End::Closed { linger } = end {
         Box::pin(finish_close(&mut tcp, linger)).await;
     }
+    code
 }
 
 /// After a write: a write that left bytes behind starts (or feeds) the stall timer; one

@@ -144,7 +144,7 @@ fn same_secret(given: &str, key: &str) -> bool {
         == 0
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+pub(super) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     let body: &[u8] = if body.is_empty() { b"{}" } else { body };
     serde_json::from_slice(body).map_err(|e| ApiError::BadBody(e.to_string()))
 }
@@ -155,7 +155,7 @@ struct Reply<T> {
     result: T,
 }
 
-fn ok<T: Serialize>(result: T) -> Response {
+pub(super) fn ok<T: Serialize>(result: T) -> Response {
     Json(Reply { result }).into_response()
 }
 
@@ -357,7 +357,10 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 })?;
             Ok(ok(json!({})))
         }
-        other => Err(ApiError::UnknownMethod(other.to_owned())),
+        other => match super::chat::run(node, other, body).await {
+            Some(r) => r,
+            None => Err(ApiError::UnknownMethod(other.to_owned())),
+        },
     }
 }
 

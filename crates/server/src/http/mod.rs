@@ -1,4 +1,4 @@
-//! HTTP surface of a node: the WebSocket endpoint, the server API and a health check.
+//! HTTP surface of a node: the WebSocket endpoint, the server API, health and readiness.
 //!
 //! The WebSocket handshake is done here rather than by axum's `WebSocketUpgrade`, because
 //! roomcast runs its own lean WebSocket layer (see `gateway/ws.rs`) on the raw socket: the
@@ -19,7 +19,9 @@ use crate::gateway::transport::Format;
 use crate::node::Node;
 
 pub mod api;
+pub mod chat;
 pub mod error;
+pub mod ready;
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -28,8 +30,22 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/{method}",
             post(api::call).with_state(api::Api::new(node.clone())),
         )
-        .route("/health", get(|| async { "ok" }))
+        .route("/health", get(ready::health))
+        .route("/ready", get(ready::ready))
+        .route("/metrics", get(metrics))
         .with_state(node)
+}
+
+/// Prometheus text exposition (see `metrics.rs`).
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        crate::metrics::render(&node).await,
+    )
+        .into_response()
 }
 
 /// A router with only a WebSocket echo endpoint at `/`, on the same WebSocket layer, for

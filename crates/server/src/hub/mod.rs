@@ -213,6 +213,19 @@ impl Hub {
             .unwrap_or_default()
     }
 
+    /// Bytes queued in every local connection's outbox (for `/metrics`: O(connections),
+    /// read at scrape time so that fan-out keeps no shared counter).
+    pub fn queued_bytes(&self) -> usize {
+        let outboxes: Vec<Arc<Outbox>> = self
+            .users
+            .lock()
+            .expect("users lock")
+            .values()
+            .flat_map(|c| c.values().map(|e| e.outbox.clone()))
+            .collect();
+        outboxes.iter().map(|o| o.queued_bytes()).sum()
+    }
+
     /// Users with local connections and how many each has (the cluster registry).
     pub fn users(&self) -> Vec<(String, usize)> {
         self.users

@@ -89,6 +89,9 @@ impl Outbox {
 
     /// Closes as slow and frees the backlog. Caller holds the lock and wakes the task.
     fn overflow(s: &mut State) {
+        if s.close.is_none() {
+            crate::metrics::METRICS.slow_closes.inc();
+        }
         s.close = Some(Disconnect::SLOW);
         s.queue = VecDeque::new();
         s.bytes = 0;
@@ -144,6 +147,12 @@ impl Outbox {
             self.waker.wake();
         }
         true
+    }
+
+    /// Bytes queued and not yet taken (fan-out and replies), for `/metrics`.
+    pub fn queued_bytes(&self) -> usize {
+        let s = self.state.lock().expect("outbox lock");
+        s.bytes + s.reply_bytes
     }
 
     /// Queues a control item.

@@ -55,6 +55,11 @@ where
     let (s, _c) = fresh(5).await;
     offsets_beyond_i64_are_beyond_the_top(&s).await;
     s.close().await;
+    let (s, _c) = fresh(7).await;
+    super::conformance_chat::membership(&s).await;
+    super::conformance_chat::cursors(&s).await;
+    super::conformance_chat::room_list(&s).await;
+    s.close().await;
     let (s, c) = fresh(6).await;
     close_commits_what_was_queued(&s, c).await;
 }

@@ -15,9 +15,14 @@
 //! `writer::Backend` (commit a batch, read a range, report a position, clean up) driven by
 //! the one group-commit writer of `writer.rs`, which keeps the invariants above.
 //!
+//! Beside the log, every store keeps the chat tables (membership, read cursors: the
+//! `ChatStore` half of `Store`, see `chat.rs`) and a schema version upgraded at open by an
+//! ordered list of migrations (`sqlite_chat.rs`, `postgres_chat.rs`).
+//!
 //! Files: `writer.rs` (the writer and the `Store` it implements), `sqlite.rs` and
-//! `postgres.rs` (backends), `integrity.rs` (start-up checks of a SQLite file),
-//! `conformance.rs` (the suite).
+//! `postgres.rs` (backends), `sqlite_chat.rs` and `postgres_chat.rs` (their chat tables and
+//! migrations), `schema.rs` (schema versions), `chat.rs` (the chat trait), `integrity.rs` (start-up checks of a SQLite
+//! file), `conformance.rs` (the suite).
 
 use std::sync::Arc;
 
@@ -26,11 +31,16 @@ use roomcast_proto::{ClientInfo, Publication};
 use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 
+pub mod chat;
 mod integrity;
 pub mod postgres;
+mod postgres_chat;
+mod schema;
 pub mod sqlite;
+mod sqlite_chat;
 mod writer;
 
+pub use chat::{ChatStore, Cursor, RoomEntry, RoomsAfter};
 pub use writer::GroupStore;
 
 /// The shared behaviour suite; public behind the `conformance` feature (enabled for the
@@ -39,6 +49,9 @@ pub use writer::GroupStore;
 #[cfg(any(test, feature = "conformance"))]
 #[doc(hidden)]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+#[doc(hidden)]
+pub mod conformance_chat;
 
 /// A stored publication.
 #[derive(Debug, Clone)]
@@ -120,7 +133,7 @@ pub enum StoreError {
 pub type Committed = mpsc::Receiver<Vec<Arc<Message>>>;
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ChatStore + Send + Sync + 'static {
     /// Assigns the room's next offset and commits the message durably.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
     /// Appends several messages, offsets in the order given (per room), results in the same
@@ -140,4 +153,7 @@ pub trait Store: Send + Sync + 'static {
     async fn position(&self, room: &str) -> Result<Position, StoreError>;
     /// Finishes every pending commit and stops accepting appends.
     async fn close(&self);
+    /// Whether the store takes writes now (the `/ready` check): its writer runs and the
+    /// database answers as writable. Bounded by the caller.
+    async fn ready(&self) -> Result<(), StoreError>;
 }

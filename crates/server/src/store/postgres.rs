@@ -47,7 +47,8 @@ const READERS: usize = 4;
 /// Any single statement longer than this is a failure, not a wait.
 const STATEMENT_TIMEOUT_MS: u32 = 10_000;
 
-const SCHEMA: &str = "
+/// Version 1 of the schema (later versions: `postgres_chat::MIGRATIONS`).
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS roomcast_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS roomcast_rooms (room TEXT PRIMARY KEY, epoch TEXT NOT NULL, top BIGINT NOT NULL);
 CREATE TABLE IF NOT EXISTS roomcast_messages (
@@ -75,6 +76,7 @@ pub struct PostgresReaders {
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
+    crate::metrics::METRICS.backend_error("postgres");
     StoreError::Backend(e.to_string())
 }
 
@@ -114,6 +116,7 @@ impl PostgresStore {
             .await
             .map_err(backend)?;
         tx.batch_execute(SCHEMA).await.map_err(backend)?;
+        super::postgres_chat::migrate(&tx).await?;
         let fresh = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         tx.execute(
             "INSERT INTO roomcast_meta (key, value) VALUES ('epoch', $1) ON CONFLICT (key) DO NOTHING",
@@ -156,7 +159,7 @@ impl PostgresStore {
 }
 
 impl PostgresReaders {
-    async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
+    pub(super) async fn reader(&self) -> Result<deadpool_postgres::Object, StoreError> {
         self.readers.get().await.map_err(backend)
     }
 }
@@ -254,6 +257,20 @@ impl Backend for PostgresReaders {
     async fn position(&self, room: &str) -> Result<Position, StoreError> {
         let conn = self.reader().await?;
         position_of(&**conn, room, &self.base_epoch).await
+    }
+
+    async fn writable(&self) -> Result<(), StoreError> {
+        let conn = self.reader().await?;
+        let row = conn
+            .query_one("SELECT pg_is_in_recovery()", &[])
+            .await
+            .map_err(backend)?;
+        if row.get::<_, bool>(0) {
+            return Err(StoreError::Backend(
+                "the database is a read-only replica (in recovery)".into(),
+            ));
+        }
+        Ok(())
     }
 
     async fn close_readers(&self) {

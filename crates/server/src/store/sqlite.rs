@@ -27,7 +27,8 @@ use super::{Appended, Committed, Message, Position, Range, StoreError};
 /// Read connections kept open.
 const READERS: usize = 4;
 
-const SCHEMA: &str = "
+/// Version 1 of the schema (later versions: `sqlite_chat::MIGRATIONS`).
+pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, epoch TEXT NOT NULL, top INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS messages (
@@ -49,10 +50,11 @@ pub struct SqliteReaders {
     pool: Arc<Mutex<Vec<Connection>>>,
     path: Arc<Path>,
     /// Epoch of rooms that have no row yet (the store's own, made when it was created).
-    base_epoch: String,
+    pub(super) base_epoch: String,
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
+    crate::metrics::METRICS.backend_error("sqlite");
     StoreError::Backend(e.to_string())
 }
 
@@ -73,8 +75,9 @@ impl SqliteStore {
         idempotency_ttl: Duration,
     ) -> Result<(SqliteStore, Committed), StoreError> {
         let existed = integrity::check_before_open(path)?;
-        let conn = open_connection(path).map_err(backend)?;
+        let mut conn = open_connection(path).map_err(backend)?;
         conn.execute_batch(SCHEMA).map_err(backend)?;
+        super::sqlite_chat::migrate(&mut conn)?;
         let base_epoch: String = match conn
             .query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| {
                 r.get(0)
@@ -111,7 +114,7 @@ impl SqliteStore {
 
 impl SqliteReaders {
     /// Runs `f` on a read connection in the blocking pool.
-    async fn read<T: Send + 'static>(
+    pub(super) async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -135,7 +138,11 @@ impl SqliteReaders {
     }
 }
 
-fn position_of(conn: &Connection, room: &str, base_epoch: &str) -> rusqlite::Result<Position> {
+pub(super) fn position_of(
+    conn: &Connection,
+    room: &str,
+    base_epoch: &str,
+) -> rusqlite::Result<Position> {
     let row: Option<(u64, String)> = conn
         .prepare_cached("SELECT top, epoch FROM rooms WHERE room = ?1")?
         .query_row([room], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))
@@ -206,6 +213,13 @@ impl Backend for SqliteReaders {
         let room = room.to_owned();
         let base = self.base_epoch.clone();
         self.read(move |conn| position_of(conn, &room, &base)).await
+    }
+
+    async fn writable(&self) -> Result<(), StoreError> {
+        // Takes the write lock for an instant (waits behind a commit, up to the busy
+        // timeout): fails on a read-only file system, a locked or vanished database.
+        self.read(|conn| conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;"))
+            .await
     }
 }
 

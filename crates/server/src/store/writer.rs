@@ -56,7 +56,7 @@ pub struct Batch {
 /// What a database must do to be a store. Everything else (queueing, batching, the
 /// committed stream, close) is the writer's.
 #[async_trait]
-pub trait Backend: Send + Sync + 'static {
+pub trait Backend: super::ChatStore + Send + Sync + 'static {
     /// The writer's half: only the writer task holds it.
     type Committer: Committer;
     /// Reads part of a room's stream and its position in one consistent read. `since`
@@ -67,6 +67,9 @@ pub trait Backend: Send + Sync + 'static {
     async fn position(&self, room: &str) -> Result<Position, StoreError>;
     /// Releases the read connections (after the writer stopped).
     async fn close_readers(&self) {}
+    /// Whether the database takes writes (checked from a read connection, so the writer's
+    /// queue is not delayed by it).
+    async fn writable(&self) -> Result<(), StoreError>;
 }
 
 /// The writer's half of a backend.
@@ -172,6 +175,13 @@ impl<B: Backend> Store for GroupStore<B> {
         self.backend.position(room).await
     }
 
+    async fn ready(&self) -> Result<(), StoreError> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.backend.writable().await
+    }
+
     async fn close(&self) {
         let (tx, rx) = oneshot::channel();
         if self.writer.send(Request::Close(tx)).await.is_ok() {
@@ -184,6 +194,50 @@ impl<B: Backend> Store for GroupStore<B> {
             }
         }
         self.backend.close_readers().await;
+    }
+}
+
+/// The chat tables are read and written straight on the backend (not through the writer).
+#[async_trait]
+impl<B: Backend> super::ChatStore for GroupStore<B> {
+    async fn add_members(&self, room: &str, users: &[String]) -> Result<u64, StoreError> {
+        self.backend.add_members(room, users).await
+    }
+    async fn remove_members(&self, room: &str, users: &[String]) -> Result<u64, StoreError> {
+        self.backend.remove_members(room, users).await
+    }
+    async fn members(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.backend.members(room, after, limit).await
+    }
+    async fn is_member(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        self.backend.is_member(room, user).await
+    }
+    async fn set_cursor(
+        &self,
+        user: &str,
+        room: &str,
+        offset: u64,
+    ) -> Result<super::Cursor, StoreError> {
+        self.backend.set_cursor(user, room, offset).await
+    }
+    async fn cursor(&self, user: &str, room: &str) -> Result<super::Cursor, StoreError> {
+        self.backend.cursor(user, room).await
+    }
+    async fn unread_total(&self, user: &str) -> Result<(u64, u64), StoreError> {
+        self.backend.unread_total(user).await
+    }
+    async fn rooms(
+        &self,
+        user: &str,
+        after: Option<&super::RoomsAfter>,
+        limit: usize,
+    ) -> Result<Vec<super::RoomEntry>, StoreError> {
+        self.backend.rooms(user, after, limit).await
     }
 }
 
@@ -262,7 +316,10 @@ impl<C: Committer> Writer<C> {
             now_ms: now_ms(),
             key_cutoff_ms: self.key_cutoff(),
         };
+        let started = std::time::Instant::now();
+        let size = batch.entries.len();
         let (batch, outcome) = self.committer.commit(batch).await;
+        crate::metrics::METRICS.store_commit(started.elapsed(), size);
         match outcome {
             Ok(results) => {
                 debug_assert_eq!(results.len(), batch.entries.len());

@@ -148,6 +148,40 @@ impl Postgres {
         );
     }
 
+    /// Stops the private server (fast shutdown: every connection is cut); `resume` starts
+    /// it again on the same port with the same data.
+    pub fn stop(&self) {
+        let pg = self.private.as_ref().expect("a private PostgreSQL");
+        run(
+            pg.command(&pg.pg_ctl)
+                .arg("-D")
+                .arg(&pg.data)
+                .args(["-m", "fast", "-w", "-t", "30", "stop"]),
+            "pg_ctl stop",
+        );
+    }
+
+    /// Starts the private server again after `stop`, with the options it first ran with.
+    pub fn resume(&self) {
+        let pg = self.private.as_ref().expect("a private PostgreSQL");
+        let opts = std::fs::read_to_string(pg.data.join("postmaster.opts"))
+            .expect("postmaster.opts of the stopped server");
+        // `postmaster.opts` is the postgres command line: the binary, then its options.
+        let opts = opts
+            .trim()
+            .split_once(' ')
+            .map_or(String::new(), |(_, o)| o.replace('"', ""));
+        run(
+            pg.command(&pg.pg_ctl)
+                .arg("-D")
+                .arg(&pg.data)
+                .args(["-o", &opts, "-l"])
+                .arg(pg.data.join("log"))
+                .args(["-w", "-t", "30", "start"]),
+            "pg_ctl start (resume)",
+        );
+    }
+
     /// A fresh, empty database; returns its URL.
     pub async fn fresh_db(&self) -> String {
         let name = format!(

@@ -109,6 +109,10 @@ impl Queued {
 }
 
 /// State shared by the bus handle and its tasks.
+/// Probes go every second: one not back for this long means the broker does not carry
+/// this node's messages now (`/ready` says so).
+const READY_PROBE_AGE_MS: u64 = 1_800;
+
 struct Shared {
     node: String,
     hub: Arc<Hub>,
@@ -116,6 +120,9 @@ struct Shared {
     broker: Arc<dyn Broker>,
     registry: Arc<dyn Registry>,
     started: Instant,
+    /// When this node's own probe last came back through the broker (ms after `started`;
+    /// 0: never), for the `/ready` check.
+    probe_back_ms: AtomicU64,
     /// Rooms this node watches, with the number of outstanding watches (the hub's
     /// new-room/last-leave transitions; they pair up, whatever order they are processed in).
     watched: Mutex<HashMap<Arc<str>, u64>>,
@@ -132,6 +139,12 @@ struct Shared {
 }
 
 impl Shared {
+    /// Notes that this node's probe came back through the broker.
+    fn probe_back(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.probe_back_ms.store(ms.max(1), Relaxed);
+    }
+
     fn is_watched(&self, room: &str) -> bool {
         self.watched
             .lock()
@@ -206,6 +219,7 @@ impl BrokerBus {
             broker,
             registry,
             started: Instant::now(),
+            probe_back_ms: AtomicU64::new(0),
             watched: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
             dropped: AtomicU64::new(0),
@@ -260,6 +274,25 @@ impl Drop for BrokerBus {
 
 #[async_trait]
 impl Bus for BrokerBus {
+    fn ready(&self) -> Result<(), String> {
+        let back = self.shared.probe_back_ms.load(Relaxed);
+        if back == 0 {
+            return Err(format!(
+                "{}: no probe has come back through the broker yet",
+                self.shared.broker.name()
+            ));
+        }
+        let now = u64::try_from(self.shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let age = now.saturating_sub(back);
+        if age > READY_PROBE_AGE_MS {
+            return Err(format!(
+                "{}: this node's probe last came back through the broker {age} ms ago",
+                self.shared.broker.name()
+            ));
+        }
+        Ok(())
+    }
+
     async fn publish(&self, events: Vec<RoomEvent>) -> Result<(), BusError> {
         for e in &events {
             let offset = match e {

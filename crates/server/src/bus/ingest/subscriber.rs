@@ -121,8 +121,12 @@ pub(super) async fn run(
                         tracing::warn!(broker = name, "bus subscription lost; reconnecting");
                         break;
                     };
+                    crate::metrics::METRICS.bus_received.inc();
                     match Envelope::decode(&payload) {
-                        Ok(Envelope::Probe { n }) if n == shared.node => last_probe = Instant::now(),
+                        Ok(Envelope::Probe { n }) if n == shared.node => {
+                            last_probe = Instant::now();
+                            shared.probe_back();
+                        }
                         Ok(env) => {
                             if !handle(&shared, &inbox, env).await {
                                 return;

@@ -157,6 +157,7 @@ impl redis::aio::ConnectionLike for RedisConn {
 }
 
 pub fn redis_err(e: impl std::fmt::Display) -> BusError {
+    crate::metrics::METRICS.backend_error("redis");
     BusError::Backend(e.to_string())
 }
 

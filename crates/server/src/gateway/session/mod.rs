@@ -7,8 +7,10 @@
 //! - `mod.rs`: the session's own state, command dispatch, connect and refresh;
 //! - `rooms.rs`: subscriptions (subscribe with recovery, unsubscribe, presence, history);
 //! - `publish.rs`: publishes and the command rate limit;
+//! - `chat.rs`: the `roomcast.*` rpc methods (read cursors, unread counts, room list);
 //! - `services.rs`: the `Services` trait and its implementation by `Node`.
 
+mod chat;
 mod publish;
 mod rooms;
 mod services;
@@ -95,6 +97,11 @@ impl<S: Services> Session<S> {
         self.identity.is_some()
     }
 
+    /// Who connected (`None` before a successful connect).
+    pub fn identity(&self) -> Option<&ClientInfo> {
+        self.identity.as_ref()
+    }
+
     pub fn conn_id(&self) -> ConnId {
         self.conn
     }
@@ -114,6 +121,7 @@ impl<S: Services> Session<S> {
     }
 
     fn error(&self, id: u32, err: ErrorCode) {
+        crate::metrics::METRICS.command_error(err.code);
         self.reply(self.format().error(id, err));
     }
 
@@ -148,7 +156,10 @@ impl<S: Services> Session<S> {
             Method::History(req) => self.history(id, req).await,
             Method::Ping => self.reply(self.format().empty_reply(id, "ping")),
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
-            // No RPC handler configured: "not available", as the SDKs expect.
+            Method::Rpc(req) if req.method.starts_with(crate::chat::rpc::PREFIX) => {
+                self.chat_rpc(id, req).await;
+            }
+            // No RPC handler for this method: "not available", as the SDKs expect.
             Method::Rpc(_) => self.error(id, ErrorCode::NOT_AVAILABLE),
             Method::Refresh(req) => return self.refresh(id, &req.token, now),
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
@@ -163,7 +174,9 @@ impl<S: Services> Session<S> {
             Ok(c) => Ok(c),
             Err(TokenError::Expired) => Err(Flow::Continue),
             Err(TokenError::Invalid(why)) => {
-                tracing::debug!(%why, "invalid token");
+                // The reason only (signature, expiry, audience, ...): never the token.
+                tracing::info!(reason = %why, "connection refused: invalid token");
+                crate::metrics::METRICS.token_refusals.inc();
                 Err(Flow::Close(Disconnect::INVALID_TOKEN))
             }
         }
@@ -243,6 +256,8 @@ impl<S: Services> Session<S> {
             pong: true,
             node: self.node.node_id().to_owned(),
         };
+        tracing::info!(client = %result.client, user = %claims.sub, "connected");
+        crate::metrics::METRICS.connects.inc();
         self.reply(self.format().reply(id, "connect", &result));
         for (channel, next) in activate {
             self.node.activate(&channel, self.conn, next);

@@ -49,10 +49,15 @@ impl<S: Services> Session<S> {
                 roomcast_proto::data::check(&req.data, self.node.config().max_data_depth)
                     .map_err(|_| ErrorCode::BAD_REQUEST)
             };
-            match self
+            let mut allowed = self
                 .may_publish(&identity.user, &req.channel, now)
-                .and_then(data_ok)
-            {
+                .and_then(data_ok);
+            let members_only = Channel::resolve(self.node.config(), &req.channel)
+                .is_ok_and(|c| c.options.members_only);
+            if allowed.is_ok() && members_only {
+                allowed = self.node.check_member(&req.channel, &identity.user).await;
+            }
+            match allowed {
                 Ok(()) => {
                     ids.push(id);
                     items.push((req.channel, req.data));

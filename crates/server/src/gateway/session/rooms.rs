@@ -100,6 +100,11 @@ impl<S: Services> Session<S> {
         if !granted || !channel.admits(&user) {
             return self.error(id, ErrorCode::PERMISSION_DENIED);
         }
+        if channel.options.members_only {
+            if let Err(e) = self.node.check_member(&req.channel, &user).await {
+                return self.error(id, e);
+            }
+        }
         if self.subs.contains_key(req.channel.as_str()) {
             return self.error(id, ErrorCode::ALREADY_SUBSCRIBED);
         }
@@ -178,6 +183,9 @@ impl<S: Services> Session<S> {
                         .map(crate::store::Message::publication)
                         .collect();
                 }
+            }
+            if req.recover {
+                crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
             }
             result.recoverable = recoverable;
             result.positioned = positioned;
@@ -282,6 +290,13 @@ impl<S: Services> Session<S> {
             || !channel.options.allow_history_for_subscriber
         {
             return self.error(id, ErrorCode::PERMISSION_DENIED);
+        }
+        if channel.options.members_only {
+            // Checked again: the user may have been removed since subscribing.
+            let user = &self.identity.as_ref().expect("connected").user;
+            if let Err(e) = self.node.check_member(&req.channel, user).await {
+                return self.error(id, e);
+            }
         }
         match self
             .node

@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 use tokio::time::Instant;
 
 use crate::auth::{Claims, TokenError};
+use crate::chat::ChatError;
 use crate::config::SessionConfig;
 use crate::hub::{ConnEntry, ConnId, Outbox, RoomEvent, SubMode};
 use crate::node::Node;
@@ -79,6 +80,19 @@ pub trait Services: Send + Sync + 'static {
     fn presence(&self, room: &str) -> impl Future<Output = HashMap<String, ClientInfo>> + Send;
     /// Number of clients and of distinct users in a room.
     fn presence_stats(&self, room: &str) -> impl Future<Output = (u32, u32)> + Send;
+    /// Permission denied unless `user` is a member of `room` (`members_only` namespaces).
+    fn check_member(
+        &self,
+        room: &str,
+        user: &str,
+    ) -> impl Future<Output = Result<(), ErrorCode>> + Send;
+    /// Runs a `roomcast.*` rpc method for `user` (see `chat::rpc`).
+    fn chat_rpc(
+        &self,
+        user: &str,
+        method: &str,
+        data: Option<&RawValue>,
+    ) -> impl Future<Output = Result<Box<RawValue>, ChatError>> + Send;
 }
 
 impl Services for Node {
@@ -188,5 +202,18 @@ impl Services for Node {
 
     async fn presence_stats(&self, room: &str) -> (u32, u32) {
         self.presence.stats(room).await
+    }
+
+    async fn check_member(&self, room: &str, user: &str) -> Result<(), ErrorCode> {
+        Node::check_member(self, room, user).await
+    }
+
+    async fn chat_rpc(
+        &self,
+        user: &str,
+        method: &str,
+        data: Option<&RawValue>,
+    ) -> Result<Box<RawValue>, ChatError> {
+        crate::chat::rpc::call(self, user, method, data).await
     }
 }

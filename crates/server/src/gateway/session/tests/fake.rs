@@ -245,6 +245,20 @@ impl Services for Fake {
     async fn presence_stats(&self, room: &str) -> (u32, u32) {
         (self.presence(room).await.len() as u32, 0)
     }
+
+    async fn check_member(&self, _room: &str, _user: &str) -> Result<(), ErrorCode> {
+        // No membership in the fake: no namespace of these tests is members_only.
+        Err(ErrorCode::PERMISSION_DENIED)
+    }
+
+    async fn chat_rpc(
+        &self,
+        _user: &str,
+        _method: &str,
+        _data: Option<&RawValue>,
+    ) -> Result<Box<RawValue>, crate::chat::ChatError> {
+        Err(ErrorCode::METHOD_NOT_FOUND.into())
+    }
 }
 
 /// A session, its outbox and a clock the test moves.

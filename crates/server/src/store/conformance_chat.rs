@@ -1,0 +1,138 @@
+//! The chat cases of the store suite (see `conformance.rs`, which runs them): membership,
+//! read cursors (monotonic, clamped), unread counts computed from tops and cursors, and a
+//! user's room list (newest activity first, paged, previews bounded).
+
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+
+use super::chat::{RoomsAfter, MAX_PREVIEW_BYTES};
+use super::conformance::msg;
+use super::{NewMessage, Store};
+
+fn users(names: &[&str]) -> Vec<String> {
+    names.iter().map(ToString::to_string).collect()
+}
+
+/// Add and remove many at once (twice is a no-op), page members in user order.
+pub async fn membership(s: &dyn Store) {
+    assert_eq!(
+        s.add_members("r", &users(&["carol", "alice", "bob", "alice"]))
+            .await
+            .unwrap(),
+        3
+    );
+    assert_eq!(s.add_members("r", &users(&["bob"])).await.unwrap(), 0);
+    assert!(s.is_member("r", "alice").await.unwrap());
+    assert!(!s.is_member("r", "dave").await.unwrap());
+    assert!(!s.is_member("other", "alice").await.unwrap());
+    assert_eq!(
+        s.members("r", None, 2).await.unwrap(),
+        users(&["alice", "bob"])
+    );
+    assert_eq!(
+        s.members("r", Some("bob"), 2).await.unwrap(),
+        users(&["carol"])
+    );
+    assert!(s.members("r", Some("carol"), 2).await.unwrap().is_empty());
+    assert_eq!(
+        s.remove_members("r", &users(&["alice", "zed"]))
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(!s.is_member("r", "alice").await.unwrap());
+    assert_eq!(
+        s.members("r", None, 10).await.unwrap(),
+        users(&["bob", "carol"])
+    );
+}
+
+/// A cursor only moves forward and never beyond the top; unread is top - cursor.
+pub async fn cursors(s: &dyn Store) {
+    // An empty room: any offset clamps to 0, nothing moves.
+    let c = s.set_cursor("alice", "c", 5).await.unwrap();
+    assert_eq!((c.offset, c.top, c.moved), (0, 0, false));
+    for i in 0..3 {
+        s.append(msg("c", &i.to_string(), None)).await.unwrap();
+    }
+    let c = s.set_cursor("alice", "c", 2).await.unwrap();
+    assert_eq!((c.offset, c.top, c.moved, c.unread()), (2, 3, true, 1));
+    let c = s.set_cursor("alice", "c", 1).await.unwrap();
+    assert_eq!((c.offset, c.moved), (2, false), "older offset ignored");
+    let c = s.set_cursor("alice", "c", 2).await.unwrap();
+    assert_eq!((c.offset, c.moved), (2, false), "same offset moves nothing");
+    let c = s.set_cursor("alice", "c", u64::MAX).await.unwrap();
+    assert_eq!(
+        (c.offset, c.top, c.moved),
+        (3, 3, true),
+        "clamped to the top"
+    );
+    s.append(msg("c", "3", None)).await.unwrap();
+    let c = s.cursor("alice", "c").await.unwrap();
+    assert_eq!((c.offset, c.top, c.unread()), (3, 4, 1));
+    let c = s.cursor("bob", "c").await.unwrap();
+    assert_eq!((c.offset, c.top, c.unread()), (0, 4, 4));
+}
+
+fn big_msg(room: &str, bytes: usize) -> NewMessage {
+    let mut m = msg(room, "", None);
+    m.data = RawValue::from_string(format!("\"{}\"", "x".repeat(bytes))).unwrap();
+    m
+}
+
+/// Totals over a user's rooms; the room list newest first, paged, with previews.
+pub async fn room_list(s: &dyn Store) {
+    s.add_members("ra", &users(&["u"])).await.unwrap();
+    s.add_members("rb", &users(&["u", "v"])).await.unwrap();
+    s.add_members("rc", &users(&["u"])).await.unwrap();
+    s.add_members("empty", &users(&["u"])).await.unwrap();
+    // Activity order: rb, then ra, then rc (newest); the clock is in milliseconds.
+    for (room, n) in [("rb", 2), ("ra", 3), ("rc", 1)] {
+        for i in 0..n {
+            s.append(msg(room, &format!("{room}{i}"), None))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    s.append(msg("not-a-member", "x", None)).await.unwrap();
+    assert_eq!(s.unread_total("u").await.unwrap(), (6, 4));
+    assert_eq!(s.unread_total("v").await.unwrap(), (2, 1));
+    assert_eq!(s.unread_total("nobody").await.unwrap(), (0, 0));
+    s.set_cursor("u", "ra", 2).await.unwrap();
+    assert_eq!(s.unread_total("u").await.unwrap(), (4, 4));
+
+    let all = s.rooms("u", None, 10).await.unwrap();
+    let names: Vec<&str> = all.iter().map(|r| r.room.as_str()).collect();
+    assert_eq!(names, ["rc", "ra", "rb", "empty"]);
+    let a = &all[1];
+    assert_eq!((a.top, a.cursor, a.unread()), (3, 2, 1));
+    let p = a.preview.as_ref().unwrap();
+    assert_eq!(p.offset, 3);
+    assert_eq!(p.data.as_ref().unwrap().get(), r#"{"text":"ra2"}"#);
+    assert!(all[3].preview.is_none() && all[3].top == 0);
+
+    // Pages: two, then the rest after the last key.
+    let first = s.rooms("u", None, 2).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let (ts_ms, room) = first[1].key();
+    let after = RoomsAfter {
+        ts_ms,
+        room: room.to_owned(),
+    };
+    let rest = s.rooms("u", Some(&after), 10).await.unwrap();
+    let names: Vec<&str> = rest.iter().map(|r| r.room.as_str()).collect();
+    assert_eq!(names, ["rb", "empty"]);
+
+    // A big newest publication: the preview keeps its offset and time, not its data.
+    s.append(big_msg("rb", MAX_PREVIEW_BYTES + 1))
+        .await
+        .unwrap();
+    let top = s.rooms("u", None, 1).await.unwrap();
+    assert_eq!(top[0].room, "rb");
+    let p = top[0].preview.as_ref().unwrap();
+    assert_eq!(p.offset, 3);
+    assert!(p.data.is_none());
+    assert!(s.rooms("u", None, 0).await.unwrap().is_empty());
+}
