@@ -105,6 +105,14 @@ pub struct SubscribeResult {
 }
 
 #[derive(Debug, Default, Serialize)]
+pub struct SubRefreshResult {
+    #[serde(skip_serializing_if = "is_false")]
+    pub expires: bool,
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub ttl: u32,
+}
+
+#[derive(Debug, Default, Serialize)]
 pub struct HistoryResult {
     pub publications: Vec<Publication>,
     pub epoch: String,

@@ -5,7 +5,7 @@
 //! (1) closes with "no pong" the connections of the bucket pinged `pong_timeout` seconds
 //! ago that have not answered, (2) pings the bucket whose turn it is, closing those whose
 //! token has expired, and (3) closes as "stale" sockets that were upgraded more than
-//! `CONNECT_TIMEOUT` ago and never sent `connect`. A ping is the protocol's `{}` frame put
+//! `CONNECT_TIMEOUT` ago and never sent `connect`. A ping is the protocol's empty frame (`{}` in JSON) put
 //! into the connection's outbox, so an idle connection has no timer and its task sleeps
 //! until it has something to send or receive.
 //!
@@ -18,8 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
-use roomcast_proto::{Disconnect, PING};
+use roomcast_proto::Disconnect;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -73,8 +72,6 @@ pub struct Keepalive {
     /// Sockets waiting for `connect`, oldest first, with their deadline.
     handshakes: Mutex<VecDeque<(Instant, Weak<Peer>)>>,
     pong_timeout: u64,
-    /// The ping frame, shared by every connection.
-    ping: Bytes,
 }
 
 impl Keepalive {
@@ -84,7 +81,6 @@ impl Keepalive {
             buckets: (0..n).map(|_| Mutex::new(HashMap::new())).collect(),
             handshakes: Mutex::new(VecDeque::new()),
             pong_timeout: pong_timeout_secs.min(n - 1).max(if n > 1 { 1 } else { 0 }),
-            ping: Bytes::from_static(PING),
         }
     }
 
@@ -168,7 +164,7 @@ impl Keepalive {
                 peer.outbox.close(Disconnect::EXPIRED);
                 continue;
             }
-            if peer.outbox.push(self.ping.clone()) {
+            if peer.outbox.push(peer.outbox.format().ping()) {
                 peer.awaiting_pong.store(true, Ordering::Relaxed);
             }
         }

@@ -112,10 +112,13 @@ async fn wrong_key_malformed_body_and_unknown_method() {
         s.addr,
         "publish",
         Some(API_KEY),
-        "{\"channel\":\"r\",\"data\":1,\"bogus\":2}",
+        "{\"channel\":\"accepted\",\"data\":1,\"bogus\":2}",
     )
     .await;
-    assert_eq!(status, 400, "unknown field: {v}");
+    // Unknown fields are ignored, as Centrifugo does (issue 13): its API grows fields.
+    // (Another channel: `r` must hold nothing of the refused calls below.)
+    assert_eq!(status, 200, "unknown field: {v}");
+    assert_eq!(v["result"]["offset"], 1, "{v}");
     let (status, _) = api_raw(s.addr, "frobnicate", Some(API_KEY), "{}").await;
     assert_eq!(status, 404);
     let (status, v) = api_raw(
@@ -137,4 +140,58 @@ async fn wrong_key_malformed_body_and_unknown_method() {
     // Nothing of the refused calls was stored.
     let h = s.api("history", json!({"channel": "r", "limit": -1})).await;
     assert_eq!(h["result"]["publications"], json!([]));
+}
+
+/// Fields of Centrifugo's API that roomcast accepts (issue 13): `whitelist` keeps the
+/// listed clients connected; `skip_history`, `tags`, `session` and unknown fields are
+/// accepted and ignored (README, "Server API").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn centrifugo_fields_are_accepted_and_whitelist_is_honoured() {
+    let s = TestServer::start().await;
+    let mut sub = s.client("reader").await;
+    sub.subscribe("f").await;
+    let r = s
+        .api(
+            "publish",
+            json!({"channel": "f", "data": {"a": 1}, "skip_history": true,
+                   "tags": {"k": "v"}, "b64data": "", "delta": false, "version": 0}),
+        )
+        .await;
+    assert_eq!(r["result"]["offset"], 1, "{r}");
+    assert_eq!(sub.next_pub("f").await["data"], json!({"a": 1}));
+    let r = s
+        .api(
+            "broadcast",
+            json!({"channels": ["f"], "data": 2, "skip_history": false, "tags": {}}),
+        )
+        .await;
+    assert_eq!(r["result"]["responses"][0]["result"]["offset"], 2, "{r}");
+    let r = s
+        .api(
+            "unsubscribe",
+            json!({"user": "nobody", "channel": "f", "session": "s1", "client": "c1"}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+
+    // Two connections of one user; the whitelisted one stays.
+    let mut keep = Client::open(&s.ws_url()).await;
+    let id = keep.call(json!({"connect": {"token": token("bob")}})).await["connect"]["client"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut gone = s.client("bob").await;
+    let r = s
+        .api(
+            "disconnect",
+            json!({"user": "bob", "whitelist": [id], "session": ""}),
+        )
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    assert!(gone.closed_code().await.is_some());
+    let r = keep.call(json!({"ping": {}})).await;
+    assert!(
+        r.get("ping").is_some(),
+        "the whitelisted client is still connected: {r}"
+    );
 }

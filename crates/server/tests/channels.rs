@@ -258,7 +258,8 @@ async fn refusals_get_the_protocol_error_codes() {
     );
     assert_eq!(
         code(c.call(json!({"rpc": {"method": "nope", "data": {}}})).await),
-        Some(104)
+        Some(108),
+        "no rpc handler: not available, as the SDKs expect (issue 13)"
     );
     c.subscribe("a").await;
     c.subscribe("b").await;

@@ -374,8 +374,9 @@ async fn hostile_chat_inputs_get_clear_errors() {
     assert_eq!(error_code(&r), Some(102), "{r}");
     let r = rpc(&mut c, "roomcast.nothing", json!({})).await;
     assert_eq!(error_code(&r), Some(104), "{r}");
+    // Not a roomcast.* method, no handler: 108 "not available", as the SDKs expect (issue 13).
     let r = rpc(&mut c, "app.method", json!({})).await;
-    assert_eq!(error_code(&r), Some(104), "{r}");
+    assert_eq!(error_code(&r), Some(108), "{r}");
     // A huge page size is bounded, not an error.
     let r = rpc_ok(&mut c, "roomcast.rooms", json!({"limit": u64::MAX})).await;
     assert_eq!(r["rooms"], json!([]));

@@ -147,11 +147,11 @@ async fn status_online_offline_with_last_seen_through_the_api_and_rpc() {
     let st = &r["rpc"]["data"]["statuses"];
     assert_eq!(st[0]["online"], true, "{r}");
     assert_eq!(st[1]["online"], false, "{r}");
-    // Other rpc methods are still unknown.
+    // Other rpc methods have no handler: 108 "not available", as the SDKs expect.
     let r = alice
         .call(json!({"rpc": {"method": "x", "data": {}}}))
         .await;
-    assert_eq!(error_code(&r), Some(104), "{r}");
+    assert_eq!(error_code(&r), Some(108), "{r}");
 }
 
 #[tokio::test]

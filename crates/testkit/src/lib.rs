@@ -5,7 +5,8 @@
 //! - [`Node`]: a `roomcast serve` child process, ready once it wrote its `--ready-fd` JSON
 //!   line (no log scraping); killed, signalled or drained by its PID.
 //! - [`api_raw`], [`api`], [`publish`]: the server HTTP API over a raw socket.
-//! - [`Client`] (one WebSocket speaking the JSON protocol) and [`Subscriber`] (a client
+//! - [`Client`] (one WebSocket speaking the JSON protocol), [`PbClient`] (the same in the
+//!   protobuf format) and [`Subscriber`] (a client
 //!   that recovers after closes, as an SDK does).
 //! - [`services`]: private Redis, Redis Cluster, PostgreSQL, NATS (JetStream) and nginx
 //!   on free loopback ports in temporary directories. A missing program fails the test
@@ -19,6 +20,7 @@
 mod api;
 mod client;
 mod node;
+mod pb_client;
 mod proxy;
 mod server;
 pub mod services;
@@ -32,6 +34,7 @@ use roomcast::auth::{now_secs, Auth, Claims};
 pub use api::{api, api_raw, get, publish, try_api, try_api_raw};
 pub use client::{error_code, Client, Event};
 pub use node::{roomcast_bin, Node, NodeBuilder};
+pub use pb_client::{Ask, PbClient};
 pub use proxy::Proxy;
 pub use server::{config, TestServer};
 pub use services::{free_port, Nats, Nginx, Postgres, Redis, RedisCluster};

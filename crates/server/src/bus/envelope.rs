@@ -64,6 +64,9 @@ pub enum Envelope {
         user: String,
         client: Option<String>,
         code: u16,
+        /// Client ids to leave connected.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        keep: Vec<String>,
     },
     Unsubscribe {
         n: String,
@@ -102,11 +105,17 @@ impl Envelope {
 
     pub fn from_user_op(node: &str, op: &UserOp) -> Envelope {
         match op {
-            UserOp::Disconnect { user, client, why } => Envelope::Disconnect {
+            UserOp::Disconnect {
+                user,
+                client,
+                keep,
+                why,
+            } => Envelope::Disconnect {
                 n: node.into(),
                 user: user.clone(),
                 client: client.clone(),
                 code: why.code,
+                keep: keep.clone(),
             },
             UserOp::Unsubscribe {
                 user,
@@ -192,10 +201,15 @@ impl Envelope {
             Envelope::Heartbeat { n, s } if n != me => Decoded::Heartbeat(n, s),
             Envelope::Gone { n } if n != me => Decoded::Gone(n),
             Envelope::Disconnect {
-                user, client, code, ..
+                user,
+                client,
+                code,
+                keep,
+                ..
             } => Decoded::UserOp(UserOp::Disconnect {
                 user,
                 client,
+                keep,
                 why: known_disconnect(code),
             }),
             Envelope::Unsubscribe {

@@ -46,6 +46,8 @@ pub enum UserOp {
     Disconnect {
         user: String,
         client: Option<String>,
+        /// Client ids to leave connected (the API's `whitelist`).
+        keep: Vec<String>,
         why: Disconnect,
     },
     Unsubscribe {
@@ -59,9 +61,16 @@ impl UserOp {
     /// Applies the operation to this node's connections.
     pub fn apply(&self, hub: &Hub) {
         match self {
-            UserOp::Disconnect { user, client, why } => {
+            UserOp::Disconnect {
+                user,
+                client,
+                keep,
+                why,
+            } => {
                 for conn in hub.user_conns(user) {
-                    if client.as_deref().is_none_or(|c| c == &*conn.client) {
+                    if client.as_deref().is_none_or(|c| c == &*conn.client)
+                        && !keep.iter().any(|k| **k == *conn.client)
+                    {
                         conn.outbox.close(why.clone());
                     }
                 }

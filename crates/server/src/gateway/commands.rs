@@ -3,24 +3,45 @@
 //! together), and what the connection's outbox holds goes out through the transport.
 
 use bytes::Bytes;
-use roomcast_proto::{decode_commands, Disconnect, Method};
+use roomcast_proto::{decode_commands, protobuf, Command, Disconnect, Format, Method};
 
 use super::session::{Flow, Now, Session};
 use super::transport::Transport;
 use crate::hub::Out;
 
-/// Decodes and runs the commands of several text messages. Consecutive publishes are
+/// One client message: text carries JSON commands, binary carries protobuf ones.
+pub(super) enum Inbound {
+    Text(String),
+    Binary(Vec<u8>),
+}
+
+/// The commands of one message, if it is of the connection's format and well formed.
+fn decode(msg: &Inbound, format: Format) -> Result<Vec<Command>, Disconnect> {
+    let decoded = match (msg, format) {
+        (Inbound::Text(text), Format::Json) => decode_commands(text).map_err(|e| e.to_string()),
+        (Inbound::Binary(data), Format::Protobuf) => {
+            protobuf::decode_commands(data).map_err(|e| e.to_string())
+        }
+        (_, format) => Err(format!(
+            "a message not in the connection's format ({format:?})"
+        )),
+    };
+    decoded.map_err(|error| {
+        tracing::debug!(%error, "malformed frame");
+        Disconnect::BAD_REQUEST
+    })
+}
+
+/// Decodes and runs the commands of several client messages. Consecutive publishes are
 /// committed together; every other command runs on its own, in order. An error is the
 /// close the connection must end with.
-pub(super) async fn run(session: &mut Session, texts: &[String]) -> Result<(), Disconnect> {
+pub(super) async fn run(session: &mut Session, msgs: &[Inbound]) -> Result<(), Disconnect> {
     // One clock reading for the batch: the commands of one read arrived together.
     let now = Now::current();
     let mut publishes = Vec::new();
-    for text in texts {
-        let commands = decode_commands(text).map_err(|e| {
-            tracing::debug!(error = %e, "malformed frame");
-            Disconnect::BAD_REQUEST
-        })?;
+    let format = session.format();
+    for msg in msgs {
+        let commands = decode(msg, format)?;
         for cmd in commands {
             let (id, method) = cmd.into_method().map_err(|_| Disconnect::BAD_REQUEST)?;
             crate::metrics::METRICS.command(crate::metrics::method_name(&method));

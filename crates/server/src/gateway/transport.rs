@@ -6,12 +6,10 @@
 
 use bytes::Bytes;
 
-/// How replies and pushes are encoded for a transport.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Format {
-    /// JSON objects; several frames of one write are newline-joined (protocol v2 JSON).
-    Json,
-}
+/// How replies and pushes are encoded for a transport: JSON (several frames of one write
+/// newline-joined) or protobuf (length-delimited frames concatenated). Owned by the proto
+/// crate, which encodes for both.
+pub use roomcast_proto::Format;
 
 /// Moves encoded frames to one client. Writes are buffered by the transport and leave
 /// when its socket takes them; a transport bounds what it buffers (see the pump that

@@ -32,7 +32,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
-use super::commands;
+use super::commands::{self, Inbound};
 use super::session::{Now, Session};
 use super::transport::{Format, Transport};
 use crate::hub::Outbox;
@@ -53,6 +53,9 @@ const ECHO_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct WebSocket {
     /// Encoded WebSocket frames not yet taken by the socket; freed once empty.
     out: BytesMut,
+    /// JSON goes in text messages (frames newline-joined), protobuf in binary messages
+    /// (length-delimited frames concatenated).
+    format: Format,
 }
 
 impl Transport for WebSocket {
@@ -61,20 +64,35 @@ impl Transport for WebSocket {
     }
 
     fn format(&self) -> Format {
-        Format::Json
+        self.format
     }
 
     fn write(&mut self, frame: &[u8]) {
-        ws::text(&mut self.out, frame);
+        match self.format {
+            Format::Json => ws::text(&mut self.out, frame),
+            Format::Protobuf => {
+                ws::binary_header(&mut self.out, frame.len());
+                self.out.extend_from_slice(frame);
+            }
+        }
     }
 
     fn write_many(&mut self, frames: &[Bytes]) {
-        let len = frames.iter().map(Bytes::len).sum::<usize>() + frames.len().saturating_sub(1);
+        // Protobuf frames carry their own length; JSON ones are newline-separated.
+        let sep: &[u8] = match self.format {
+            Format::Json => b"\n",
+            Format::Protobuf => b"",
+        };
+        let len = frames.iter().map(Bytes::len).sum::<usize>()
+            + sep.len() * frames.len().saturating_sub(1);
         self.out.reserve(len + 10);
-        ws::text_header(&mut self.out, len);
+        match self.format {
+            Format::Json => ws::text_header(&mut self.out, len),
+            Format::Protobuf => ws::binary_header(&mut self.out, len),
+        }
         for (i, f) in frames.iter().enumerate() {
             if i > 0 {
-                self.out.extend_from_slice(b"\n");
+                self.out.extend_from_slice(sep);
             }
             self.out.extend_from_slice(f);
         }
@@ -137,17 +155,20 @@ impl Stall {
     }
 }
 
-/// Serves the client protocol on an upgraded socket; `leftover` are bytes the HTTP layer
-/// read past the upgrade request.
-/// `headers` are those of the upgrade request the backend proxies get.
+/// Serves the client protocol on an upgraded socket, in the format the handshake chose;
+/// `leftover` are bytes the HTTP layer read past the upgrade request, `headers` those of
+/// the upgrade request the backend proxies get.
 pub async fn serve(
     node: Arc<Node>,
     tcp: TcpStream,
     leftover: Bytes,
     headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    format: Format,
 ) {
     let outbox = Arc::new(
-        Outbox::new(node.config.outbox_max_bytes).with_reply_limit(node.config.reply_max_bytes),
+        Outbox::new(node.config.outbox_max_bytes)
+            .with_reply_limit(node.config.reply_max_bytes)
+            .with_format(format),
     );
     let peer = Arc::new(Peer::new(outbox.clone()));
     let mut session = Session::new(node.clone(), peer.clone(), Now::current());
@@ -205,7 +226,10 @@ async fn run(
     // `leftover` may be a slice of hyper's whole read buffer: let it go now, or every
     // connection keeps that buffer for life.
     drop(leftover);
-    let mut wire = WebSocket::default();
+    let mut wire = WebSocket {
+        out: BytesMut::new(),
+        format: outbox.format(),
+    };
     let mut closing = false;
     let mut client_closed = false;
     let mut items = Vec::new();
@@ -395,18 +419,23 @@ fn start_close_deadline(stall: &mut Option<Box<Stall>>, timeout: Duration) {
 }
 
 /// Handles the messages of one read, in order; returns a close to send, if the connection
-/// must end. Text messages that arrived together are handled together, so that pipelined
-/// publishes share one commit.
+/// must end. Data messages that arrived together are handled together, so that pipelined
+/// publishes share one commit. (A message of the other format than the connection's is a
+/// bad request: `commands::run` refuses it.)
 async fn on_messages(
     msgs: &mut Vec<Message>,
     handler: &mut Handler,
     wire: &mut WebSocket,
 ) -> Option<(u16, &'static str, bool)> {
-    let mut texts: Vec<String> = Vec::new();
+    let mut texts: Vec<Inbound> = Vec::new();
     for msg in msgs.drain(..) {
         let msg = match (msg, &*handler) {
             (Message::Text(text), Handler::Session(_)) => {
-                texts.push(text);
+                texts.push(Inbound::Text(text));
+                continue;
+            }
+            (Message::Binary(data), Handler::Session(_)) => {
+                texts.push(Inbound::Binary(data));
                 continue;
             }
             (other, _) => other,
@@ -420,24 +449,19 @@ async fn on_messages(
             Message::Close(code, _) => return Some((code.unwrap_or(ws::close::NORMAL), "", true)),
             // Echo (the session's texts were gathered above).
             Message::Text(text) => wire.write(text.as_bytes()),
-            Message::Binary(data) => match handler {
-                Handler::Echo => {
-                    ws::binary_header(&mut wire.out, data.len());
-                    wire.out.extend_from_slice(&data);
-                }
-                Handler::Session(_) => {
-                    let why = Disconnect::BAD_REQUEST;
-                    return Some((why.code, why.reason, false));
-                }
-            },
+            // Echo (the session's were gathered above).
+            Message::Binary(data) => {
+                ws::binary_header(&mut wire.out, data.len());
+                wire.out.extend_from_slice(&data);
+            }
         }
     }
     run_texts(&mut texts, handler).await
 }
 
-/// Runs gathered text messages through the session.
+/// Runs gathered data messages through the session.
 async fn run_texts(
-    texts: &mut Vec<String>,
+    texts: &mut Vec<Inbound>,
     handler: &mut Handler,
 ) -> Option<(u16, &'static str, bool)> {
     if texts.is_empty() {

@@ -51,8 +51,11 @@ impl Api {
     }
 }
 
+// Request bodies: fields roomcast does not know are ignored, as Centrifugo does (its API
+// grows fields every release). Fields it knows and does not act on are listed in the
+// README ("Server API") with the reason.
+
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct PublishBody {
     channel: String,
     data: Box<RawValue>,
@@ -61,7 +64,6 @@ struct PublishBody {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct BroadcastBody {
     channels: Vec<String>,
     data: Box<RawValue>,
@@ -70,13 +72,11 @@ struct BroadcastBody {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ChannelBody {
     channel: String,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct HistoryBody {
     channel: String,
     #[serde(default)]
@@ -88,7 +88,6 @@ struct HistoryBody {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
 struct ChannelsBody {
     #[serde(default)]
     pattern: String,
@@ -101,17 +100,18 @@ struct DisconnectCode {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct DisconnectBody {
     user: String,
     #[serde(default)]
     client: Option<String>,
     #[serde(default)]
     disconnect: Option<DisconnectCode>,
+    /// Client ids of the user to leave connected.
+    #[serde(default)]
+    whitelist: Vec<String>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct UnsubscribeBody {
     user: String,
     channel: String,
@@ -343,6 +343,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 .user_op(UserOp::Disconnect {
                     user: b.user,
                     client: b.client,
+                    keep: b.whitelist,
                     why,
                 })
                 .await

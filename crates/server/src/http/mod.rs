@@ -15,6 +15,7 @@ use axum::Router;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use crate::gateway::transport::Format;
 use crate::node::Node;
 
 pub mod api;
@@ -82,20 +83,51 @@ async fn websocket(State(node): State<Arc<Node>>, req: Request) -> Response {
             .into_response();
     }
     let forwarded = node.proxies.forwarded(req.headers());
-    let (response, on_upgrade) = match handshake(req) {
+    let (format, subprotocol) = format_of(&req);
+    let (mut response, on_upgrade) = match handshake(req) {
         Ok(x) => x,
         Err(r) => return r,
     };
+    if let Some(p) = subprotocol {
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
     // Tracked, so the node's drain waits for the connection.
     let tasks = node.tasks.clone();
     let task = async move {
         if let Some((tcp, leftover)) = Box::pin(take_socket(on_upgrade)).await {
-            crate::gateway::serve(node, tcp, leftover, forwarded).await;
+            crate::gateway::serve(node, tcp, leftover, forwarded, format).await;
         }
     };
     tracing::trace!(bytes = size_of_val(&task), "connection task size");
     tasks.spawn(task);
     response
+}
+
+/// The subprotocol the SDKs' protobuf builds ask for (centrifuge-js, -dart, -swift, ...).
+const PROTOBUF_SUBPROTOCOL: &str = "centrifuge-protobuf";
+
+/// The format a WebSocket client asks for, as the SDKs ask: `format=protobuf` in the query
+/// (centrifuge-go, -python) or the `centrifuge-protobuf` subprotocol (the others), which
+/// the 101 response must then name. Anything else is JSON.
+fn format_of(req: &Request) -> (Format, Option<&'static str>) {
+    let asked_subprotocol = req
+        .headers()
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|p| p.trim() == PROTOBUF_SUBPROTOCOL);
+    let asked_query = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "format=protobuf"));
+    match (asked_subprotocol, asked_query) {
+        (true, _) => (Format::Protobuf, Some(PROTOBUF_SUBPROTOCOL)),
+        (false, true) => (Format::Protobuf, None),
+        (false, false) => (Format::Json, None),
+    }
 }
 
 fn bad(status: StatusCode, message: &'static str) -> Response {

@@ -9,18 +9,17 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{ConnId, Hub, Sub};
+use super::{ConnId, Frames, Hub, Sub};
 
 /// The digest side of a room.
 #[derive(Default)]
 pub(super) struct Digest {
     pub(super) subs: HashMap<ConnId, Sub>,
     /// The newest publication of the room (offset, encoded push).
-    pub(super) latest: Option<(u64, Bytes)>,
+    pub(super) latest: Option<(u64, Frames)>,
     /// `latest` has not reached every digest subscriber yet.
     pub(super) undelivered: bool,
     /// The id of the room's running timer.

@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use super::frames::Frames;
 use roomcast_proto::Disconnect;
 use tokio::sync::mpsc;
 
@@ -42,7 +42,8 @@ pub(super) struct Target {
 }
 
 struct Job {
-    frame: Bytes,
+    /// Encoded once per format, by the first lane that needs it.
+    frame: Frames,
     targets: Vec<Target>,
 }
 
@@ -87,7 +88,7 @@ impl Lanes {
     }
 
     /// Hands each lane its part (`parts[i]` to lane `i`; empty parts are skipped).
-    pub(super) fn send(&self, frame: &Bytes, parts: Vec<Vec<Target>>) {
+    pub(super) fn send(&self, frame: &Frames, parts: Vec<Vec<Target>>) {
         for (lane, targets) in self.lanes.iter().zip(parts) {
             if targets.is_empty() {
                 continue;
@@ -118,7 +119,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, deliveries: Arc<AtomicU64>) {
     while let Some(job) = rx.recv().await {
         let mut n = 0;
         for t in &job.targets {
-            if t.alive.load(Ordering::Acquire) && t.outbox.push(job.frame.clone()) {
+            if t.alive.load(Ordering::Acquire) && t.outbox.push(job.frame.get(t.outbox.format())) {
                 n += 1;
             }
         }

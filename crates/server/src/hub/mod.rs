@@ -2,7 +2,8 @@
 //!
 //! The hub receives room events from the bus (publications already committed to the
 //! store, joins, leaves) and puts them into the outboxes of the local subscribers. A
-//! publication is encoded once; every recipient gets the same `Bytes`.
+//! publication is encoded once per format its recipients speak; every recipient of a
+//! format gets the same `Bytes` (see `frames.rs`).
 //!
 //! Ordering and recovery: a subscriber is first added *pending* (events for it are held,
 //! in order, in its pending buffer), then the caller reads the store, queues the subscribe
@@ -24,14 +25,16 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use bytes::Bytes;
-use roomcast_proto::{encode_push, ClientInfo, Disconnect, PushBody};
+use roomcast_proto::{ClientInfo, Disconnect};
 
 use crate::store::Message;
 
 mod digest;
+mod frames;
 mod lanes;
 pub mod outbox;
+
+use frames::Frames;
 
 pub use outbox::{Out, Outbox};
 
@@ -76,7 +79,7 @@ struct Sub {
     /// not positioned (it takes whatever comes).
     next: Option<u64>,
     /// Events held while the subscribe is in progress.
-    pending: Option<Vec<(u64, Bytes)>>,
+    pending: Option<Vec<(u64, Frames)>>,
     /// Cleared when the subscription leaves, so fan-out lanes holding a job for it skip it.
     alive: Arc<AtomicBool>,
 }
@@ -103,7 +106,7 @@ pub struct Joined {
 }
 
 /// Holds an event for a pending subscriber (true), or leaves it to be delivered (false).
-fn hold(sub: &mut Sub, offset: u64, frame: &Bytes) -> bool {
+fn hold(sub: &mut Sub, offset: u64, frame: &Frames) -> bool {
     let Some(held) = &mut sub.pending else {
         return false;
     };
@@ -366,15 +369,12 @@ impl Hub {
     /// Fans one event out to the room's local subscribers.
     pub fn dispatch(&self, event: &RoomEvent) {
         let room = event.room();
-        let (offset, frame, join_leave) = match event {
-            RoomEvent::Publication(m) => (
-                m.offset,
-                encode_push(room, PushBody::Pub(&m.publication())),
-                false,
-            ),
-            RoomEvent::Join { info, .. } => (0, encode_push(room, PushBody::Join { info }), true),
-            RoomEvent::Leave { info, .. } => (0, encode_push(room, PushBody::Leave { info }), true),
+        let (offset, join_leave) = match event {
+            RoomEvent::Publication(m) => (m.offset, false),
+            RoomEvent::Join { .. } | RoomEvent::Leave { .. } => (0, true),
         };
+        // Encoded lazily, once per format its recipients speak.
+        let frame = Frames::new(event);
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let Some(r) = shard.get_mut(room) else { return };
         if join_leave {
@@ -428,7 +428,7 @@ impl Hub {
     }
 
     /// Puts a publication into a live subscriber's outbox if it is the next one it needs.
-    fn deliver(&self, sub: &mut Sub, offset: u64, frame: Bytes) {
+    fn deliver(&self, sub: &mut Sub, offset: u64, frame: Frames) {
         if self.admit(sub, offset) {
             self.put(sub, frame);
         }
@@ -457,8 +457,8 @@ impl Hub {
         }
     }
 
-    fn put(&self, sub: &Sub, frame: Bytes) {
-        if sub.outbox.push(frame) {
+    fn put(&self, sub: &Sub, frame: Frames) {
+        if sub.outbox.push(frame.get(sub.outbox.format())) {
             self.deliveries.fetch_add(1, Ordering::Relaxed);
         }
     }

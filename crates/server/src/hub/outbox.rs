@@ -14,7 +14,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use roomcast_proto::Disconnect;
+use roomcast_proto::{Disconnect, Format};
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
@@ -48,6 +48,9 @@ pub struct Outbox {
     max_bytes: usize,
     /// Reply bytes queued before the connection is closed as slow.
     max_reply_bytes: usize,
+    /// The format every frame put here is encoded in (the connection's, fixed at the
+    /// handshake): the hub encodes a push once per format and puts each outbox's.
+    format: Format,
 }
 
 /// Reply budget of an outbox built with `new`.
@@ -63,7 +66,19 @@ impl Outbox {
             waker: AtomicWaker::new(),
             max_bytes,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            format: Format::Json,
         }
+    }
+
+    /// Sets the format of the frames this outbox carries (JSON by default).
+    pub fn with_format(mut self, format: Format) -> Outbox {
+        self.format = format;
+        self
+    }
+
+    /// The format of the frames this outbox carries.
+    pub fn format(&self) -> Format {
+        self.format
     }
 
     /// Sets the reply budget (see the module doc).

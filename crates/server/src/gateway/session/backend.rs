@@ -8,7 +8,7 @@
 
 use futures_util::future::join_all;
 use roomcast_proto::command::{ConnectRequest, RpcRequest, SubscribeRequest};
-use roomcast_proto::{encode_error_message, encode_reply, ClientInfo, Disconnect, ErrorCode};
+use roomcast_proto::{ClientInfo, Disconnect, ErrorCode};
 use serde_json::value::RawValue;
 
 use super::{Flow, Services, Session};
@@ -61,7 +61,7 @@ impl<S: Services> Session<S> {
                 Err(e) => failed(e),
             },
             Ok(Outcome::Refuse(code, message)) => {
-                self.reply(encode_error_message(id, code, &message));
+                self.reply(self.format().error_message(id, code, &message));
                 Err(Flow::Continue)
             }
             Ok(Outcome::Disconnect(d)) => Err(Flow::Close(d)),
@@ -87,7 +87,7 @@ impl<S: Services> Session<S> {
         match proxies.subscribe(&request, &self.headers).await {
             Some(Ok(Outcome::Accept(_))) => true,
             Some(Ok(Outcome::Refuse(code, message))) => {
-                self.reply(encode_error_message(id, code, &message));
+                self.reply(self.format().error_message(id, code, &message));
                 false
             }
             Some(Ok(Outcome::Disconnect(d))) => {
@@ -136,13 +136,13 @@ impl<S: Services> Session<S> {
         match answer.expect("proxies_rpc") {
             Ok(Outcome::Accept(r)) => match r.reply(self.node.config().max_data_depth) {
                 Ok(result) => {
-                    self.reply(encode_reply(id, "rpc", &result));
+                    self.reply(self.format().reply(id, "rpc", &result));
                     Flow::Continue
                 }
                 Err(e) => failed(e),
             },
             Ok(Outcome::Refuse(code, message)) => {
-                self.reply(encode_error_message(id, code, &message));
+                self.reply(self.format().error_message(id, code, &message));
                 Flow::Continue
             }
             Ok(Outcome::Disconnect(d)) => Flow::Close(d),
@@ -194,7 +194,7 @@ impl<S: Services> Session<S> {
                     Err(e) => Err(e),
                 },
                 Some(Ok(Outcome::Refuse(code, message))) => {
-                    self.reply(encode_error_message(id, code, &message));
+                    self.reply(self.format().error_message(id, code, &message));
                     continue;
                 }
                 Some(Ok(Outcome::Disconnect(d))) => {

@@ -4,7 +4,7 @@
 //! keep the session's own answer.
 
 use roomcast_proto::command::RpcRequest;
-use roomcast_proto::{encode_error_message, encode_reply, RpcResult};
+use roomcast_proto::RpcResult;
 
 use super::{Services, Session};
 
@@ -16,8 +16,11 @@ impl<S: Services> Session<S> {
             .chat_rpc(&user, &req.method, req.data.as_deref())
             .await
         {
-            Ok(data) => self.reply(encode_reply(id, "rpc", &RpcResult { data: Some(data) })),
-            Err(e) => self.reply(encode_error_message(id, e.code(), &e.to_string())),
+            Ok(data) => self.reply(
+                self.format()
+                    .reply(id, "rpc", &RpcResult { data: Some(data) }),
+            ),
+            Err(e) => self.reply(self.format().error_message(id, e.code(), &e.to_string())),
         }
     }
 }

@@ -27,10 +27,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use roomcast_proto::command::ConnectRequest;
-use roomcast_proto::{
-    encode_empty_reply, encode_error, encode_reply, ClientInfo, ConnectResult, Disconnect,
-    ErrorCode, Method, RefreshResult,
-};
+use roomcast_proto::{ClientInfo, ConnectResult, Disconnect, ErrorCode, Method, RefreshResult};
 
 use crate::auth::{Claims, TokenError};
 use crate::channel::Channel;
@@ -130,13 +127,18 @@ impl<S: Services> Session<S> {
         self.peer.pong();
     }
 
+    /// The format this connection's replies are encoded in.
+    pub fn format(&self) -> roomcast_proto::Format {
+        self.peer.outbox.format()
+    }
+
     fn reply(&self, frame: bytes::Bytes) {
         self.peer.outbox.push_reply(frame);
     }
 
     fn error(&self, id: u32, err: ErrorCode) {
         crate::metrics::METRICS.command_error(err.code);
-        self.reply(encode_error(id, err));
+        self.reply(self.format().error(id, err));
     }
 
     pub async fn handle(&mut self, id: u32, method: Method, now: Now) -> Flow {
@@ -162,13 +164,13 @@ impl<S: Services> Session<S> {
             Method::Subscribe(req) => self.subscribe(id, req).await,
             Method::Unsubscribe(req) => {
                 self.unsubscribe(&req.channel).await;
-                self.reply(encode_empty_reply(id, "unsubscribe"));
+                self.reply(self.format().empty_reply(id, "unsubscribe"));
             }
             Method::Publish(req) => self.commit_publishes(vec![(id, req)], now).await,
             Method::Presence(req) => self.presence(id, &req.channel, false).await,
             Method::PresenceStats(req) => self.presence(id, &req.channel, true).await,
             Method::History(req) => self.history(id, req).await,
-            Method::Ping => self.reply(encode_empty_reply(id, "ping")),
+            Method::Ping => self.reply(self.format().empty_reply(id, "ping")),
             Method::Send(_) => {} // Asynchronous message with no handler configured: accepted, dropped.
             Method::Rpc(req) if req.method == status::STATUS => self.status(id, req).await,
             Method::Rpc(req) if req.method.starts_with(crate::chat::rpc::PREFIX) => {
@@ -178,7 +180,8 @@ impl<S: Services> Session<S> {
             Method::Rpc(req) if self.proxies_rpc(&req.method) => {
                 return self.proxy_rpc(id, req).await
             }
-            Method::Rpc(_) => self.error(id, ErrorCode::METHOD_NOT_FOUND),
+            // No RPC handler for this method: "not available", as the SDKs expect.
+            Method::Rpc(_) => self.error(id, ErrorCode::NOT_AVAILABLE),
             Method::Refresh(req) => return self.refresh(id, &req.token, now).await,
             Method::SubRefresh(req) => self.sub_refresh(id, &req.channel, &req.token, now),
             Method::Empty => {}
@@ -288,7 +291,7 @@ impl<S: Services> Session<S> {
         };
         tracing::info!(client = %result.client, user = %claims.sub, "connected");
         crate::metrics::METRICS.connects.inc();
-        self.reply(encode_reply(id, "connect", &result));
+        self.reply(self.format().reply(id, "connect", &result));
         for (channel, next) in activate {
             self.node.activate(&channel, self.conn, next);
         }
@@ -324,7 +327,7 @@ impl<S: Services> Session<S> {
             expires,
             ttl,
         };
-        self.reply(encode_reply(id, "refresh", &result));
+        self.reply(self.format().reply(id, "refresh", &result));
         Flow::Continue
     }
 

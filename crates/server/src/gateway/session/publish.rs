@@ -3,7 +3,7 @@
 //! command passes.
 
 use roomcast_proto::command::PublishRequest;
-use roomcast_proto::{encode_empty_reply, ErrorCode};
+use roomcast_proto::ErrorCode;
 
 use super::{Now, Services, Session};
 use crate::channel::Channel;
@@ -73,7 +73,7 @@ impl<S: Services> Session<S> {
         let results = self.node.publish_batch(items, &identity).await;
         for (id, r) in ids.into_iter().zip(results) {
             match r {
-                Ok(_) => self.reply(encode_empty_reply(id, "publish")),
+                Ok(_) => self.reply(self.format().empty_reply(id, "publish")),
                 Err(e) => self.error(id, internal(e)),
             }
         }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use roomcast_proto::command::{HistoryRequest, SubscribeRequest};
 use roomcast_proto::{
-    encode_error_message, encode_push, encode_reply, ErrorCode, HistoryResult, PresenceResult,
-    PresenceStatsResult, PushBody, SubscribeResult,
+    ErrorCode, HistoryResult, PresenceResult, PresenceStatsResult, PushBody, SubRefreshResult,
+    SubscribeResult,
 };
 
 use serde::Deserialize;
@@ -72,12 +72,13 @@ impl<S: Services> Session<S> {
             Ok(()) => {
                 let exp = self.node.verify(token).ok().and_then(|c| c.exp);
                 let result = match exp {
-                    Some(exp) => {
-                        serde_json::json!({"expires": true, "ttl": exp.saturating_sub(now.unix).max(1)})
-                    }
-                    None => serde_json::json!({}),
+                    Some(exp) => SubRefreshResult {
+                        expires: true,
+                        ttl: exp.saturating_sub(now.unix).max(1) as u32,
+                    },
+                    None => SubRefreshResult::default(),
                 };
-                self.reply(encode_reply(id, "sub_refresh", &result));
+                self.reply(self.format().reply(id, "sub_refresh", &result));
             }
             Err(e) => self.error(id, e),
         }
@@ -127,7 +128,7 @@ impl<S: Services> Session<S> {
                             offset: pos.offset,
                             ..SubscribeResult::default()
                         };
-                        self.reply(encode_reply(id, "subscribe", &result));
+                        self.reply(self.format().reply(id, "subscribe", &result));
                     }
                     Err(e) => self.error(id, internal(e)),
                 };
@@ -145,7 +146,7 @@ impl<S: Services> Session<S> {
         }
         match self.join(&req).await {
             Ok((result, next)) => {
-                self.reply(encode_reply(id, "subscribe", &result));
+                self.reply(self.format().reply(id, "subscribe", &result));
                 self.node.activate(&req.channel, self.conn, next);
             }
             Err(e) => self.error(id, e),
@@ -286,7 +287,7 @@ impl<S: Services> Session<S> {
     pub async fn server_unsubscribe(&mut self, channel: &str) {
         if self.subs.contains_key(channel) {
             self.unsubscribe(channel).await;
-            self.reply(encode_push(
+            self.reply(self.format().push(
                 channel,
                 PushBody::Unsubscribe {
                     code: roomcast_proto::codes::unsubscribe::SERVER,
@@ -309,7 +310,7 @@ impl<S: Services> Session<S> {
         }
         if stats {
             let (num_clients, num_users) = self.node.presence_stats(channel_name).await;
-            self.reply(encode_reply(
+            self.reply(self.format().reply(
                 id,
                 "presence_stats",
                 &PresenceStatsResult {
@@ -321,7 +322,10 @@ impl<S: Services> Session<S> {
             let max = channel.options.presence_max_entries;
             match self.node.presence(channel_name, max).await {
                 Members::Listed(presence) => {
-                    self.reply(encode_reply(id, "presence", &PresenceResult { presence }));
+                    self.reply(
+                        self.format()
+                            .reply(id, "presence", &PresenceResult { presence }),
+                    );
                 }
                 Members::TooMany { .. } => self.error(id, ErrorCode::LIMIT_EXCEEDED),
             }
@@ -359,9 +363,9 @@ impl<S: Services> Session<S> {
                     epoch: pos.epoch,
                     offset: pos.offset,
                 };
-                self.reply(encode_reply(id, "history", &result));
+                self.reply(self.format().reply(id, "history", &result));
             }
-            Err(ErrorCode::UNRECOVERABLE_POSITION) => self.reply(encode_error_message(
+            Err(ErrorCode::UNRECOVERABLE_POSITION) => self.reply(self.format().error_message(
                 id,
                 ErrorCode::UNRECOVERABLE_POSITION,
                 "unrecoverable position: the stream's epoch changed",

@@ -7,7 +7,7 @@
 //! is error 107 (bad request).
 
 use roomcast_proto::command::RpcRequest;
-use roomcast_proto::{encode_reply, ErrorCode, RpcResult};
+use roomcast_proto::{ErrorCode, RpcResult};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
@@ -41,7 +41,10 @@ impl<S: Services> Session<S> {
                 let json =
                     serde_json::to_string(&StatusResult { statuses }).expect("statuses serialize");
                 let data = RawValue::from_string(json).expect("serde_json writes JSON");
-                self.reply(encode_reply(id, "rpc", &RpcResult { data: Some(data) }));
+                self.reply(
+                    self.format()
+                        .reply(id, "rpc", &RpcResult { data: Some(data) }),
+                );
             }
             Err(e) => self.error(id, e),
         }
