@@ -104,4 +104,30 @@ pub(crate) fn signal(pid: u32, sig: &str) {
         .status()
         .is_ok_and(|s| s.success());
     assert!(ok, "kill -{sig} {pid}");
+    if sig == "STOP" {
+        wait_stopped(pid);
+    }
+}
+
+/// `kill` returns once SIGSTOP is queued; a thread of the target running on another core
+/// stops a moment later (and could still answer a connection made right after `kill`).
+/// Waits (at most 2 s) until every thread of `pid` is stopped.
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let stopped = || {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            return true; // gone: nothing left to answer
+        };
+        tasks.flatten().all(|t| {
+            std::fs::read_to_string(t.path().join("stat")).is_ok_and(|stat| {
+                // The state is the field after the parenthesised command name.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().next())
+                    .is_some_and(|state| state == "T" || state == "t")
+            })
+        })
+    };
+    while !stopped() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
