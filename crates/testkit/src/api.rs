@@ -47,7 +47,6 @@ pub async fn try_api_raw(
     key: Option<&str>,
     body: &str,
 ) -> Result<(u16, Value), String> {
-    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     let key_header = key
         .map(|k| format!("X-API-Key: {k}\r\n"))
         .unwrap_or_default();
@@ -55,6 +54,14 @@ pub async fn try_api_raw(
         "POST /api/{method} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n{key_header}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
+    let (status, body) = exchange(addr, &req).await?;
+    Ok((status, serde_json::from_str(&body).unwrap_or(Value::Null)))
+}
+
+/// Sends one request on a fresh connection (`Connection: close`) and reads the whole
+/// answer: its status and body.
+async fn exchange(addr: SocketAddr, req: &str) -> Result<(u16, String), String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
@@ -66,27 +73,13 @@ pub async fn try_api_raw(
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| format!("not an HTTP reply: {text:.200}"))?;
     let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    Ok((status, body.to_owned()))
 }
 
 /// `GET path` (e.g. `/ready`), bounded by `within`: the status and the body as text.
 pub async fn get(addr: SocketAddr, path: &str, within: Duration) -> Result<(u16, String), String> {
-    let call = async {
-        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes())
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut out = Vec::new();
-        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
-        let text = String::from_utf8(out).map_err(|e| e.to_string())?;
-        let status: u16 = text
-            .get(9..12)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("not an HTTP reply: {text:.200}"))?;
-        let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-        Ok((status, body.to_owned()))
-    };
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let call = exchange(addr, &req);
     tokio::time::timeout(within, call)
         .await
         .map_err(|_| format!("GET {path}: no answer within {within:?}"))?
