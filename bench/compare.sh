@@ -8,6 +8,10 @@
 # Env:   STORE=sqlite (default: each server its own SQLite data dir) | postgres (a private
 #        PostgreSQL started here, one database per server; fsync on)
 #        OUT=dir for results.json and plots (default bench-results/compare-<utc time>)
+#        CONFIG_OLD / CONFIG_NEW: config file per server (default bench/roomcast-bench.toml for both)
+#        SPEC_OLD / SPEC_NEW: extra `--target` keys per server, e.g. SPEC_NEW=chat=1 (the chat layer:
+#        members added, cursors moved; pair with CONFIG_NEW=bench/roomcast-bench-chat.toml)
+#        Same binary twice with different settings: bench/compare.sh B B BENCH ... with those.
 # Every process this script starts is stopped by its PID on exit.
 set -euo pipefail
 [[ $# -ge 3 ]] || { sed -n 2,10p "$0"; exit 2; }
@@ -48,12 +52,14 @@ for which in old new; do
   bin="$OLD"; [[ $which == new ]] && bin="$NEW"
   port=$(free_port); secret="bench-$RANDOM$RANDOM"; key="bench-$RANDOM$RANDOM"
   extra=()
+  cfg="$HERE/bench/roomcast-bench.toml"; spec=""
+  if [[ $which == old ]]; then cfg="${CONFIG_OLD:-$cfg}"; spec="${SPEC_OLD:-}"; else cfg="${CONFIG_NEW:-$cfg}"; spec="${SPEC_NEW:-}"; fi
   [[ $STORE == postgres ]] && extra=(--store "postgres://roomcast@127.0.0.1:$PG_PORT/rc_$which")
-  "$bin" serve --config "$HERE/bench/roomcast-bench.toml" --listen "127.0.0.1:$port" \
+  "$bin" serve --config "$cfg" --listen "127.0.0.1:$port" \
     --data-dir "$WORK/data-$which" --token-hmac-secret "$secret" --api-key "$key" "${extra[@]}" \
     >"$WORK/roomcast-$which.log" 2>&1 &
   pid=$!; PIDS+=("$pid"); wait_port "$port" "$pid" "roomcast-$which"
-  TARGETS+=(--target "kind=roomcast,name=roomcast-$which,addr=127.0.0.1:$port,pid=$pid,secret=$secret,api_key=$key")
+  TARGETS+=(--target "kind=roomcast,name=roomcast-$which,addr=127.0.0.1:$port,pid=$pid,secret=$secret,api_key=$key${spec:+,$spec}")
 done
 
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg); store: $STORE"

@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::http::HttpConn;
+use crate::target::Target;
 use crate::wire::{self, Ws};
 
 #[derive(clap::Args)]
@@ -49,6 +50,34 @@ async fn api(http: &mut HttpConn, key: &str, method: &str, body: Value) -> Resul
         bail!("{method}: HTTP {status}: {v}");
     }
     Ok(v)
+}
+
+/// Chat targets (`chat=1`): makes every member `m<idx>` of the fleet (room `idx % rooms`) and each
+/// room's publisher `p<room>` a member of its room, up to the server's 1,000 users per call.
+pub(crate) async fn add_fleet_members(target: &Target, members: u32, rooms: u32) -> Result<()> {
+    let key = target
+        .api_key
+        .as_deref()
+        .context("chat target without api_key")?;
+    let mut http = HttpConn::connect(target.addr()).await?;
+    let rooms = rooms.max(1);
+    for room in 0..rooms {
+        let mut users: Vec<String> = (room..members)
+            .step_by(rooms as usize)
+            .map(|i| format!("m{i}"))
+            .collect();
+        users.push(format!("p{room}"));
+        for chunk in users.chunks(1000) {
+            api(
+                &mut http,
+                key,
+                "add_members",
+                json!({"channel": wire::channel(room), "users": chunk}),
+            )
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// One command, its reply (pushes before it are skipped).

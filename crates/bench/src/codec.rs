@@ -28,6 +28,7 @@ struct RcFrame<'a> {
     push: Option<RcPush<'a>>,
     error: Option<IgnoredAny>,
     publish: Option<IgnoredAny>,
+    rpc: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -76,6 +77,8 @@ pub(crate) fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
                         id: f.id,
                         ok: f.error.is_none(),
                     });
+                } else if f.id.is_some() && f.rpc.is_some() {
+                    out.push(Incoming::Reply { ok: true });
                 } else {
                     out.push(Incoming::Other);
                 }

@@ -21,6 +21,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// How many times a member tries to (re)join before giving up; bounded so a dead server ends the run.
 const JOIN_ATTEMPTS: u32 = 6;
 
+/// Chat targets: how often a member moves its read cursor to the newest offset it has received.
+const READ_EVERY: Duration = Duration::from_secs(1);
+
 /// What the group tells its members; a watch channel, so late readers still see the latest order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Cmd {
@@ -111,9 +114,23 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
             }
         };
         after_storm = false;
+        // Chat targets: the newest offset this member has read, as its cursor; moved once a second.
+        let mut read_tick = tokio::time::interval(READ_EVERY);
+        let mut cursor = pos.as_ref().map_or(0, |p| p.offset);
+        let mut read_id = 1_000u64;
         // Receive until stopped, dropped by a storm, or disconnected.
         loop {
             tokio::select! {
+                _ = read_tick.tick(), if shared.target.chat => {
+                    let newest = pos.as_ref().map_or(0, |p| p.offset);
+                    if newest > cursor {
+                        cursor = newest;
+                        read_id += 1;
+                        let cmd = serde_json::json!({"id": read_id, "rpc": {"method": "roomcast.read",
+                            "data": {"channel": wire::channel(me.room), "offset": newest}}});
+                        let _ = ws.send(Message::text(cmd.to_string())).await;
+                    }
+                }
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => {
                         let mut out = Vec::new();
@@ -122,6 +139,11 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                             match m {
                                 Incoming::Delivery(d) => on_delivery(&shared, &me, &mut tracker, &mut pos, d, true),
                                 Incoming::Ping(p) => { let _ = ws.send(Message::text(p)).await; }
+                                // A member sends no publishes: a refused command is its cursor read.
+                                Incoming::Reply { ok } | Incoming::Ack { ok, .. } => {
+                                    let c = if ok { &shared.live.reads } else { &shared.live.read_failed };
+                                    c.fetch_add(1, Relaxed);
+                                }
                                 _ => {}
                             }
                         }

@@ -122,6 +122,11 @@ pub(crate) struct RunResult {
     pub recover_wrong: u64,
     /// Storm: seconds the publishers took to put every room `storm_behind` ahead.
     pub storm_publish_s: Option<f64>,
+    /// Chat targets: read cursors the members moved (`roomcast.read`), and those refused.
+    #[serde(default)]
+    pub reads: u64,
+    #[serde(default)]
+    pub read_failed: u64,
     /// Correctness problems; any entry fails the run.
     pub problems: Vec<String>,
 }
@@ -139,6 +144,7 @@ impl RunResult {
             ("failed publishes", self.publish_failed),
             ("recoveries that did not recover", self.recover_failed),
             ("connections lost for good", self.lost_connections),
+            ("read cursors refused", self.read_failed),
             (
                 "recoveries not exactly the missed publications in order",
                 self.recover_wrong,

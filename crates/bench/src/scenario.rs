@@ -97,6 +97,9 @@ pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
         behind: case.storm.map_or(0, |s| s.behind),
         storm_jitter: case.storm.map_or(Duration::ZERO, |s| s.jitter),
     };
+    if target.chat {
+        crate::chat::add_fleet_members(target, case.members, case.rooms).await?;
+    }
     let mut fleet = Fleet::start(target, &plan)?;
     let pb = bar(case.members.into(), &label);
     let t_join_ns = crate::wire::now_ns();
@@ -319,6 +322,8 @@ fn count(r: &mut RunResult, g: &GroupResult) {
     r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
     r.rejoined = g.snap.rejoined;
     r.recover_wrong = g.snap.recover_wrong;
+    r.reads = g.snap.reads;
+    r.read_failed = g.snap.read_failed;
 }
 
 fn fill_memory(r: &mut RunResult, pids: &[u32], rss0: Option<u64>, tcp0: Option<u64>, n: u64) {

@@ -50,6 +50,9 @@ pub(crate) struct Live {
     pub rejoined: AtomicU64,
     /// Storm: rejoins whose recovery was not exactly the missed publications in order.
     pub recover_wrong: AtomicU64,
+    /// Chat targets: read cursors moved (`roomcast.read` answered) and refused.
+    pub reads: AtomicU64,
+    pub read_failed: AtomicU64,
 }
 
 impl Live {
@@ -68,6 +71,8 @@ impl Live {
             offline: self.offline.load(Relaxed),
             rejoined: self.rejoined.load(Relaxed),
             recover_wrong: self.recover_wrong.load(Relaxed),
+            reads: self.reads.load(Relaxed),
+            read_failed: self.read_failed.load(Relaxed),
         }
     }
 }
@@ -88,6 +93,10 @@ pub(crate) struct Snapshot {
     pub offline: u64,
     pub rejoined: u64,
     pub recover_wrong: u64,
+    #[serde(default)]
+    pub reads: u64,
+    #[serde(default)]
+    pub read_failed: u64,
 }
 
 impl Snapshot {
@@ -105,6 +114,8 @@ impl Snapshot {
         self.offline += o.offline;
         self.rejoined += o.rejoined;
         self.recover_wrong += o.recover_wrong;
+        self.reads += o.reads;
+        self.read_failed += o.read_failed;
     }
 }
 

@@ -40,6 +40,12 @@ pub(crate) struct Target {
     /// Pusher app id and key.
     pub app_id: Option<String>,
     pub app_key: Option<String>,
+    /// roomcast with the chat layer in use (`chat=1`): every member (and each room's publisher) is
+    /// added to its room with the server API `add_members` before the joins, and each member moves
+    /// its read cursor (`rpc roomcast.read`) to the newest offset it has received once a second, as
+    /// a chat client with the room open does. Pair with a `members_only` namespace on the server.
+    #[serde(default)]
+    pub chat: bool,
 }
 
 impl Target {
@@ -53,6 +59,7 @@ impl Target {
             api_key: None,
             app_id: None,
             app_key: None,
+            chat: false,
         };
         let mut kind = None;
         for kv in spec.split(',').filter(|s| !s.is_empty()) {
@@ -82,6 +89,7 @@ impl Target {
                 "api_key" => t.api_key = Some(v.to_string()),
                 "app_id" => t.app_id = Some(v.to_string()),
                 "key" | "app_key" => t.app_key = Some(v.to_string()),
+                "chat" => t.chat = matches!(v, "1" | "true" | "yes"),
                 _ => bail!("unknown target key `{k}`"),
             }
         }
@@ -101,6 +109,11 @@ impl Target {
         }
         if t.addr.is_none() && t.kind != Kind::Limit {
             bail!("target {} needs addr=HOST:PORT", t.name);
+        }
+        if t.chat && (t.kind != Kind::Roomcast || t.api_key.is_none()) {
+            bail!(
+                "chat=1 needs kind=roomcast and api_key= (members are added with the server API)"
+            );
         }
         if t.kind == Kind::Pusher
             && (t.app_id.is_none() || t.app_key.is_none() || t.secret.is_none())
@@ -134,5 +147,13 @@ mod tests {
         );
         assert!(Target::parse("kind=roomcast,addr=10.0.0.1:80").is_err());
         assert!(Target::parse("kind=limit").unwrap().addr.is_none());
+    }
+
+    #[test]
+    fn chat_needs_roomcast_and_an_api_key() {
+        let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,api_key=k,chat=1").unwrap();
+        assert!(t.chat);
+        assert!(Target::parse("kind=roomcast,addr=127.0.0.1:8000,chat=1").is_err());
+        assert!(Target::parse("kind=limit,chat=1").is_err());
     }
 }

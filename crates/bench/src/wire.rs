@@ -140,6 +140,10 @@ pub(crate) enum Incoming {
         id: Option<u64>,
         ok: bool,
     },
+    /// The reply to a member's own command (a chat `rpc`): ok, or an error. Publish acks are `Ack`.
+    Reply {
+        ok: bool,
+    },
     Other,
 }
 
