@@ -58,6 +58,7 @@ where
     let (s, _c) = fresh(7).await;
     super::conformance_chat::membership(&s).await;
     super::conformance_chat::cursors(&s).await;
+    super::conformance_chat::cursors_concurrent(&s).await;
     super::conformance_chat::room_list(&s).await;
     s.close().await;
     let (s, c) = fresh(6).await;

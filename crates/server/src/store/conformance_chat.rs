@@ -75,6 +75,29 @@ pub async fn cursors(s: &dyn Store) {
     assert_eq!((c.offset, c.top, c.unread()), (0, 4, 4));
 }
 
+/// Many moves at once (the SQLite store batches them into one transaction): each user's
+/// cursor ends at the highest offset asked, every first move of a user reports `moved`, and
+/// of one user's concurrent moves at least one moved and the answers never go backwards.
+pub async fn cursors_concurrent(s: &dyn Store) {
+    for i in 0..100 {
+        s.append(msg("cc", &i.to_string(), None)).await.unwrap();
+    }
+    let users: Vec<String> = (0..64).map(|i| format!("u{i}")).collect();
+    let firsts =
+        futures_util::future::join_all(users.iter().map(|u| s.set_cursor(u, "cc", 7))).await;
+    assert!(firsts
+        .iter()
+        .all(|c| matches!(c, Ok(c) if c.moved && c.offset == 7)));
+    let same =
+        futures_util::future::join_all((1..=64u64).rev().map(|o| s.set_cursor("u0", "cc", 10 + o)))
+            .await;
+    let same: Vec<_> = same.into_iter().map(Result::unwrap).collect();
+    assert!(same.iter().any(|c| c.moved));
+    assert!(same.iter().all(|c| c.offset >= 11 && c.top == 100));
+    assert_eq!(s.cursor("u0", "cc").await.unwrap().offset, 74);
+    assert_eq!(s.cursor("u63", "cc").await.unwrap().offset, 7);
+}
+
 fn big_msg(room: &str, bytes: usize) -> NewMessage {
     let mut m = msg(room, "", None);
     m.data = RawValue::from_string(format!("\"{}\"", "x".repeat(bytes))).unwrap();

@@ -51,9 +51,11 @@ pub struct SqliteReaders {
     path: Arc<Path>,
     /// Epoch of rooms that have no row yet (the store's own, made when it was created).
     pub(super) base_epoch: String,
+    /// Read-cursor moves, committed in batches (see `sqlite_chat::start_cursor_writer`).
+    pub(super) cursors: tokio::sync::mpsc::Sender<super::sqlite_chat::CursorMove>,
 }
 
-fn backend(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
     crate::metrics::METRICS.backend_error("sqlite");
     StoreError::Backend(e.to_string())
 }
@@ -103,9 +105,11 @@ impl SqliteStore {
                 tops: HashMap::new(),
             }),
         };
+        let path: Arc<Path> = path.into();
         let readers = SqliteReaders {
             pool: Arc::new(Mutex::new(Vec::new())),
-            path: path.into(),
+            cursors: super::sqlite_chat::start_cursor_writer(path.clone(), base_epoch.clone()),
+            path,
             base_epoch,
         };
         Ok(GroupStore::start(readers, committer, idempotency_ttl))
