@@ -40,6 +40,7 @@ mod postgres_chat;
 mod schema;
 pub mod sqlite;
 mod sqlite_chat;
+mod sqlite_positions;
 mod writer;
 
 pub use chat::{ChatStore, Cursor, RoomEntry, RoomsAfter};

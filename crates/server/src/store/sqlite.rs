@@ -21,6 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::value::RawValue;
 
 use super::integrity;
+use super::sqlite_positions::Positions;
 use super::writer::{big, Backend, Batch, Committer, GroupStore};
 use super::{Appended, Committed, Message, Position, Range, StoreError};
 
@@ -51,6 +52,8 @@ pub struct SqliteReaders {
     path: Arc<Path>,
     /// Epoch of rooms that have no row yet (the store's own, made when it was created).
     pub(super) base_epoch: String,
+    /// Committed room positions (see `sqlite_positions.rs`), shared with the writer.
+    positions: Arc<Positions>,
     /// Read-cursor moves, committed in batches (see `sqlite_chat::start_cursor_writer`).
     pub(super) cursors: tokio::sync::mpsc::Sender<super::sqlite_chat::CursorMove>,
 }
@@ -98,8 +101,10 @@ impl SqliteStore {
         if !existed {
             integrity::mark_created(path)?;
         }
+        let positions = Arc::new(Positions::default());
         let committer = SqliteCommitter {
             state: Some(WriterState {
+                positions: positions.clone(),
                 conn,
                 base_epoch: base_epoch.clone(),
                 tops: HashMap::new(),
@@ -107,6 +112,7 @@ impl SqliteStore {
         };
         let path: Arc<Path> = path.into();
         let readers = SqliteReaders {
+            positions,
             pool: Arc::new(Mutex::new(Vec::new())),
             cursors: super::sqlite_chat::start_cursor_writer(path.clone(), base_epoch.clone()),
             path,
@@ -214,9 +220,17 @@ impl Backend for SqliteReaders {
     }
 
     async fn position(&self, room: &str) -> Result<Position, StoreError> {
-        let room = room.to_owned();
+        let version = match self.positions.get(room) {
+            Ok(p) => return Ok(p),
+            Err(v) => v,
+        };
+        let owned = room.to_owned();
         let base = self.base_epoch.clone();
-        self.read(move |conn| position_of(conn, &room, &base)).await
+        let p = self
+            .read(move |conn| position_of(conn, &owned, &base))
+            .await?;
+        self.positions.fill(room, &p, version);
+        Ok(p)
     }
 
     async fn writable(&self) -> Result<(), StoreError> {
@@ -235,6 +249,8 @@ pub struct SqliteCommitter {
 
 struct WriterState {
     conn: Connection,
+    /// Told every committed room position, after the commit (see `sqlite_positions.rs`).
+    positions: Arc<Positions>,
     base_epoch: String,
     /// Cached `(top, epoch)` of rooms written since start; cleared if a commit fails, so
     /// it never runs ahead of the database.
@@ -366,6 +382,12 @@ impl WriterState {
             }
         }
         tx.commit()?;
+        let tops = &self.tops;
+        self.positions.committed(
+            moved
+                .iter()
+                .map(|(room, top)| (*room, *top, tops[*room].1.as_str())),
+        );
         Ok(results)
     }
 }
