@@ -253,13 +253,15 @@ function showRooms(total) {
   for (const r of state.rooms) {
     const li = el("li");
     li.dataset.channel = r.channel;
-    if (state.room && state.room.channel === r.channel) li.classList.add("open");
     const name = el("span", "name", r.channel);
     if (r.preview && r.preview.data && typeof r.preview.data.text === "string") {
       name.append(el("span", "preview", r.preview.data.text));
     }
     li.append(name);
-    if (r.unread > 0) li.append(el("span", "badge", String(r.unread)));
+    // The open room is being read (its cursor follows the newest message): no badge.
+    const open = state.room && state.room.channel === r.channel;
+    if (open) li.classList.add("open");
+    if (r.unread > 0 && !open) li.append(el("span", "badge", String(r.unread)));
     li.onclick = () => openRoom(r.channel);
     list.append(li);
   }
