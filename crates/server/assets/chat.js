@@ -135,16 +135,45 @@ async function onOpen(ws) {
     state.backoff = BACKOFF_MIN_MS;
     setStatus("connected", true);
     state.node = r.node;
+    scheduleRefresh(r);
     await refreshRooms();
     if (state.room) await subscribe(state.room, true);
   } catch (e) {
     if (e.code === 109 && state.auth.name) {
       // Expired page login: sign in again under the same name and reconnect.
       Object.assign(state.auth, await pageLogin(state.auth.name).catch(() => ({})));
+    } else if (e.code === 109) {
+      // A pasted token that expired: only its owner can bring a new one.
+      state.stopped = true;
+      setStatus("token expired", false);
+      $("room-error").textContent = "the token has expired: leave and paste a new one";
+      ws.close(1000);
+      return;
     }
     $("room-error").textContent = `connect: ${e.message}`;
     ws.close(3000);
   }
+}
+
+// A token with an expiry: the server asks for a fresh one `ttl` seconds after connect
+// (else it closes the connection). A page login gets one from /page/login and sends it with
+// `refresh`; a pasted token cannot be renewed here (the page reconnects and says so).
+let refreshTimer = null;
+function scheduleRefresh(result) {
+  clearTimeout(refreshTimer);
+  if (!result.expires || !result.ttl || !state.auth.name) return;
+  const ws = state.ws;
+  const wait = Math.max(1, result.ttl - 10) * 1000;
+  refreshTimer = setTimeout(async () => {
+    if (ws !== state.ws || !state.connected) return;
+    try {
+      Object.assign(state.auth, await pageLogin(state.auth.name));
+      sessionStorage.setItem("roomcast.auth", JSON.stringify(state.auth));
+      scheduleRefresh(await call("refresh", { token: state.auth.token }));
+    } catch (e) {
+      $("room-error").textContent = `token refresh: ${e.message}`;
+    }
+  }, wait);
 }
 
 function onClose(ws, ev) {

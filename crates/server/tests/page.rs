@@ -1,7 +1,8 @@
 //! The embedded web pages over real sockets: `/` and `/admin` and their assets with their
 //! types and headers, off with `web_pages = false`; `POST /page/login` signing a name only
 //! in insecure mode, with every malformed body refused; the `connections` API method the
-//! admin page looks users up with. (The pages' behaviour in a browser: interop/browser.)
+//! admin page looks users up with, on one node and across two nodes on a real Redis (the
+//! user directory names both). (The pages' behaviour in a browser: interop/browser.)
 
 use std::net::SocketAddr;
 
@@ -181,4 +182,42 @@ async fn closed_soon(c: &mut Client) -> bool {
         }
         Err(_) => false,
     }
+}
+
+#[tokio::test]
+async fn connections_names_every_node_of_the_user_in_a_cluster() {
+    // Two nodes on one real Redis (bus, presence, user directory).
+    let redis = Redis::start();
+    let url = redis.url();
+    let a = TestServer::start_with(|c| c.redis_url = Some(url.clone())).await;
+    let b = TestServer::start_with(|c| c.redis_url = Some(url.clone())).await;
+    for s in [&a, &b] {
+        let v = s.api("connections", json!({"user": "nobody"})).await;
+        assert_eq!(v["result"]["nodes"], json!([]), "{v}");
+    }
+    let _on_a = a.client("alice").await;
+    let _on_b = b.client("alice").await;
+    let mut ids = Vec::new();
+    for s in [&a, &b] {
+        let v = s.api("connections", json!({"user": "alice"})).await;
+        let conns = v["result"]["connections"].as_array().unwrap().clone();
+        assert_eq!(conns.len(), 1, "each node lists its own connection: {v}");
+        ids.push(conns[0]["node"].as_str().unwrap().to_owned());
+    }
+    assert_ne!(ids[0], ids[1]);
+    let mut both = ids.clone();
+    both.sort();
+    for s in [&a, &b] {
+        let v = s.api("connections", json!({"user": "alice"})).await;
+        assert_eq!(v["result"]["nodes"], json!(both), "{v}");
+    }
+    // The admin page's "disconnect all" goes through the bus to every node.
+    a.api("disconnect", json!({"user": "alice"})).await;
+    eventually(WAIT, "alice gone from both nodes", async || {
+        let v = b.api("connections", json!({"user": "alice"})).await;
+        v["result"]["nodes"] == json!([]) && v["result"]["connections"] == json!([])
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
 }
