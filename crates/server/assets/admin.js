@@ -27,13 +27,7 @@ const FIRST = [
   "roomcast_token_refusals_total",
 ];
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, cls, text) => {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-};
+// `$` and `el`: dom.js.
 const row = (cells) => {
   const tr = el("tr");
   for (const [text, cls] of cells) tr.append(el("td", cls || "", String(text)));

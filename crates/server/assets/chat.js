@@ -22,13 +22,7 @@ const BACKOFF_MIN_MS = 200;
 const BACKOFF_MAX_MS = 3000;
 const MAX_SHOWN = 2000; // messages kept on screen per room; older ones are dropped from view
 
-const $ = (id) => document.getElementById(id);
-const el = (tag, cls, text) => {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-};
+// `$` and `el`: dom.js.
 
 const state = {
   auth: null,        // {user, token} or {user, name} (name: insecure mode, re-login on expiry)

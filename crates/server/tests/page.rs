@@ -40,6 +40,7 @@ async fn pages_are_served_with_their_types_and_can_be_turned_off() {
         ("/chat.js", "text/javascript", "/connection/websocket"),
         ("/admin", "text/html", "roomcast admin"),
         ("/admin.js", "text/javascript", "/api/"),
+        ("/dom.js", "text/javascript", "textContent"),
         ("/page.css", "text/css", "#messages"),
         ("/favicon.ico", "image/svg+xml", "<svg"),
     ] {
@@ -62,7 +63,14 @@ async fn pages_are_served_with_their_types_and_can_be_turned_off() {
     s.stop().await;
 
     let off = TestServer::start_with(|c| c.web_pages = false).await;
-    for path in ["/", "/admin", "/chat.js", "/admin.js", "/page.css"] {
+    for path in [
+        "/",
+        "/admin",
+        "/chat.js",
+        "/admin.js",
+        "/dom.js",
+        "/page.css",
+    ] {
         assert_eq!(http(off.addr, "GET", path, "").await.0, 404, "{path}");
     }
     let (status, _, _) = http(off.addr, "POST", "/page/login", r#"{"user":"a"}"#).await;

@@ -1,6 +1,7 @@
 //! The node's own web pages, embedded in the binary (no build step, no files to deploy):
 //!
-//! - `GET /` the chat page (`assets/chat.html` + `chat.js`): a small client that speaks the
+//! - `GET /` the chat page (`assets/chat.html` + `chat.js`, with `dom.js` and `page.css`
+//!   shared with the admin page): a small client that speaks the
 //!   JSON protocol over `/connection/websocket` directly (centrifuge-js stays the SDK the
 //!   interop suite tests against);
 //! - `GET /admin` the admin page (`assets/admin.html` + `admin.js`): it calls the server
@@ -24,44 +25,26 @@ use axum::Router;
 
 use crate::node::Node;
 
-/// One embedded file and its content type.
-struct Asset {
-    path: &'static str,
-    content_type: &'static str,
-    body: &'static str,
-}
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
 
-const ASSETS: [Asset; 6] = [
-    Asset {
-        path: "/",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../../assets/chat.html"),
-    },
-    Asset {
-        path: "/chat.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../../assets/chat.js"),
-    },
-    Asset {
-        path: "/admin",
-        content_type: "text/html; charset=utf-8",
-        body: include_str!("../../../assets/admin.html"),
-    },
-    Asset {
-        path: "/admin.js",
-        content_type: "text/javascript; charset=utf-8",
-        body: include_str!("../../../assets/admin.js"),
-    },
-    Asset {
-        path: "/page.css",
-        content_type: "text/css; charset=utf-8",
-        body: include_str!("../../../assets/page.css"),
-    },
-    Asset {
-        path: "/favicon.ico",
-        content_type: "image/svg+xml",
-        body: include_str!("../../../assets/favicon.svg"),
-    },
+/// The embedded files: the path each is served at, its content type, its bytes.
+const ASSETS: [(&str, &str, &str); 7] = [
+    ("/", HTML, include_str!("../../../assets/chat.html")),
+    ("/chat.js", JS, include_str!("../../../assets/chat.js")),
+    ("/admin", HTML, include_str!("../../../assets/admin.html")),
+    ("/admin.js", JS, include_str!("../../../assets/admin.js")),
+    ("/dom.js", JS, include_str!("../../../assets/dom.js")),
+    (
+        "/page.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../assets/page.css"),
+    ),
+    (
+        "/favicon.ico",
+        "image/svg+xml",
+        include_str!("../../../assets/favicon.svg"),
+    ),
 ];
 
 /// What the pages ask of every browser: scripts and styles from this origin only, and
@@ -73,12 +56,8 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 /// The pages' routes, to merge into the node's router (only with `web_pages` on).
 pub(super) fn routes(node: Arc<Node>) -> Router {
     let mut r = Router::new();
-    for a in &ASSETS {
-        let (content_type, body) = (a.content_type, a.body);
-        r = r.route(
-            a.path,
-            get(move || async move { serve(content_type, body) }),
-        );
+    for (path, content_type, body) in ASSETS {
+        r = r.route(path, get(move || async move { serve(content_type, body) }));
     }
     r.route("/page/login", post(login::login)).with_state(node)
 }
