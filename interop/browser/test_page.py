@@ -199,6 +199,7 @@ def test_two_users_chat_survive_a_restart_and_the_admin_page_sees_them(node, bro
     node.stop()
     for page in (alice, bob):
         expect(page.locator("body")).to_have_attribute("data-connected", "0")
+        expect(page.locator("#presence li")).to_have_count(0)
     shot(bob, "03-bob-server-down")
     node.start(free_port())
     for i in (1, 2, 3):

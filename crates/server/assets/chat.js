@@ -179,6 +179,11 @@ function onClose(ws, ev) {
   }
   state.pending.clear();
   setEnabled(false);
+  if (state.room) {
+    // Who is present is known again after the resubscribe; until then, nobody is shown.
+    state.room.presence.clear();
+    showPresence(state.room);
+  }
   // 3500-3999 and 4500-4999: the server says do not reconnect (invalid token, banned...).
   const terminal = (ev.code >= 3500 && ev.code < 4000) || (ev.code >= 4500 && ev.code < 5000);
   if (state.stopped) return;
