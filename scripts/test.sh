@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine: installs what the tests need when it
 # is missing (system packages, the SDKs for the interop tests), builds, and runs the Rust
-# tests, the SDK interop tests and the bench smoke run. Exits non-zero on any failure.
+# tests, the SDK interop tests, the browser test of the pages and the bench smoke run.
+# Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -61,6 +62,11 @@ log "socket-level protocol fuzzer, 30 s (one node; a canary must miss nothing)"
 if [[ -f interop/run.sh ]]; then
   log "SDK interop tests (centrifuge-js, centrifuge-python)"
   bash interop/run.sh "$bin"
+fi
+
+if [[ -f interop/browser/run.sh ]]; then
+  log "browser test of the chat and admin pages (headless Chromium via Playwright; screenshots in $target/browser-test)"
+  bash interop/browser/run.sh "$bin" "$target/browser-test"
 fi
 
 if [[ -f bench/ci-quick.sh ]]; then

@@ -148,6 +148,9 @@ pub struct Config {
     /// Development mode: connect without a token (user id from the token if one is given,
     /// anonymous otherwise). Off by default.
     pub insecure: bool,
+    /// Serve the chat page at `/` and the admin page at `/admin` (embedded in the binary;
+    /// the admin page asks for the API key). Off: both answer 404.
+    pub web_pages: bool,
     /// Seconds between server pings.
     pub ping_interval_secs: u64,
     /// Seconds a client has to answer a ping before it is disconnected ("no pong").
@@ -257,6 +260,7 @@ impl Default for Config {
             proxy_max_in_flight: 256,
             proxy_max_response_bytes: 1 << 20,
             insecure: false,
+            web_pages: true,
             ping_interval_secs: 25,
             pong_timeout_secs: 8,
             recovery_max_publications: 10_000,

@@ -370,6 +370,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
             Ok(ok(json!({})))
         }
         m if super::personal::METHODS.contains(&m) => super::personal::run(node, m, body).await,
+        "connections" => super::connections::run(node, body).await,
         other => match super::chat::run(node, other, body).await {
             Some(r) => r,
             None => Err(ApiError::UnknownMethod(other.to_owned())),

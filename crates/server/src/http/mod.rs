@@ -1,4 +1,5 @@
-//! HTTP surface of a node: the WebSocket endpoint, the server API, health and readiness.
+//! HTTP surface of a node: the WebSocket endpoint, the server API, health and readiness,
+//! metrics, and the embedded chat and admin pages (`page/`, unless `web_pages` is off).
 //!
 //! The WebSocket handshake is done here rather than by axum's `WebSocketUpgrade`, because
 //! roomcast runs its own lean WebSocket layer (see `gateway/ws.rs`) on the raw socket: the
@@ -20,11 +21,18 @@ use crate::node::Node;
 
 pub mod api;
 pub mod chat;
+mod connections;
 pub mod error;
+mod page;
 mod personal;
 pub mod ready;
 
 pub fn router(node: Arc<Node>) -> Router {
+    let pages = if node.config.web_pages {
+        page::routes(node.clone())
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/connection/websocket", any(websocket))
         .route(
@@ -35,6 +43,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/ready", get(ready::ready))
         .route("/metrics", get(metrics))
         .with_state(node)
+        .merge(pages)
 }
 
 /// Prometheus text exposition (see `metrics.rs`).
