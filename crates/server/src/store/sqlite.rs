@@ -102,6 +102,9 @@ impl SqliteStore {
             integrity::mark_created(path)?;
         }
         let positions = Arc::new(Positions::default());
+        if let Some(all) = all_positions(&conn).map_err(backend)? {
+            positions.load(all, &base_epoch);
+        }
         let committer = SqliteCommitter {
             state: Some(WriterState {
                 positions: positions.clone(),
@@ -146,6 +149,23 @@ impl SqliteReaders {
         .await
         .map_err(backend)?
     }
+}
+
+/// Every room's position, or none if there are more than `MAX_POSITIONS` (counted first).
+fn all_positions(conn: &Connection) -> rusqlite::Result<Option<HashMap<String, Position>>> {
+    let n: i64 = conn.query_row("SELECT COUNT(*) FROM rooms", [], |r| r.get(0))?;
+    if n as usize >= super::sqlite_positions::MAX_POSITIONS {
+        return Ok(None);
+    }
+    let mut stmt = conn.prepare("SELECT room, top, epoch FROM rooms")?;
+    let rows = stmt.query_map([], |r| {
+        let pos = Position {
+            offset: r.get::<_, i64>(1)? as u64,
+            epoch: r.get(2)?,
+        };
+        Ok((r.get::<_, String>(0)?, pos))
+    })?;
+    rows.collect::<rusqlite::Result<_>>().map(Some)
 }
 
 pub(super) fn position_of(

@@ -11,10 +11,15 @@
 //!   transaction has committed and before the batch is dispatched: a read served from here
 //!   is never older than one from the database made at the same moment, nor newer than what
 //!   is committed;
-//! - a room the writer has not written since start is read from the database once and
-//!   remembered ([`Positions::fill`]), unless the writer committed anything meanwhile (a
+//! - at open, a store of up to [`MAX_POSITIONS`] rooms loads them all ([`Positions::load`]):
+//!   the map is then *complete* (every room with a row is in it), so a room missing from it
+//!   has no row and is at offset 0 of the store's epoch, with no read at all (every user's
+//!   personal channel is such a room until something is sent to it);
+//! - otherwise a room the writer has not written since start is read from the database once
+//!   and remembered ([`Positions::fill`]), unless the writer committed anything meanwhile (a
 //!   version counter, so a read that raced a commit cannot put an older position back);
-//! - bounded: past [`MAX_POSITIONS`] rooms the writer forgets them all (they are read again).
+//! - bounded: past [`MAX_POSITIONS`] rooms the writer forgets them all and the map is no
+//!   longer complete (rooms are read again).
 //!
 //! Anything else that changes a room's `top` or `epoch` row must call `committed` too.
 
@@ -36,13 +41,34 @@ struct Inner {
     rooms: HashMap<String, Position>,
     /// Bumped by every commit, so a fill that began before one is dropped.
     version: u64,
+    /// `Some(store epoch)` while `rooms` holds every room that has a row.
+    complete: Option<String>,
 }
 
 impl Positions {
+    /// Every room with a row, read at open (before any commit); `base_epoch` is the epoch
+    /// of rooms without one. Too many rooms: nothing is loaded.
+    pub(super) fn load(&self, rooms: HashMap<String, Position>, base_epoch: &str) {
+        if rooms.len() < MAX_POSITIONS {
+            let mut inner = self.inner.lock().expect("positions lock");
+            inner.rooms = rooms;
+            inner.complete = Some(base_epoch.to_owned());
+        }
+    }
+
     /// A remembered position, with the version to pass to `fill` on a miss.
     pub(super) fn get(&self, room: &str) -> Result<Position, u64> {
         let inner = self.inner.lock().expect("positions lock");
-        inner.rooms.get(room).cloned().ok_or(inner.version)
+        if let Some(p) = inner.rooms.get(room) {
+            return Ok(p.clone());
+        }
+        match &inner.complete {
+            Some(epoch) => Ok(Position {
+                offset: 0,
+                epoch: epoch.clone(),
+            }),
+            None => Err(inner.version),
+        }
     }
 
     /// Remembers `pos`, read from the database after `get` returned `version`, unless a
@@ -63,6 +89,7 @@ impl Positions {
         inner.version += 1;
         if inner.rooms.len() >= MAX_POSITIONS {
             inner.rooms.clear();
+            inner.complete = None;
         }
         for (room, offset, epoch) in rooms {
             let p = Position {
@@ -102,6 +129,25 @@ mod tests {
         let v = p.get("s").unwrap_err();
         p.fill("s", &pos(0), v);
         assert_eq!(p.get("s").unwrap().offset, 0);
+    }
+
+    #[test]
+    fn a_complete_map_answers_rooms_without_a_row() {
+        let p = Positions::default();
+        assert!(p.get("new").is_err());
+        p.load(HashMap::from([("old".to_owned(), pos(3))]), "base");
+        assert_eq!(p.get("old").unwrap().offset, 3);
+        let new = p.get("new").unwrap();
+        assert_eq!((new.offset, new.epoch.as_str()), (0, "base"));
+        p.committed([("new", 1, "base")]);
+        assert_eq!(p.get("new").unwrap().offset, 1);
+        // Over the bound the map is forgotten and no longer complete.
+        let many = (0..MAX_POSITIONS)
+            .map(|i| (i.to_string(), pos(1)))
+            .collect();
+        let q = Positions::default();
+        q.load(many, "base");
+        assert!(q.get("x").is_err(), "too many rooms: nothing loaded");
     }
 
     #[test]
