@@ -3,6 +3,7 @@
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -119,11 +120,51 @@ impl Snapshot {
     }
 }
 
+/// Publications whose last delivery a group tracks; past this many (a long unpaced run) the
+/// later ones are not tracked, so the map stays bounded (~10 MiB).
+const MAX_TRACKED: usize = 1 << 18;
+
+/// Live-delivery timing of a group: every delivery's publish-to-receipt time, and per
+/// publication `(room, seq)` the latest of them (publish to the last delivery, issue #8).
+pub(crate) struct Latency {
+    pub hist: Histogram<u64>,
+    pub last_us: HashMap<(u32, u64), u64>,
+}
+
+impl Latency {
+    pub(crate) fn record(&mut self, room: u32, seq: u64, us: u64) {
+        self.hist.saturating_record(us.max(1));
+        let full = self.last_us.len() >= MAX_TRACKED;
+        match self.last_us.get_mut(&(room, seq)) {
+            Some(v) => *v = (*v).max(us),
+            None if !full => {
+                self.last_us.insert((room, seq), us);
+            }
+            None => {}
+        }
+    }
+
+    /// The per-publication maxima as a serialisable list.
+    pub(crate) fn last_list(&self) -> Vec<(u32, u64, u64)> {
+        self.last_us.iter().map(|(&(r, s), &v)| (r, s, v)).collect()
+    }
+}
+
+/// Merges per-publication maxima (`Latency::last_list`) of several groups: the max per publication.
+pub(crate) fn merge_last(into: &mut Vec<(u32, u64, u64)>, from: &[(u32, u64, u64)]) {
+    let mut m: HashMap<(u32, u64), u64> = into.iter().map(|&(r, s, v)| ((r, s), v)).collect();
+    for &(r, s, v) in from {
+        let e = m.entry((r, s)).or_insert(v);
+        *e = (*e).max(v);
+    }
+    *into = m.into_iter().map(|((r, s), v)| (r, s, v)).collect();
+}
+
 /// Histograms of a group; behind mutexes because member tasks record concurrently (uncontended
 /// locks cost tens of ns, far below a delivery's cost).
 pub(crate) struct Hists {
-    /// Publish-to-receipt latency of live deliveries, µs.
-    pub latency: Mutex<Histogram<u64>>,
+    /// Publish-to-receipt latency of live deliveries, µs, and each publication's latest.
+    pub latency: Mutex<Latency>,
     /// Time to connect and join, µs.
     pub join: Mutex<Histogram<u64>>,
     /// Storm: time from the reconnect order to this member's recovered re-subscription, ms.
@@ -133,7 +174,10 @@ pub(crate) struct Hists {
 impl Default for Hists {
     fn default() -> Self {
         Hists {
-            latency: Mutex::new(histogram()),
+            latency: Mutex::new(Latency {
+                hist: histogram(),
+                last_us: HashMap::new(),
+            }),
             join: Mutex::new(histogram()),
             recover: Mutex::new(histogram()),
         }
@@ -150,14 +194,63 @@ pub(crate) struct GroupResult {
     pub latency_us: Buckets,
     pub join_us: Buckets,
     pub recover_ms: Buckets,
+    /// Per live publication (room, seq): µs from publish to its latest delivery in this group.
+    #[serde(default)]
+    pub last_us: Vec<(u32, u64, u64)>,
+    /// Digest members (issue #8) and what they got: deliveries, deliveries sooner than the
+    /// interval after the previous one, not newer than it, and members whose last delivery was
+    /// not the newest publication.
+    #[serde(default)]
+    pub digest: DigestCounts,
+}
+
+/// The smaller of two optional values, None only when both are.
+pub(crate) fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct DigestCounts {
+    pub members: u64,
+    pub deliveries: u64,
+    pub too_soon: u64,
+    pub not_newer: u64,
+    pub stale: u64,
+    /// The shortest gap between two digest deliveries of one member, ms.
+    pub min_gap_ms: Option<u64>,
+}
+
+impl DigestCounts {
+    fn add(&mut self, o: &DigestCounts) {
+        self.members += o.members;
+        self.deliveries += o.deliveries;
+        self.too_soon += o.too_soon;
+        self.not_newer += o.not_newer;
+        self.stale += o.stale;
+        self.min_gap_ms = min_some(self.min_gap_ms, o.min_gap_ms);
+    }
 }
 
 impl GroupResult {
+    /// Histogram of publish-to-last-delivery times, one value per publication, µs.
+    pub(crate) fn last_delivery_us(&self) -> Buckets {
+        let mut h = histogram();
+        for &(_, _, v) in &self.last_us {
+            h.saturating_record(v.max(1));
+        }
+        to_buckets(&h)
+    }
+
     pub(crate) fn add(&mut self, o: &GroupResult) {
         self.snap.add(&o.snap);
         self.missing += o.missing;
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
+        self.digest.add(&o.digest);
+        merge_last(&mut self.last_us, &o.last_us);
         for (mine, theirs) in [
             (&mut self.latency_us, &o.latency_us),
             (&mut self.join_us, &o.join_us),
