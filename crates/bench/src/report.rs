@@ -378,13 +378,21 @@ pub(crate) fn large_summary(runs: &[RunResult]) -> Option<String> {
             ),
             r.bus.as_ref().map_or_else(
                 || "-".into(),
-                |b| format!(
-                    "{:.0} ({} nodes; in {:.0}, {:.1} commands)",
-                    b.out_bytes_per_publication,
-                    b.nodes,
-                    b.in_bytes_per_publication,
-                    b.commands_per_publication
-                )
+                |b| {
+                    let calls: Vec<String> = b
+                        .calls_per_publication
+                        .iter()
+                        .map(|(c, n)| format!("{c} {n:.1}"))
+                        .collect();
+                    format!(
+                        "{:.0} ({} nodes; in {:.0}; {:.1} commands: {})",
+                        b.out_bytes_per_publication,
+                        b.nodes,
+                        b.in_bytes_per_publication,
+                        b.commands_per_publication,
+                        calls.join(", ")
+                    )
+                }
             ),
             if r.problems.is_empty() {
                 "none".into()

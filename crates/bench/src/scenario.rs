@@ -247,8 +247,8 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         let acked = pubs.iter().map(|p| p.acked).sum();
         let c1 = crate::bus::read(a).await?;
         r.bus = Some(crate::bus::BusTraffic::between(
-            c0,
-            c1,
+            &c0,
+            &c1,
             acked,
             target.nodes(),
         ));
