@@ -161,6 +161,7 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                             match m {
                                 Incoming::Delivery(d) => on_delivery(&shared, &me, (&mut tracker, &mut digest), &mut pos, d, true),
                                 Incoming::Ping(p) => { let _ = ws.send(Message::text(p)).await; }
+                                Incoming::JoinLeave => { shared.live.join_leave_pushes.fetch_add(1, Relaxed); }
                                 // A member sends no publishes: a refused command is its cursor read.
                                 Incoming::Reply { ok } | Incoming::Ack { ok, .. } => {
                                     let c = if ok { &shared.live.reads } else { &shared.live.read_failed };

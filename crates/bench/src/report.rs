@@ -159,6 +159,8 @@ pub(crate) struct RunResult {
     pub reads: u64,
     #[serde(default)]
     pub read_failed: u64,
+    /// Join and leave pushes the members received (after their own join).
+    pub join_leave_pushes: u64,
     /// Correctness problems; any entry fails the run.
     pub problems: Vec<String>,
 }
@@ -305,6 +307,22 @@ pub(crate) fn summary(runs: &[RunResult]) -> String {
             us(&r.ack_us),
             r.recover_all_ms.map_or_else(|| "-".into(), |v| format!("{v}ms")),
             if r.problems.is_empty() { "none".into() } else { r.problems.join("; ") },
+        );
+    }
+    // What asking for join/leave costs: the pushes it brings (none for members that did not ask).
+    for r in runs
+        .iter()
+        .filter(|r| r.params.join_leave || r.join_leave_pushes > 0)
+    {
+        let _ = writeln!(
+            s,
+            "\n{} {} {}x{}: {} join/leave pushes received (join_leave asked: {})",
+            r.scenario,
+            r.target,
+            r.params.rooms,
+            r.params.room_size,
+            r.join_leave_pushes,
+            r.params.join_leave
         );
     }
     // Where the server's CPU went while publishing, thread by thread (fan-out on every core).

@@ -357,6 +357,7 @@ fn count(r: &mut RunResult, g: &GroupResult) {
     r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
     r.rejoined = g.snap.rejoined;
     r.recover_wrong = g.snap.recover_wrong;
+    r.join_leave_pushes = g.snap.join_leave_pushes;
     r.last_delivery_us = Percentiles::of(&g.last_delivery_us());
     if g.digest.members > 0 {
         r.digest = Some(report::DigestFigures {

@@ -54,6 +54,8 @@ pub(crate) struct Live {
     /// Chat targets: read cursors moved (`roomcast.read` answered) and refused.
     pub reads: AtomicU64,
     pub read_failed: AtomicU64,
+    /// Join and leave pushes received (roomcast: only subscriptions that asked get them).
+    pub join_leave_pushes: AtomicU64,
 }
 
 impl Live {
@@ -74,6 +76,7 @@ impl Live {
             recover_wrong: self.recover_wrong.load(Relaxed),
             reads: self.reads.load(Relaxed),
             read_failed: self.read_failed.load(Relaxed),
+            join_leave_pushes: self.join_leave_pushes.load(Relaxed),
         }
     }
 }
@@ -98,6 +101,8 @@ pub(crate) struct Snapshot {
     pub reads: u64,
     #[serde(default)]
     pub read_failed: u64,
+    #[serde(default)]
+    pub join_leave_pushes: u64,
 }
 
 impl Snapshot {
@@ -117,6 +122,7 @@ impl Snapshot {
         self.recover_wrong += o.recover_wrong;
         self.reads += o.reads;
         self.read_failed += o.read_failed;
+        self.join_leave_pushes += o.join_leave_pushes;
     }
 }
 

@@ -144,6 +144,8 @@ pub(crate) enum Incoming {
     Reply {
         ok: bool,
     },
+    /// A roomcast join or leave push.
+    JoinLeave,
     Other,
 }
 
