@@ -69,7 +69,9 @@ pub(crate) struct RunArgs {
     /// are a problem.
     #[arg(long, default_value_t = 1000)]
     pub digest_interval_ms: u64,
-    #[arg(long, default_value_t = 100)]
+    /// Slack for receipt jitter (a server that sends every publication or two ticks back to back
+    /// gives gaps of milliseconds, far below it).
+    #[arg(long, default_value_t = 250)]
     pub digest_tolerance_ms: u64,
 
     /// fanout: room sizes to sweep (members per room).

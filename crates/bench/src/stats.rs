@@ -127,32 +127,62 @@ impl Snapshot {
 }
 
 /// Publications whose last delivery a group tracks; past this many (a long unpaced run) the
-/// later ones are not tracked, so the map stays bounded (~10 MiB).
+/// later ones are not tracked, so the table stays bounded (2 MiB).
 const MAX_TRACKED: usize = 1 << 18;
 
 /// Live-delivery timing of a group: every delivery's publish-to-receipt time, and per
 /// publication `(room, seq)` the latest of them (publish to the last delivery, issue #8).
 pub(crate) struct Latency {
     pub hist: Histogram<u64>,
-    pub last_us: HashMap<(u32, u64), u64>,
+    /// `last_us[room][seq]`: the latest receipt of that publication, µs after its publish (0:
+    /// none yet). Sequences are dense from 1, so a vector per room, not a hash per delivery.
+    last_us: Vec<Vec<u64>>,
+    /// Slots allocated over all rooms, bounded by `MAX_TRACKED`.
+    slots: usize,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            hist: histogram(),
+            last_us: Vec::new(),
+            slots: 0,
+        }
+    }
 }
 
 impl Latency {
     pub(crate) fn record(&mut self, room: u32, seq: u64, us: u64) {
-        self.hist.saturating_record(us.max(1));
-        let full = self.last_us.len() >= MAX_TRACKED;
-        match self.last_us.get_mut(&(room, seq)) {
-            Some(v) => *v = (*v).max(us),
-            None if !full => {
-                self.last_us.insert((room, seq), us);
+        let us = us.max(1);
+        self.hist.saturating_record(us);
+        let (r, i) = (room as usize, seq as usize);
+        if r >= self.last_us.len() {
+            if r >= MAX_TRACKED {
+                return;
             }
-            None => {}
+            self.last_us.resize_with(r + 1, Vec::new);
         }
+        let row = &mut self.last_us[r];
+        if i >= row.len() {
+            let grow = i + 1 - row.len();
+            if self.slots + grow > MAX_TRACKED {
+                return;
+            }
+            self.slots += grow;
+            row.resize(i + 1, 0);
+        }
+        row[i] = row[i].max(us);
     }
 
     /// The per-publication maxima as a serialisable list.
     pub(crate) fn last_list(&self) -> Vec<(u32, u64, u64)> {
-        self.last_us.iter().map(|(&(r, s), &v)| (r, s, v)).collect()
+        let mut out = Vec::new();
+        for (r, row) in self.last_us.iter().enumerate() {
+            for (s, &v) in row.iter().enumerate().filter(|(_, v)| **v > 0) {
+                out.push((r as u32, s as u64, v));
+            }
+        }
+        out
     }
 }
 
@@ -180,10 +210,7 @@ pub(crate) struct Hists {
 impl Default for Hists {
     fn default() -> Self {
         Hists {
-            latency: Mutex::new(Latency {
-                hist: histogram(),
-                last_us: HashMap::new(),
-            }),
+            latency: Mutex::new(Latency::default()),
             join: Mutex::new(histogram()),
             recover: Mutex::new(histogram()),
         }
@@ -267,5 +294,39 @@ impl GroupResult {
             merge_into(&mut h, theirs);
             *mine = to_buckets(&h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_publication_keeps_its_latest_delivery_across_groups() {
+        let mut a = Latency::default();
+        a.record(0, 1, 50);
+        a.record(0, 1, 70);
+        a.record(1, 2, 10);
+        let mut b = Latency::default();
+        b.record(0, 1, 60);
+        b.record(0, 3, 5);
+        let mut g = GroupResult {
+            last_us: a.last_list(),
+            ..GroupResult::default()
+        };
+        g.add(&GroupResult {
+            last_us: b.last_list(),
+            ..GroupResult::default()
+        });
+        g.last_us.sort_unstable();
+        assert_eq!(g.last_us, vec![(0, 1, 70), (0, 3, 5), (1, 2, 10)]);
+        assert_eq!(a.hist.len(), 3, "every delivery is timed");
+        let mut full = Latency::default();
+        full.record(0, MAX_TRACKED as u64 + 5, 1);
+        assert!(
+            full.last_list().is_empty(),
+            "bounded: not tracked past the cap"
+        );
+        assert_eq!(full.hist.len(), 1);
     }
 }
