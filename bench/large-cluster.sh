@@ -14,6 +14,7 @@
 #        PROFILE=release|debug (default release), OUT results dir (default
 #        bench-results/large-cluster-<utc time>), CONFIG node config (default bench/roomcast-bench.toml).
 # Smoke: PROFILE=debug NODES=3 MEMBERS=600 bench/large-cluster.sh --duration 3 --no-plots
+# With `--digest-live N` members idx >= N subscribe for a digest (checked as in the large scenario).
 # Every process started is stopped by its PID on exit. Each process holds at most 20,000 files.
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
