@@ -37,6 +37,8 @@ struct RcPush<'a> {
     _channel: Option<Cow<'a, str>>,
     #[serde(rename = "pub")]
     publication: Option<RcPub>,
+    join: Option<IgnoredAny>,
+    leave: Option<IgnoredAny>,
 }
 
 #[derive(Deserialize)]
@@ -67,7 +69,12 @@ pub(crate) fn decode(kind: Kind, text: &str, out: &mut Vec<Incoming>) {
                     out.push(Incoming::Other);
                     continue;
                 };
-                if let Some(p) = f.push.and_then(|p| p.publication) {
+                if f.push
+                    .as_ref()
+                    .is_some_and(|p| p.join.is_some() || p.leave.is_some())
+                {
+                    out.push(Incoming::JoinLeave);
+                } else if let Some(p) = f.push.and_then(|p| p.publication) {
                     out.push(Incoming::Delivery(Delivery {
                         payload: p.data,
                         offset: p.offset,
@@ -171,6 +178,13 @@ mod tests {
                 id: Some(5),
                 ok: false
             }
+        ));
+        out.clear();
+        let jl = "{\"push\":{\"channel\":\"room1\",\"join\":{\"info\":{\"user\":\"m1\",\"client\":\"c\"}}}}\n{\"push\":{\"channel\":\"room1\",\"leave\":{\"info\":{\"user\":\"m1\"}}}}";
+        decode(Kind::Roomcast, jl, &mut out);
+        assert!(matches!(
+            out[..],
+            [Incoming::JoinLeave, Incoming::JoinLeave]
         ));
     }
 

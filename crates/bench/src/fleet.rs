@@ -1,6 +1,7 @@
 //! All members of one scenario run, split into groups: in this process while they fit, otherwise in
 //! worker processes. The scenarios see one fleet: summed progress, one drop, one merged result.
 
+use crate::digest::SubOpts;
 use crate::group::{self, Expect, GroupCmd, GroupEvent, GroupJob, Handle};
 use crate::stats::{GroupResult, Snapshot};
 use crate::target::Target;
@@ -19,6 +20,8 @@ pub(crate) struct FleetPlan {
     pub behind: u64,
     /// Storm: reconnect delays spread over 0..this.
     pub storm_jitter: Duration,
+    /// How members subscribe (join/leave asked, digest members).
+    pub opts: SubOpts,
 }
 
 pub(crate) struct Fleet {
@@ -51,6 +54,7 @@ impl Fleet {
                 storm_concurrency: (plan.storm_concurrency / n_groups as usize).max(8),
                 behind: plan.behind,
                 storm_jitter_ms: plan.storm_jitter.as_millis() as u64,
+                opts: plan.opts,
             };
             groups.push(if n_groups == 1 {
                 group::spawn_local(job)

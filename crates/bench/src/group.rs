@@ -3,6 +3,7 @@
 //! bench re-executes itself as `roomcast-bench worker` processes and talks to each over stdin/stdout
 //! with JSON lines. Both kinds look the same to the scenarios: a command sender and an event receiver.
 
+use crate::digest::{self, SubOpts};
 use crate::member::{self, Cmd, Member, Shared};
 use crate::stats::{self, GroupResult, Hists, Live, Snapshot};
 use crate::target::Target;
@@ -33,6 +34,9 @@ pub(crate) struct GroupJob {
     pub behind: u64,
     /// Storm: reconnect delays spread over 0..this many ms.
     pub storm_jitter_ms: u64,
+    /// How members subscribe (join/leave asked, digest members).
+    #[serde(default)]
+    pub opts: SubOpts,
 }
 
 /// How many publications each room's publisher got accepted, for the missing-count.
@@ -74,6 +78,7 @@ pub(crate) async fn run(
         storm_gate: Semaphore::new(job.storm_concurrency.max(1)),
         behind: job.behind,
         jitter: Duration::from_millis(job.storm_jitter_ms),
+        opts: job.opts,
     });
     let (cmd_tx, cmd_rx) = watch::channel(Cmd::Run);
     let mut handles = Vec::with_capacity(job.count as usize);
@@ -82,6 +87,7 @@ pub(crate) async fn run(
             idx,
             room: idx % job.rooms.max(1),
             src: Ipv4Addr::new(127, 0, 0, 1 + (idx % job.src_ips.clamp(1, 250)) as u8),
+            digest: job.opts.is_digest(idx),
         };
         handles.push(tokio::spawn(member::run(
             shared.clone(),
@@ -115,19 +121,45 @@ pub(crate) async fn run(
     let _ = cmd_tx.send(Cmd::Stop);
     let mut result = GroupResult::default();
     for (idx, h) in (job.first..).zip(handles) {
-        let Ok(t) = h.await else { continue };
+        let Ok(member::Outcome {
+            tracker: t,
+            digest: d,
+        }) = h.await
+        else {
+            continue;
+        };
         result.duplicates += t.duplicates;
         result.out_of_order += t.out_of_order;
+        let room = idx % job.rooms.max(1);
+        let expect = expected.iter().find(|e| e.room == room);
+        if job.opts.is_digest(idx) {
+            let c = &mut result.digest;
+            c.members += 1;
+            c.deliveries += d.deliveries;
+            c.too_soon += d.too_soon;
+            c.not_newer += d.not_newer;
+            c.min_gap_ms = stats::min_some(c.min_gap_ms, d.min_gap_ns.map(|g| g / 1_000_000));
+            // After publishing stopped, the last digest must be the room's newest publication.
+            if let Some(e) = expect.filter(|e| e.sent > 0 && t.joined) {
+                if !d.has_newest(digest::newest_acked(e.sent, &e.excluded), e.sent) {
+                    c.stale += 1;
+                }
+            }
+            continue;
+        }
         // Only members that joined could have received anything; failed joins are counted apart.
         if t.joined {
-            let room = idx % job.rooms.max(1);
-            if let Some(e) = expected.iter().find(|e| e.room == room) {
+            if let Some(e) = expect {
                 result.missing += t.missing(e.sent, &e.excluded);
             }
         }
     }
     result.snap = shared.live.snapshot();
-    result.latency_us = stats::to_buckets(&shared.hists.latency.lock().unwrap());
+    {
+        let l = shared.hists.latency.lock().unwrap();
+        result.latency_us = stats::to_buckets(&l.hist);
+        result.last_us = l.last_list();
+    }
     result.join_us = stats::to_buckets(&shared.hists.join.lock().unwrap());
     result.recover_ms = stats::to_buckets(&shared.hists.recover.lock().unwrap());
     let _ = events.send(GroupEvent::Done(Box::new(result))).await;

@@ -6,8 +6,10 @@
 //! the roles the binary re-executes itself in. See BENCHMARKS.md for the commands and results.
 
 mod backend;
+mod bus;
 mod chat;
 mod codec;
+mod digest;
 mod fleet;
 mod group;
 mod http;
@@ -185,6 +187,9 @@ async fn run(args: plan::RunArgs) -> Result<bool> {
     }
     println!("{}", report::summary(&runs));
     if let Some(t) = report::storm_summary(&runs) {
+        println!("{t}");
+    }
+    if let Some(t) = report::large_summary(&runs) {
         println!("{t}");
     }
     let doc = report::Report {

@@ -3,12 +3,14 @@
 //! allows it. In a storm it drops its connection abruptly on `Cmd::Drop`, stays away while its room
 //! moves on, and on `Cmd::Reconnect` joins again with recovery; it checks that the recovery brought
 //! exactly the publications it missed, in order. It returns its `Tracker` when told to stop, for the
-//! missing-count.
+//! missing-count. A digest member (`SubOpts::digest_live`) subscribes with `data: {"digest": true}`
+//! and keeps a `DigestTrack` instead: gaps and the newest, not every publication.
 
+use crate::digest::{DigestTrack, SubOpts};
 use crate::stats::{Hists, Live};
 use crate::target::Target;
 use crate::tracker::{Seen, Tracker};
-use crate::wire::{self, Incoming, Position, Ws};
+use crate::wire::{self, Ask, Incoming, Position, Ws};
 use anyhow::Result;
 use futures_util::{SinkExt, StreamExt};
 use std::net::Ipv4Addr;
@@ -52,17 +54,30 @@ pub(crate) struct Shared {
     pub behind: u64,
     /// Storm: reconnect delays are spread over 0..jitter (SDK-style), zero: all at once.
     pub jitter: Duration,
+    /// How members subscribe: join/leave asked, which of them get a digest.
+    pub opts: SubOpts,
 }
 
 pub(crate) struct Member {
     pub idx: u32,
     pub room: u32,
     pub src: Ipv4Addr,
+    /// Subscribed for a digest (`data: {"digest": true}`), not every publication.
+    pub digest: bool,
+}
+
+/// What a member received, returned when it stops.
+pub(crate) struct Outcome {
+    /// Every publication, for a live member (a digest member's stays empty).
+    pub tracker: Tracker,
+    /// A digest member's deliveries.
+    pub digest: DigestTrack,
 }
 
 /// Runs one member until `Cmd::Stop`, then returns what it received.
-pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receiver<Cmd>) -> Tracker {
+pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receiver<Cmd>) -> Outcome {
     let mut tracker = Tracker::default();
+    let mut digest = DigestTrack::default();
     let mut pos: Option<Position> = None;
     let mut first = true;
     // Set when this (re)join follows a storm, so its recovery gets timed and checked.
@@ -98,7 +113,14 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                     pos = j.position;
                 }
                 for d in j.backlog {
-                    on_delivery(&shared, &me, &mut tracker, &mut pos, d, false);
+                    on_delivery(
+                        &shared,
+                        &me,
+                        (&mut tracker, &mut digest),
+                        &mut pos,
+                        d,
+                        false,
+                    );
                 }
                 ws
             }
@@ -110,7 +132,7 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                 };
                 c.fetch_add(1, Relaxed);
                 wait_stop(&mut cmd).await;
-                return tracker;
+                return Outcome { tracker, digest };
             }
         };
         after_storm = false;
@@ -137,8 +159,9 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                         wire::decode(shared.target.kind, t.as_str(), &mut out);
                         for m in out {
                             match m {
-                                Incoming::Delivery(d) => on_delivery(&shared, &me, &mut tracker, &mut pos, d, true),
+                                Incoming::Delivery(d) => on_delivery(&shared, &me, (&mut tracker, &mut digest), &mut pos, d, true),
                                 Incoming::Ping(p) => { let _ = ws.send(Message::text(p)).await; }
+                                Incoming::JoinLeave => { shared.live.join_leave_pushes.fetch_add(1, Relaxed); }
                                 // A member sends no publishes: a refused command is its cursor read.
                                 Incoming::Reply { ok } | Incoming::Ack { ok, .. } => {
                                     let c = if ok { &shared.live.reads } else { &shared.live.read_failed };
@@ -157,7 +180,7 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                         }
                         shared.live.lost.fetch_add(1, Relaxed);
                         wait_stop(&mut cmd).await;
-                        return tracker;
+                        return Outcome { tracker, digest };
                     }
                 },
                 changed = cmd.changed() => {
@@ -165,14 +188,14 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                     match (changed, c) {
                         (Err(_), _) | (_, Cmd::Stop) => {
                             let _ = ws.close(None).await;
-                            return tracker;
+                            return Outcome { tracker, digest };
                         }
                         (_, Cmd::Drop(_) | Cmd::Reconnect(_)) => {
                             // Abrupt drop: no close handshake, like a phone losing its network.
                             drop(ws);
                             shared.live.offline.fetch_add(1, Relaxed);
                             if !wait_reconnect(&mut cmd).await {
-                                return tracker;
+                                return Outcome { tracker, digest };
                             }
                             tokio::time::sleep(spread(me.idx, shared.jitter)).await;
                             shared.live.reconnects.fetch_add(1, Relaxed);
@@ -234,7 +257,7 @@ async fn wait_reconnect(cmd: &mut watch::Receiver<Cmd>) -> bool {
 fn on_delivery(
     shared: &Shared,
     me: &Member,
-    tracker: &mut Tracker,
+    (tracker, digest): (&mut Tracker, &mut DigestTrack),
     pos: &mut Option<Position>,
     d: wire::Delivery,
     live: bool,
@@ -246,10 +269,15 @@ fn on_delivery(
     if let (Some(o), Some(p)) = (d.offset, pos.as_mut()) {
         p.offset = p.offset.max(o);
     }
+    let now = wire::now_ns();
+    if me.digest {
+        // Counted apart: `delivered` and the latencies are the live members' figures.
+        digest.record(d.payload.s, now, shared.opts.min_gap());
+        return;
+    }
     if tracker.record(d.payload.s) == Seen::Duplicate {
         return;
     }
-    let now = wire::now_ns();
     shared.live.delivered.fetch_add(1, Relaxed);
     shared.live.last_delivery_ns.fetch_max(now, Relaxed);
     // Recovered publications are late by design; they are counted, not timed.
@@ -260,7 +288,7 @@ fn on_delivery(
             .latency
             .lock()
             .unwrap()
-            .saturating_record(us.max(1));
+            .record(me.room, d.payload.s, us);
     }
 }
 
@@ -308,9 +336,14 @@ async fn join_once(
     pos: Option<&Position>,
 ) -> Result<(Ws, wire::Joined)> {
     let t = &shared.target;
-    let mut ws = wire::open(me.src, t.addr(), &wire::path(t, me.room, false)).await?;
+    let addr = t.member_addr(me.idx);
+    let mut ws = wire::open(me.src, addr, &wire::path(t, me.room, false)).await?;
     let user = format!("m{}", me.idx);
-    let j = wire::join(&mut ws, t, me.room, &user, pos).await?;
+    let ask = Ask {
+        join_leave: shared.opts.join_leave,
+        digest: me.digest,
+    };
+    let j = wire::join(&mut ws, t, me.room, &user, pos, ask).await?;
     Ok((ws, j))
 }
 

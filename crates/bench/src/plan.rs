@@ -1,6 +1,7 @@
 //! Turns the command line into the list of (target, case) runs: scenario parameters, the
 //! `--preset seed500` worked example, and the small `--quick` plan that CI runs.
 
+use crate::digest::SubOpts;
 use crate::scenario::{Case, Publish, Storm};
 use crate::target::{Kind, Target};
 use anyhow::Result;
@@ -44,6 +45,34 @@ pub(crate) struct RunArgs {
     /// large: members joining one room (and, for comparison, the same number in rooms of 100).
     #[arg(long, default_value_t = 15_000)]
     pub large_members: u32,
+    /// large: publications/s to the room of `--large-members` with live and digest members
+    /// (roomcast targets; `--digest-live` of them live, default 100).
+    #[arg(long, default_value_t = 100.0)]
+    pub large_rate: f64,
+    /// large: members of one room, all live, on one node: time from publish to the last delivery
+    /// and the server's CPU per thread (0: no such case).
+    #[arg(long, default_value_t = 19_900)]
+    pub large_local: u32,
+    /// large: publications/s to the `--large-local` room.
+    #[arg(long, default_value_t = 10.0)]
+    pub large_local_rate: f64,
+
+    /// Members subscribe with `join_leave: true`. The idle scenario then runs each roomcast
+    /// target twice, without and with (named `NAME-join-leave`), for the cost of asking.
+    #[arg(long)]
+    pub join_leave: bool,
+    /// Members idx < N subscribe live, the others with `data: {"digest": true}` (roomcast
+    /// targets; fanout cases, and the large publishing case where it defaults to 100).
+    #[arg(long)]
+    pub digest_live: Option<u32>,
+    /// The server's `digest_interval_ms`: digest deliveries closer than this minus the tolerance
+    /// are a problem.
+    #[arg(long, default_value_t = 1000)]
+    pub digest_interval_ms: u64,
+    /// Slack for receipt jitter (a server that sends every publication or two ticks back to back
+    /// gives gaps of milliseconds, far below it).
+    #[arg(long, default_value_t = 250)]
+    pub digest_tolerance_ms: u64,
 
     /// fanout: room sizes to sweep (members per room).
     #[arg(long, default_value = "10,100,500", value_delimiter = ',')]
@@ -163,7 +192,14 @@ impl RunArgs {
             }),
             per_process,
             join_concurrency: a.join_concurrency,
+            opts: SubOpts {
+                join_leave: a.join_leave,
+                digest_live: None,
+                digest_interval_ms: a.digest_interval_ms,
+                digest_tolerance_ms: a.digest_tolerance_ms,
+            },
         };
+        let roomcast = |t: &Target| t.kind == Kind::Roomcast;
         let paced = |rate| {
             Some(Publish {
                 rate_per_room: Some(rate),
@@ -176,10 +212,15 @@ impl RunArgs {
         if self.wants("idle") {
             let rooms = a.idle_members.div_ceil(a.idle_room_size.max(1));
             for t in all {
-                out.push((
-                    t.clone(),
-                    base("idle", a.idle_members, rooms, None, false, a.per_process),
-                ));
+                let mut c = base("idle", a.idle_members, rooms, None, false, a.per_process);
+                c.opts.join_leave = false;
+                out.push((t.clone(), c.clone()));
+                if a.join_leave && roomcast(t) {
+                    let mut named = t.clone();
+                    named.name = format!("{}-join-leave", t.name);
+                    c.opts.join_leave = true;
+                    out.push((named, c));
+                }
             }
         }
         if self.wants("large") {
@@ -192,6 +233,32 @@ impl RunArgs {
                         t.clone(),
                         base("large", n, rooms, None, false, a.per_process),
                     ));
+                }
+            }
+            // The same room publishing, a few members live and the rest on digest: only roomcast
+            // has digests, the limit would send every member everything.
+            for t in all.iter().filter(|t| roomcast(t)) {
+                let mut c = base("large", n, 1, paced(a.large_rate), false, a.per_process);
+                c.opts.digest_live = Some(a.digest_live.unwrap_or(100).min(n));
+                out.push((t.clone(), c));
+            }
+            // One room of `large_local` live members on one node: publish to the last delivery.
+            let local = if self.quick {
+                a.large_local.min(200)
+            } else {
+                a.large_local
+            };
+            if local > 0 {
+                for t in all.iter().filter(|t| t.nodes() == 1 && split_limit(t)) {
+                    let c = base(
+                        "large",
+                        local,
+                        1,
+                        paced(a.large_local_rate),
+                        false,
+                        a.per_process,
+                    );
+                    out.push((t.clone(), c));
                 }
             }
         }
@@ -265,7 +332,7 @@ impl RunArgs {
         if self.wants("fanout") {
             for &size in &a.sizes {
                 for t in targets {
-                    let c = base(
+                    let mut c = base(
                         "fanout",
                         size * a.rooms,
                         a.rooms,
@@ -273,6 +340,9 @@ impl RunArgs {
                         false,
                         15_000,
                     );
+                    if roomcast(t) {
+                        c.opts.digest_live = a.digest_live;
+                    }
                     out.push((t.clone(), c));
                 }
             }

@@ -63,6 +63,30 @@ pub(crate) struct Params {
     pub storm_behind: Option<u64>,
     /// Storm: reconnect delays spread over 0..this many ms (0: all at once).
     pub storm_jitter_ms: Option<u64>,
+    /// Members subscribed with `join_leave: true`.
+    pub join_leave: bool,
+    /// Some(n): members idx < n live, the rest on digest (`data: {"digest": true}`).
+    pub digest_live: Option<u32>,
+    /// Server nodes the members were spread over (idx % nodes).
+    pub nodes: usize,
+}
+
+/// What the digest members got (issue #8).
+#[derive(Clone, Debug, Default, Serialize)]
+pub(crate) struct DigestFigures {
+    pub members: u64,
+    pub deliveries: u64,
+    /// Digest deliveries per digest member per second, over the publishing plus one interval
+    /// (the newest comes at the tick after the last publication): at most about 1/interval.
+    pub per_member_per_s: f64,
+    /// Deliveries sooner than the interval (minus the tolerance) after the previous one.
+    pub too_soon: u64,
+    /// Deliveries not newer than the previous one.
+    pub not_newer: u64,
+    /// Members whose last delivery, after publishing stopped, was not the newest publication.
+    pub stale: u64,
+    /// The shortest gap between two digest deliveries of one member, ms.
+    pub min_gap_ms: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -98,6 +122,14 @@ pub(crate) struct RunResult {
     pub deliveries: u64,
     pub deliveries_per_s: f64,
     pub server_cpu_us_per_delivery: Option<f64>,
+    /// Server CPU (summed over the nodes) per acknowledged publication, µs.
+    pub server_cpu_us_per_publication: Option<f64>,
+    /// Per publication: µs from publish to its last delivery (over every live member).
+    pub last_delivery_us: Option<Percentiles>,
+    /// Digest members' figures, when some members were on digest.
+    pub digest: Option<DigestFigures>,
+    /// Cluster runs with `redis=`: the bus traffic per publication.
+    pub bus: Option<crate::bus::BusTraffic>,
     /// Publish-to-receipt latency of live deliveries, µs.
     pub latency_us: Option<Percentiles>,
     pub latency_cdf: Vec<(f64, u64)>,
@@ -127,6 +159,8 @@ pub(crate) struct RunResult {
     pub reads: u64,
     #[serde(default)]
     pub read_failed: u64,
+    /// Join and leave pushes the members received (after their own join).
+    pub join_leave_pushes: u64,
     /// Correctness problems; any entry fails the run.
     pub problems: Vec<String>,
 }
@@ -135,7 +169,14 @@ impl RunResult {
     /// Fills `problems` from the correctness counters (never from timings).
     pub(crate) fn judge(&mut self) {
         let mut p = Vec::new();
+        let d = self.digest.clone().unwrap_or_default();
         for (name, v) in [
+            ("digest deliveries sooner than the interval", d.too_soon),
+            ("digest deliveries not newer than the previous", d.not_newer),
+            (
+                "digest members whose last delivery is not the newest",
+                d.stale,
+            ),
             ("missing deliveries", self.missing),
             ("duplicate deliveries", self.duplicates),
             ("out-of-order deliveries", self.out_of_order),
@@ -268,6 +309,22 @@ pub(crate) fn summary(runs: &[RunResult]) -> String {
             if r.problems.is_empty() { "none".into() } else { r.problems.join("; ") },
         );
     }
+    // What asking for join/leave costs: the pushes it brings (none for members that did not ask).
+    for r in runs
+        .iter()
+        .filter(|r| r.params.join_leave || r.join_leave_pushes > 0)
+    {
+        let _ = writeln!(
+            s,
+            "\n{} {} {}x{}: {} join/leave pushes received (join_leave asked: {})",
+            r.scenario,
+            r.target,
+            r.params.rooms,
+            r.params.room_size,
+            r.join_leave_pushes,
+            r.params.join_leave
+        );
+    }
     // Where the server's CPU went while publishing, thread by thread (fan-out on every core).
     for r in runs.iter().filter(|r| !r.server_thread_cpu_s.is_empty()) {
         let threads: Vec<String> = r
@@ -287,6 +344,82 @@ pub(crate) fn summary(runs: &[RunResult]) -> String {
         );
     }
     s
+}
+
+/// Per publishing run: publish-to-receipt and publish-to-last-delivery, CPU per publication, and
+/// where they apply the digest members' and the bus's figures (issue #8's large rooms).
+pub(crate) fn large_summary(runs: &[RunResult]) -> Option<String> {
+    let pubs: Vec<&RunResult> = runs
+        .iter()
+        .filter(|r| r.last_delivery_us.is_some())
+        .collect();
+    if pubs.is_empty() {
+        return None;
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "| scenario | target | nodes | members live+digest | rate/room | live p50/p99 | publish to last p50/p99 | CPU µs/publication | digests/member/s | bus out B/publication (payload {}B) | problems |",
+        pubs[0].params.payload_bytes
+    );
+    let _ = writeln!(s, "|{}", "---|".repeat(11));
+    for r in pubs {
+        let dm = r.digest.as_ref().map_or(0, |d| d.members);
+        let p50_99 = |p: &Option<Percentiles>| {
+            p.as_ref().map_or_else(
+                || "-".into(),
+                |p| format!("{}/{}", fmt_us(p.p50), fmt_us(p.p99)),
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {}+{} | {} | {} | {} | {} | {} | {} | {} |",
+            r.scenario,
+            r.target,
+            r.params.nodes.max(1),
+            r.joined.saturating_sub(dm),
+            dm,
+            r.params
+                .rate_per_room
+                .map_or_else(|| "max".into(), |v| format!("{v:.0}")),
+            p50_99(&r.latency_us),
+            p50_99(&r.last_delivery_us),
+            opt(r.server_cpu_us_per_publication, 0),
+            r.digest.as_ref().map_or_else(
+                || "-".into(),
+                |d| format!(
+                    "{:.2} (min gap {})",
+                    d.per_member_per_s,
+                    d.min_gap_ms
+                        .map_or_else(|| "-".into(), |g| format!("{g}ms"))
+                )
+            ),
+            r.bus.as_ref().map_or_else(
+                || "-".into(),
+                |b| {
+                    let calls: Vec<String> = b
+                        .calls_per_publication
+                        .iter()
+                        .map(|(c, n)| format!("{c} {n:.1}"))
+                        .collect();
+                    format!(
+                        "{:.0} ({} nodes; in {:.0}; {:.1} commands: {})",
+                        b.out_bytes_per_publication,
+                        b.nodes,
+                        b.in_bytes_per_publication,
+                        b.commands_per_publication,
+                        calls.join(", ")
+                    )
+                }
+            ),
+            if r.problems.is_empty() {
+                "none".into()
+            } else {
+                r.problems.join("; ")
+            },
+        );
+    }
+    Some(s)
 }
 
 /// The storm's own table: first-join rate, then the reconnect burst, per target (the limit first).

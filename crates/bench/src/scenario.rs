@@ -6,6 +6,7 @@
 //! window, into small rooms. The storm (every member away while its room moves on, then all back at
 //! once) has its own sequence in `storm`, built from the join and count steps here.
 
+use crate::digest::SubOpts;
 use crate::fleet::{Fleet, FleetPlan};
 use crate::group::Expect;
 use crate::procfs;
@@ -31,6 +32,8 @@ pub(crate) struct Case {
     pub storm: Option<Storm>,
     pub per_process: u32,
     pub join_concurrency: usize,
+    /// How members subscribe: join/leave asked, digest members (issue #8).
+    pub opts: SubOpts,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -78,11 +81,8 @@ pub(crate) struct Joined {
 /// run's parameters and join rate.
 pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
     let label = format!("{} {}", case.scenario, target.name);
-    // RSS of the server: its first pid (Node, not the Redis beside it), or all limit processes.
-    let rss_pids: Vec<u32> = match target.kind {
-        crate::target::Kind::Limit => target.pids.clone(),
-        _ => target.pids.iter().take(1).copied().collect(),
-    };
+    // RSS of the server: one pid per node (Node, not the Redis beside it), or all limit processes.
+    let rss_pids = target.rss_pids();
     let rss0 = procfs::rss_kib_all(&rss_pids);
     let tcp0 = procfs::tcp_mem_kib();
     let load0 = procfs::loadavg();
@@ -96,6 +96,7 @@ pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
         storm_concurrency: case.storm.map_or(1, |s| s.concurrency),
         behind: case.storm.map_or(0, |s| s.behind),
         storm_jitter: case.storm.map_or(Duration::ZERO, |s| s.jitter),
+        opts: case.opts,
     };
     if target.chat {
         crate::chat::add_fleet_members(target, case.members, case.rooms).await?;
@@ -129,6 +130,9 @@ pub(crate) async fn join(target: &Target, case: &Case) -> Result<Joined> {
             via_http: case.publish.as_ref().is_some_and(|p| p.via_http),
             storm_behind: case.storm.map(|s| s.behind),
             storm_jitter_ms: case.storm.map(|s| s.jitter.as_millis() as u64),
+            join_leave: case.opts.join_leave,
+            digest_live: case.opts.digest_live,
+            nodes: target.nodes(),
         },
         ..Default::default()
     };
@@ -172,6 +176,10 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
     let threads0 = server_pid
         .map(procfs::thread_cpu_seconds)
         .unwrap_or_default();
+    let bus0 = match (target.redis, &case.publish) {
+        (Some(a), Some(_)) => Some(crate::bus::read(a).await?),
+        _ => None,
+    };
     let t_pub_ns = crate::wire::now_ns();
     if let Some(p) = &case.publish {
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -208,22 +216,42 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         }
         pb.finish_and_clear();
         // Drain: wait for deliveries to stop growing (bounded), so late ones are not called missing.
-        let expect_total: u64 =
-            pubs.iter().map(|p| p.acked).sum::<u64>() * u64::from(r.params.room_size);
+        // Live members only count in `delivered`; digest members get the newest publication at
+        // their room's next tick, so the drain lasts two intervals at least when there are some.
+        let expect_total: u64 = pubs
+            .iter()
+            .map(|p| p.acked * case.opts.live_in_room(case.members, case.rooms, p.room))
+            .sum();
+        let digest_wait = if case.opts.digest_live.is_some() {
+            Duration::from_millis(2 * case.opts.digest_interval_ms + case.opts.digest_tolerance_ms)
+        } else {
+            Duration::ZERO
+        };
         let t_drain = Instant::now();
         let mut last = (fleet.progress().delivered, Instant::now());
-        while t_drain.elapsed() < Duration::from_secs(30) {
+        while t_drain.elapsed() < Duration::from_secs(30).max(digest_wait) {
             tokio::time::sleep(Duration::from_millis(200)).await;
             let s = fleet.progress();
-            if s.delivered >= expect_total {
+            let waited = t_drain.elapsed() >= digest_wait;
+            if s.delivered >= expect_total && waited {
                 break;
             }
             if s.delivered != last.0 {
                 last = (s.delivered, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(3) {
+            } else if last.1.elapsed() > Duration::from_secs(3) && waited {
                 break;
             }
         }
+    }
+    if let (Some(a), Some(c0)) = (target.redis, bus0) {
+        let acked = pubs.iter().map(|p| p.acked).sum();
+        let c1 = crate::bus::read(a).await?;
+        r.bus = Some(crate::bus::BusTraffic::between(
+            &c0,
+            &c1,
+            acked,
+            target.nodes(),
+        ));
     }
     let cpu1 = procfs::cpu_seconds_all(&target.pids);
     if case.publish.is_some() {
@@ -239,6 +267,10 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
         let ack = count_publishers(&mut r, &pubs);
         r.ack_us = Percentiles::of(&stats::to_buckets(&ack));
         r.acks_per_s = r.acked as f64 / case.duration.as_secs_f64();
+        if let Some(d) = r.digest.as_mut() {
+            let span = case.duration + Duration::from_millis(case.opts.digest_interval_ms);
+            d.per_member_per_s = d.deliveries as f64 / d.members.max(1) as f64 / span.as_secs_f64();
+        }
         let span = g.snap.last_delivery_ns.saturating_sub(t_pub_ns) as f64 / 1e9;
         r.deliveries_per_s = if span > 0.0 {
             r.deliveries as f64 / span
@@ -254,6 +286,9 @@ pub(crate) async fn run(target: &Target, case: &Case) -> Result<RunResult> {
             r.server_cpu_s = Some(cpu1 - cpu0);
             if r.deliveries > 0 {
                 r.server_cpu_us_per_delivery = Some((cpu1 - cpu0) * 1e6 / r.deliveries as f64);
+            }
+            if r.acked > 0 {
+                r.server_cpu_us_per_publication = Some((cpu1 - cpu0) * 1e6 / r.acked as f64);
             }
         }
     }
@@ -322,6 +357,19 @@ fn count(r: &mut RunResult, g: &GroupResult) {
     r.recover_all_ms = r.recover_ms.as_ref().map(|p| p.max);
     r.rejoined = g.snap.rejoined;
     r.recover_wrong = g.snap.recover_wrong;
+    r.join_leave_pushes = g.snap.join_leave_pushes;
+    r.last_delivery_us = Percentiles::of(&g.last_delivery_us());
+    if g.digest.members > 0 {
+        r.digest = Some(report::DigestFigures {
+            members: g.digest.members,
+            deliveries: g.digest.deliveries,
+            per_member_per_s: 0.0,
+            too_soon: g.digest.too_soon,
+            not_newer: g.digest.not_newer,
+            stale: g.digest.stale,
+            min_gap_ms: g.digest.min_gap_ms,
+        });
+    }
     r.reads = g.snap.reads;
     r.read_failed = g.snap.read_failed;
 }

@@ -3,6 +3,7 @@
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Mutex;
 
@@ -53,6 +54,8 @@ pub(crate) struct Live {
     /// Chat targets: read cursors moved (`roomcast.read` answered) and refused.
     pub reads: AtomicU64,
     pub read_failed: AtomicU64,
+    /// Join and leave pushes received (roomcast: only subscriptions that asked get them).
+    pub join_leave_pushes: AtomicU64,
 }
 
 impl Live {
@@ -73,6 +76,7 @@ impl Live {
             recover_wrong: self.recover_wrong.load(Relaxed),
             reads: self.reads.load(Relaxed),
             read_failed: self.read_failed.load(Relaxed),
+            join_leave_pushes: self.join_leave_pushes.load(Relaxed),
         }
     }
 }
@@ -97,6 +101,8 @@ pub(crate) struct Snapshot {
     pub reads: u64,
     #[serde(default)]
     pub read_failed: u64,
+    #[serde(default)]
+    pub join_leave_pushes: u64,
 }
 
 impl Snapshot {
@@ -116,14 +122,85 @@ impl Snapshot {
         self.recover_wrong += o.recover_wrong;
         self.reads += o.reads;
         self.read_failed += o.read_failed;
+        self.join_leave_pushes += o.join_leave_pushes;
     }
+}
+
+/// Publications whose last delivery a group tracks; past this many (a long unpaced run) the
+/// later ones are not tracked, so the table stays bounded (2 MiB).
+const MAX_TRACKED: usize = 1 << 18;
+
+/// Live-delivery timing of a group: every delivery's publish-to-receipt time, and per
+/// publication `(room, seq)` the latest of them (publish to the last delivery, issue #8).
+pub(crate) struct Latency {
+    pub hist: Histogram<u64>,
+    /// `last_us[room][seq]`: the latest receipt of that publication, µs after its publish (0:
+    /// none yet). Sequences are dense from 1, so a vector per room, not a hash per delivery.
+    last_us: Vec<Vec<u64>>,
+    /// Slots allocated over all rooms, bounded by `MAX_TRACKED`.
+    slots: usize,
+}
+
+impl Default for Latency {
+    fn default() -> Self {
+        Latency {
+            hist: histogram(),
+            last_us: Vec::new(),
+            slots: 0,
+        }
+    }
+}
+
+impl Latency {
+    pub(crate) fn record(&mut self, room: u32, seq: u64, us: u64) {
+        let us = us.max(1);
+        self.hist.saturating_record(us);
+        let (r, i) = (room as usize, seq as usize);
+        if r >= self.last_us.len() {
+            if r >= MAX_TRACKED {
+                return;
+            }
+            self.last_us.resize_with(r + 1, Vec::new);
+        }
+        let row = &mut self.last_us[r];
+        if i >= row.len() {
+            let grow = i + 1 - row.len();
+            if self.slots + grow > MAX_TRACKED {
+                return;
+            }
+            self.slots += grow;
+            row.resize(i + 1, 0);
+        }
+        row[i] = row[i].max(us);
+    }
+
+    /// The per-publication maxima as a serialisable list.
+    pub(crate) fn last_list(&self) -> Vec<(u32, u64, u64)> {
+        let mut out = Vec::new();
+        for (r, row) in self.last_us.iter().enumerate() {
+            for (s, &v) in row.iter().enumerate().filter(|(_, v)| **v > 0) {
+                out.push((r as u32, s as u64, v));
+            }
+        }
+        out
+    }
+}
+
+/// Merges per-publication maxima (`Latency::last_list`) of several groups: the max per publication.
+pub(crate) fn merge_last(into: &mut Vec<(u32, u64, u64)>, from: &[(u32, u64, u64)]) {
+    let mut m: HashMap<(u32, u64), u64> = into.iter().map(|&(r, s, v)| ((r, s), v)).collect();
+    for &(r, s, v) in from {
+        let e = m.entry((r, s)).or_insert(v);
+        *e = (*e).max(v);
+    }
+    *into = m.into_iter().map(|((r, s), v)| (r, s, v)).collect();
 }
 
 /// Histograms of a group; behind mutexes because member tasks record concurrently (uncontended
 /// locks cost tens of ns, far below a delivery's cost).
 pub(crate) struct Hists {
-    /// Publish-to-receipt latency of live deliveries, µs.
-    pub latency: Mutex<Histogram<u64>>,
+    /// Publish-to-receipt latency of live deliveries, µs, and each publication's latest.
+    pub latency: Mutex<Latency>,
     /// Time to connect and join, µs.
     pub join: Mutex<Histogram<u64>>,
     /// Storm: time from the reconnect order to this member's recovered re-subscription, ms.
@@ -133,7 +210,7 @@ pub(crate) struct Hists {
 impl Default for Hists {
     fn default() -> Self {
         Hists {
-            latency: Mutex::new(histogram()),
+            latency: Mutex::new(Latency::default()),
             join: Mutex::new(histogram()),
             recover: Mutex::new(histogram()),
         }
@@ -150,14 +227,63 @@ pub(crate) struct GroupResult {
     pub latency_us: Buckets,
     pub join_us: Buckets,
     pub recover_ms: Buckets,
+    /// Per live publication (room, seq): µs from publish to its latest delivery in this group.
+    #[serde(default)]
+    pub last_us: Vec<(u32, u64, u64)>,
+    /// Digest members (issue #8) and what they got: deliveries, deliveries sooner than the
+    /// interval after the previous one, not newer than it, and members whose last delivery was
+    /// not the newest publication.
+    #[serde(default)]
+    pub digest: DigestCounts,
+}
+
+/// The smaller of two optional values, None only when both are.
+pub(crate) fn min_some(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct DigestCounts {
+    pub members: u64,
+    pub deliveries: u64,
+    pub too_soon: u64,
+    pub not_newer: u64,
+    pub stale: u64,
+    /// The shortest gap between two digest deliveries of one member, ms.
+    pub min_gap_ms: Option<u64>,
+}
+
+impl DigestCounts {
+    fn add(&mut self, o: &DigestCounts) {
+        self.members += o.members;
+        self.deliveries += o.deliveries;
+        self.too_soon += o.too_soon;
+        self.not_newer += o.not_newer;
+        self.stale += o.stale;
+        self.min_gap_ms = min_some(self.min_gap_ms, o.min_gap_ms);
+    }
 }
 
 impl GroupResult {
+    /// Histogram of publish-to-last-delivery times, one value per publication, µs.
+    pub(crate) fn last_delivery_us(&self) -> Buckets {
+        let mut h = histogram();
+        for &(_, _, v) in &self.last_us {
+            h.saturating_record(v.max(1));
+        }
+        to_buckets(&h)
+    }
+
     pub(crate) fn add(&mut self, o: &GroupResult) {
         self.snap.add(&o.snap);
         self.missing += o.missing;
         self.duplicates += o.duplicates;
         self.out_of_order += o.out_of_order;
+        self.digest.add(&o.digest);
+        merge_last(&mut self.last_us, &o.last_us);
         for (mine, theirs) in [
             (&mut self.latency_us, &o.latency_us),
             (&mut self.join_us, &o.join_us),
@@ -168,5 +294,39 @@ impl GroupResult {
             merge_into(&mut h, theirs);
             *mine = to_buckets(&h);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_publication_keeps_its_latest_delivery_across_groups() {
+        let mut a = Latency::default();
+        a.record(0, 1, 50);
+        a.record(0, 1, 70);
+        a.record(1, 2, 10);
+        let mut b = Latency::default();
+        b.record(0, 1, 60);
+        b.record(0, 3, 5);
+        let mut g = GroupResult {
+            last_us: a.last_list(),
+            ..GroupResult::default()
+        };
+        g.add(&GroupResult {
+            last_us: b.last_list(),
+            ..GroupResult::default()
+        });
+        g.last_us.sort_unstable();
+        assert_eq!(g.last_us, vec![(0, 1, 70), (0, 3, 5), (1, 2, 10)]);
+        assert_eq!(a.hist.len(), 3, "every delivery is timed");
+        let mut full = Latency::default();
+        full.record(0, MAX_TRACKED as u64 + 5, 1);
+        assert!(
+            full.last_list().is_empty(),
+            "bounded: not tracked past the cap"
+        );
+        assert_eq!(full.hist.len(), 1);
     }
 }

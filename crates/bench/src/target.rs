@@ -6,6 +6,10 @@
 //! `kind=limit` (no addr: the bench starts its own raw fan-out server as a child process)
 //! `kind=socketio,addr=127.0.0.1:3000,pid=11+12` (CPU is summed over all `+`-separated pids)
 //! `kind=pusher,addr=127.0.0.1:6001,pid=13,app_id=1,key=k,secret=s` (Sockudo)
+//! `kind=roomcast,addr=127.0.0.1:8001+127.0.0.1:8002,pid=21+22,redis=127.0.0.1:6379,...` (several
+//! nodes of one cluster: member `idx` joins node `idx % nodes`, publishers and the server API use the
+//! first; CPU and RSS are summed over one pid per node; `redis=` is the cluster's bus, whose byte
+//! counters give the bus traffic per publication)
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -29,8 +33,15 @@ pub(crate) struct Target {
     /// Name used in tables and plots (defaults to the kind).
     pub name: String,
     pub kind: Kind,
-    /// None only for `kind=limit` before the bench has started its own server.
+    /// None only for `kind=limit` before the bench has started its own server. The first node of
+    /// a cluster: publishers and the server API go through it.
     pub addr: Option<SocketAddr>,
+    /// The other nodes of a cluster (`addr=A+B+C`): members are spread over `addr` and these.
+    #[serde(default)]
+    pub more_addrs: Vec<SocketAddr>,
+    /// The cluster's Redis bus, read (`INFO stats`) before and after publishing.
+    #[serde(default)]
+    pub redis: Option<SocketAddr>,
     /// Server processes whose RSS (first pid) and CPU time (sum) are reported.
     pub pids: Vec<u32>,
     /// roomcast: HMAC secret to mint connection JWTs; Pusher: app secret for REST signatures.
@@ -54,6 +65,8 @@ impl Target {
             name: String::new(),
             kind: Kind::Limit,
             addr: None,
+            more_addrs: vec![],
+            redis: None,
             pids: vec![],
             secret: None,
             api_key: None,
@@ -77,7 +90,14 @@ impl Target {
                     });
                 }
                 "name" => t.name = v.to_string(),
-                "addr" => t.addr = Some(v.parse().with_context(|| format!("bad addr `{v}`"))?),
+                "addr" => {
+                    let mut all = v
+                        .split('+')
+                        .map(|a| a.parse().with_context(|| format!("bad addr `{a}`")));
+                    t.addr = all.next().transpose()?;
+                    t.more_addrs = all.collect::<Result<_>>()?;
+                }
+                "redis" => t.redis = Some(v.parse().with_context(|| format!("bad redis `{v}`"))?),
                 "pid" => {
                     t.pids = v
                         .split('+')
@@ -103,9 +123,12 @@ impl Target {
             }
             .to_string();
         }
-        let only_loopback = t.addr.is_none_or(|a| a.ip().is_loopback());
-        if !only_loopback {
-            bail!("load tests only target 127.0.0.0/8, not {:?}", t.addr);
+        let mut every = t.addr.iter().chain(&t.more_addrs).chain(&t.redis);
+        if let Some(a) = every.find(|a| !a.ip().is_loopback()) {
+            bail!("load tests only target 127.0.0.0/8, not {a}");
+        }
+        if !t.more_addrs.is_empty() && t.kind != Kind::Roomcast {
+            bail!("several addresses (a cluster) need kind=roomcast");
         }
         if t.addr.is_none() && t.kind != Kind::Limit {
             bail!("target {} needs addr=HOST:PORT", t.name);
@@ -128,6 +151,28 @@ impl Target {
         self.addr.expect("target address resolved before use")
     }
 
+    /// How many nodes the members are spread over (1 unless `addr=A+B+...`).
+    pub(crate) fn nodes(&self) -> usize {
+        1 + self.more_addrs.len()
+    }
+
+    /// The node member `idx` joins: `idx % nodes`, so every node holds an equal share of a room.
+    pub(crate) fn member_addr(&self, idx: u32) -> SocketAddr {
+        match idx as usize % self.nodes() {
+            0 => self.addr(),
+            n => self.more_addrs[n - 1],
+        }
+    }
+
+    /// The pids whose RSS is the server's memory: one per node (not a Redis listed after them),
+    /// or every limit process.
+    pub(crate) fn rss_pids(&self) -> Vec<u32> {
+        match self.kind {
+            Kind::Limit => self.pids.clone(),
+            _ => self.pids.iter().take(self.nodes()).copied().collect(),
+        }
+    }
+
     /// Whether the protocol can resume a subscription from an offset (storm needs it).
     pub(crate) fn recovers(&self) -> bool {
         self.kind == Kind::Roomcast
@@ -147,6 +192,22 @@ mod tests {
         );
         assert!(Target::parse("kind=roomcast,addr=10.0.0.1:80").is_err());
         assert!(Target::parse("kind=limit").unwrap().addr.is_none());
+    }
+
+    #[test]
+    fn a_cluster_spreads_members_over_its_nodes() {
+        let t = Target::parse(
+            "kind=roomcast,addr=127.0.0.1:1+127.0.0.1:2+127.0.0.1:3,pid=7+8+9+10,redis=127.0.0.1:6",
+        )
+        .unwrap();
+        assert_eq!(t.nodes(), 3);
+        let ports: Vec<u16> = (0..6).map(|i| t.member_addr(i).port()).collect();
+        assert_eq!(ports, vec![1, 2, 3, 1, 2, 3]);
+        assert_eq!(t.addr().port(), 1, "publishers use the first node");
+        assert_eq!(t.rss_pids(), vec![7, 8, 9], "one pid per node");
+        assert!(Target::parse("kind=roomcast,addr=127.0.0.1:1+10.0.0.1:2").is_err());
+        assert!(Target::parse("kind=roomcast,addr=127.0.0.1:1,redis=10.0.0.1:6").is_err());
+        assert!(Target::parse("kind=socketio,addr=127.0.0.1:1+127.0.0.1:2").is_err());
     }
 
     #[test]

@@ -144,6 +144,8 @@ pub(crate) enum Incoming {
     Reply {
         ok: bool,
     },
+    /// A roomcast join or leave push.
+    JoinLeave,
     Other,
 }
 
@@ -154,6 +156,15 @@ pub(crate) struct Delivery {
     pub offset: Option<u64>,
 }
 
+/// What a roomcast subscription asks for beyond the publications (other protocols ignore it).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Ask {
+    /// `join_leave: true`: join and leave pushes of the room.
+    pub join_leave: bool,
+    /// `data: {"digest": true}`: at most one publication per digest interval, the newest.
+    pub digest: bool,
+}
+
 /// Connects (and authenticates where needed) and subscribes to `room`; `recover` asks roomcast to
 /// resume from a position. Pings that arrive meanwhile are answered.
 pub(crate) async fn join(
@@ -162,10 +173,14 @@ pub(crate) async fn join(
     room: u32,
     user: &str,
     recover: Option<&Position>,
+    ask: Ask,
 ) -> Result<Joined> {
-    tokio::time::timeout(JOIN_TIMEOUT, join_inner(ws, target, room, user, recover))
-        .await
-        .map_err(|_| anyhow!("join timed out"))?
+    tokio::time::timeout(
+        JOIN_TIMEOUT,
+        join_inner(ws, target, room, user, recover, ask),
+    )
+    .await
+    .map_err(|_| anyhow!("join timed out"))?
 }
 
 async fn join_inner(
@@ -174,6 +189,7 @@ async fn join_inner(
     room: u32,
     user: &str,
     recover: Option<&Position>,
+    ask: Ask,
 ) -> Result<Joined> {
     let ch = channel(room);
     let mut joined = Joined::default();
@@ -182,6 +198,12 @@ async fn join_inner(
         Kind::Roomcast => {
             hello(ws, target, user).await?;
             let mut sub = serde_json::json!({"channel": ch});
+            if ask.join_leave {
+                sub["join_leave"] = true.into();
+            }
+            if ask.digest {
+                sub["data"] = serde_json::json!({"digest": true});
+            }
             if let Some(p) = recover {
                 sub["recover"] = true.into();
                 sub["offset"] = p.offset.into();
