@@ -309,7 +309,7 @@ impl Default for Config {
             notify_batch_size: 100,
             notify_timeout_ms: 5000,
             notify_retry_min_ms: 200,
-            notify_retry_max_ms: 30_000,
+            notify_retry_max_ms: 20_000,
             notify_queue_max: 10_000,
             notify_lease_secs: 30,
             notify_sweep_secs: 5,
