@@ -259,3 +259,188 @@ async fn one_node_notifies_exactly_the_offline_members_in_signed_batches() {
     );
     s.stop().await;
 }
+
+/// A node's config file for the notifier, webhook at `url`.
+fn config_file(dir: &std::path::Path, url: &str) -> std::path::PathBuf {
+    let path = dir.join("roomcast.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "notify_webhook_url = \"{url}\"\nnotify_webhook_secret = \"{SECRET}\"\n\
+             notify_batch_size = 2\nnotify_sweep_secs = 1\nnotify_lease_secs = 2\n\
+             notify_retry_min_ms = 50\nnotify_retry_max_ms = 400\nnotify_timeout_ms = 1000\n\
+             user_registry_ttl_secs = 3\n\
+             [namespaces.n]\nnotify_offline = true\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_outage_and_a_killed_node_lose_nothing() {
+    // Nothing listens on the webhook's port at first: connections are refused.
+    let port = free_port();
+    let hook: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let conf = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let path = config_file(conf.path(), &format!("http://{hook}/hook"));
+    let start = || {
+        Node::builder()
+            .data_dir(data.path())
+            .arg("--config")
+            .arg(&path)
+            .start()
+    };
+    let mut node = start();
+    let offline = ["u1", "u2", "u3", "u4", "u5"];
+    add_members(node.addr, ROOM, &offline).await;
+    add_members(node.addr, ROOM, &["online"]).await;
+    let online = Client::connect(&node.ws_url(), "online").await;
+    for i in 0..8 {
+        node.publish(ROOM, json!({"i": i})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Then it answers 503.
+    let rx = Receiver::start(hook).await;
+    rx.down.store(true, Ordering::SeqCst);
+    for i in 8..12 {
+        node.publish(ROOM, json!({"i": i})).await;
+    }
+    eventually(Duration::from_secs(10), "503s seen", async || {
+        rx.got().iter().filter(|g| g.status == 503).count() >= 2
+    })
+    .await;
+    // Killed while retrying, and started again on its store.
+    drop(online);
+    node.kill();
+    let node = start();
+    for i in 12..16 {
+        node.publish(ROOM, json!({"i": i})).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        rx.got().iter().all(|g| g.status == 503),
+        "nothing acknowledged while down"
+    );
+    rx.down.store(false, Ordering::SeqCst);
+    // The old node's lease lapses (2 s), the restarted node resumes from the cursor.
+    // "online" lost its connection with the kill: offline from then on (within the TTL).
+    eventually(
+        Duration::from_secs(30),
+        "every publication notified",
+        async || rx.acknowledged(ROOM).len() == 16,
+    )
+    .await;
+    let acked = rx.acknowledged(ROOM);
+    let five = set(&offline);
+    for (offset, users) in &acked {
+        assert!(
+            users.is_superset(&five),
+            "offset {offset}: every offline member, got {users:?}"
+        );
+        assert!(users.len() <= 6, "members only: {users:?}");
+    }
+    assert_eq!(
+        acked.keys().copied().collect::<Vec<_>>(),
+        (1..=16).collect::<Vec<_>>()
+    );
+    // Once acknowledged, nothing is sent again.
+    let n = rx.got().len();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        rx.got().len(),
+        n,
+        "no request after everything was acknowledged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_notify_each_publication_once_and_take_over_a_dead_node() {
+    let rx = Receiver::start("127.0.0.1:0".parse().unwrap()).await;
+    let redis = Redis::start();
+    let pg = Postgres::start();
+    let store = pg.fresh_db().await;
+    let conf = tempfile::tempdir().unwrap();
+    let path = config_file(conf.path(), &rx.url());
+    let mut nodes: Vec<Node> = (0..3)
+        .map(|_| {
+            Node::builder()
+                .redis(&redis.url())
+                .store(&store)
+                .arg("--config")
+                .arg(&path)
+                .start()
+        })
+        .collect();
+    add_members(nodes[0].addr, ROOM, &["a", "b", "c", "d", "e", "f"]).await;
+    // a, b and c are connected, each on another node; d, e and f nowhere.
+    let mut clients = Vec::new();
+    for (i, user) in ["a", "b", "c"].iter().enumerate() {
+        let mut c = Client::connect(&nodes[i].ws_url(), user).await;
+        c.subscribe(ROOM).await;
+        clients.push(c);
+    }
+    let mut offset = 0;
+    for round in 0..3 {
+        for n in &nodes {
+            offset = n.publish(ROOM, json!({"round": round})).await;
+        }
+    }
+    for c in &mut clients {
+        let r = c
+            .call(json!({"publish": {"channel": ROOM, "data": {"from": "client"}}}))
+            .await;
+        assert_eq!(r["publish"], json!({}), "{r}");
+        offset += 1;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "every publication notified",
+        async || rx.acknowledged(ROOM).len() == offset as usize,
+    )
+    .await;
+    let offline = set(&["d", "e", "f"]);
+    for (o, users) in rx.acknowledged(ROOM) {
+        assert_eq!(users, offline, "offset {o}");
+    }
+    let got = rx.got();
+    assert_eq!(
+        got.len(),
+        2 * offset as usize,
+        "each publication once, by one node (two batches each): {got:?}"
+    );
+    let senders: BTreeSet<String> = got
+        .iter()
+        .filter_map(|g| g.body["sender"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(senders, set(&["a", "b", "c"]));
+
+    // The webhook goes down, node 0 accepts three more and is killed while retrying:
+    // another node takes the room over once its lease lapses.
+    rx.down.store(true, Ordering::SeqCst);
+    for i in 0..3 {
+        offset = nodes[0].publish(ROOM, json!({"late": i})).await;
+    }
+    eventually(Duration::from_secs(10), "node 0 retrying", async || {
+        rx.got().iter().any(|g| g.status == 503)
+    })
+    .await;
+    nodes[0].kill();
+    rx.down.store(false, Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "the dead node's publications notified",
+        async || rx.acknowledged(ROOM).len() == offset as usize,
+    )
+    .await;
+    for (o, users) in rx.acknowledged(ROOM) {
+        assert!(users.is_superset(&offline), "offset {o}: {users:?}");
+        assert!(
+            !users.contains("b") && !users.contains("c"),
+            "online: {users:?}"
+        );
+    }
+    drop(clients);
+    drop(nodes);
+}
