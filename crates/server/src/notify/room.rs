@@ -1,6 +1,7 @@
 //! One room under its lease: from the room's notifier cursor to its top, each
-//! publication's offline members in batches, the cursor advanced after each publication
-//! whose batches were all acknowledged.
+//! publication's offline members in batches, the cursor advanced (once per page of
+//! publications, and with every lease renewal) to the last publication whose batches were
+//! all acknowledged.
 //!
 //! A failed webhook request or directory lookup is retried with capped exponential
 //! backoff, forever: the cursor stays behind it, so nothing after it in the room is
@@ -100,23 +101,29 @@ impl Notifier {
                     match self.publication(m, &mut held, stop).await {
                         Ok(()) => {}
                         Err(Stop::Draining) => {
+                            // Keep what is done, then let any node take the room at once.
+                            self.store
+                                .notify_advance(room, &self.node, held.done, now_ms())
+                                .await?;
                             self.store.notify_release(room, &self.node).await?;
                             return Ok(());
                         }
                         Err(Stop::Lost) => return Ok(()),
                     }
                 }
-                if !self
-                    .store
-                    .notify_advance(room, &self.node, m.offset, self.lease_until())
-                    .await?
-                {
-                    tracing::info!(room, "notifier lease taken over by another node");
-                    return Ok(());
-                }
                 held.done = m.offset;
-                held.renewed = Instant::now();
             }
+            // One cursor write per page, not per publication: a crash repeats at most a
+            // page's batches, with their keys.
+            if !self
+                .store
+                .notify_advance(room, &self.node, held.done, self.lease_until())
+                .await?
+            {
+                tracing::info!(room, "notifier lease taken over by another node");
+                return Ok(());
+            }
+            held.renewed = Instant::now();
         }
     }
 
