@@ -257,3 +257,49 @@ impl Notifier {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::NamespaceOptions;
+
+    fn notifying() -> Config {
+        let mut c = Config::default();
+        c.namespaces.insert(
+            "team".into(),
+            NamespaceOptions {
+                notify_offline: true,
+                ..Default::default()
+            },
+        );
+        c.notify_webhook_url = Some("http://127.0.0.1:9/hook".into());
+        c.notify_webhook_secret = Some("s".into());
+        c
+    }
+
+    #[test]
+    fn settings_need_a_webhook_and_a_secret_and_bounds_that_can_run() {
+        assert!(Settings::from_config(&Config::default()).unwrap().is_none());
+        let s = Settings::from_config(&notifying()).unwrap().unwrap();
+        assert!(s.wants("team:general") && s.wants("team:#alice"));
+        assert!(!s.wants("general") && !s.wants("other:x") && !s.wants("teams:x"));
+        let refused = |tune: fn(&mut Config)| {
+            let mut c = notifying();
+            tune(&mut c);
+            assert!(c.validate().is_err());
+            Settings::from_config(&c).unwrap_err()
+        };
+        assert!(refused(|c| c.notify_webhook_url = None).contains("notify_webhook_url"));
+        assert!(refused(|c| c.notify_webhook_url = Some("https://x/y".into())).contains("http://"));
+        assert!(refused(|c| c.notify_webhook_secret = Some(String::new())).contains("secret"));
+        refused(|c| c.notify_batch_size = 0);
+        refused(|c| c.notify_batch_size = MAX_BATCH + 1);
+        refused(|c| c.notify_retry_min_ms = c.notify_retry_max_ms + 1);
+        refused(|c| c.notify_queue_max = 0);
+        assert!(refused(|c| c.notify_lease_secs = 20).contains("notify_lease_secs"));
+        // The default namespace too, named "".
+        let mut c = notifying();
+        c.default_namespace.notify_offline = true;
+        assert!(Settings::from_config(&c).unwrap().unwrap().wants("general"));
+    }
+}
