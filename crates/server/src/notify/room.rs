@@ -78,6 +78,11 @@ impl Notifier {
             renewed: Instant::now(),
         };
         loop {
+            if stop.is_cancelled() {
+                // Draining: what is done is written (each page); any node may go on at once.
+                self.store.notify_release(room, &self.node).await?;
+                return Ok(());
+            }
             let range = Range {
                 since: Some(held.done),
                 limit: PAGE,
