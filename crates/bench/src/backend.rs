@@ -3,11 +3,17 @@
 //! connections, as fast as it can, so a run with `proxy_publish` on measures what the proxy
 //! round trip costs the server, not a backend's own work. Requests are parsed with
 //! `httparse` and bounded (64 KiB of head and body each); anything else closes the
-//! connection.
+//! connection. `notify.rs` serves its webhook receiver with the same loop (`serve_on`),
+//! looking at each request before the answer.
+
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// What a server does with each request (its headers and body) before answering 200.
+pub(crate) type OnRequest = Arc<dyn Fn(&[httparse::Header<'_>], &[u8]) + Send + Sync>;
 
 /// Largest request head or body this backend reads.
 const MAX: usize = 64 << 10;
@@ -19,11 +25,17 @@ pub(crate) async fn serve(listen: &str) -> Result<()> {
         .await
         .with_context(|| format!("binding {listen}"))?;
     println!("listening {}", listener.local_addr()?);
+    serve_on(listener, Arc::new(|_, _| {})).await
+}
+
+/// Serves `listener` until it fails, calling `on` for every request.
+pub(crate) async fn serve_on(listener: TcpListener, on: OnRequest) -> Result<()> {
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true).ok();
+        let on = on.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection(tcp).await {
+            if let Err(e) = connection(tcp, on).await {
                 eprintln!("accept-backend: {e:#}");
             }
         });
@@ -31,7 +43,7 @@ pub(crate) async fn serve(listen: &str) -> Result<()> {
 }
 
 /// Serves one connection's requests in order.
-async fn connection(mut tcp: TcpStream) -> Result<()> {
+async fn connection(mut tcp: TcpStream, on: OnRequest) -> Result<()> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         // Read until a whole request (head and body) is buffered.
@@ -47,6 +59,7 @@ async fn connection(mut tcp: TcpStream) -> Result<()> {
                     .unwrap_or(0usize);
                 anyhow::ensure!(len <= MAX, "body of {len} bytes");
                 if buf.len() >= head + len {
+                    on(req.headers, &buf[head..head + len]);
                     break (head, len);
                 }
             }

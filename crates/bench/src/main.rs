@@ -15,6 +15,7 @@ mod group;
 mod http;
 mod limit;
 mod member;
+mod notify;
 mod personal;
 mod plan;
 mod plot;
@@ -73,6 +74,9 @@ enum Cmd {
     },
     /// Send-to-user deliveries/s across running roomcast nodes (`bench/user-publish.sh`).
     UserPublish(personal::Args),
+    /// Offline notifications/s to a built-in webhook receiver, beside the seed example's
+    /// deliveries/s (notifications off, then on), against a running node.
+    Notify(notify::Args),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +96,7 @@ fn main() -> ExitCode {
             Cmd::ChatCost(args) => chat::run(args).await,
             Cmd::AcceptBackend { listen } => backend::serve(&listen).await.map(|_| true),
             Cmd::UserPublish(args) => personal::run(args).await,
+            Cmd::Notify(args) => notify::run(args).await,
         }
     });
     match outcome {

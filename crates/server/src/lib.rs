@@ -17,6 +17,7 @@ pub mod hub;
 pub mod keepalive;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod outbound;
 pub mod personal;
 pub mod presence;

@@ -70,6 +70,11 @@ pub struct Metrics {
     pub bus_published: Counter,
     pub bus_received: Counter,
     pub token_refusals: Counter,
+    /// Offline notifications (`notify/`): webhook requests acknowledged (2xx), attempts
+    /// that failed (retried), users named in acknowledged requests.
+    pub notify_requests: Counter,
+    pub notify_failures: Counter,
+    pub notify_users: Counter,
 }
 
 /// This process's metrics.
@@ -96,6 +101,9 @@ impl Metrics {
             bus_published: Counter::default(),
             bus_received: Counter::default(),
             token_refusals: Counter::default(),
+            notify_requests: Counter::default(),
+            notify_failures: Counter::default(),
+            notify_users: Counter::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -172,6 +180,21 @@ impl Metrics {
             "token_refusals",
             "Connections refused for an invalid token",
             m.token_refusals.clone(),
+        );
+        r.register(
+            "notify_requests",
+            "Offline-notification webhook requests acknowledged (2xx)",
+            m.notify_requests.clone(),
+        );
+        r.register(
+            "notify_failures",
+            "Offline-notification webhook attempts that failed (each is retried)",
+            m.notify_failures.clone(),
+        );
+        r.register(
+            "notify_users",
+            "Users named in acknowledged offline-notification requests",
+            m.notify_users.clone(),
         );
         // Series that exist from the start at 0 (a dashboard shows 0, not "no data").
         for backend in ["sqlite", "postgres", "redis"] {

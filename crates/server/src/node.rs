@@ -48,6 +48,8 @@ pub struct Node {
     pub published: AtomicU64,
     /// Publish rate of each room with recent publications (`publish_rate_per_room`).
     pub room_rates: crate::rate::RoomRates,
+    /// Offline notifications (`notify/`), when a namespace has `notify_offline`.
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
 }
 
 /// Bytes of a history reply around its publications (`{"id":N,"history":{...}}` or the
@@ -271,6 +273,9 @@ impl Node {
     /// the bus, in commit order.
     pub async fn dispatch(self: Arc<Self>, mut committed: Committed) {
         while let Some(batch) = committed.recv().await {
+            if let Some(n) = &self.notifier {
+                n.committed(&batch);
+            }
             let events = batch.into_iter().map(RoomEvent::Publication).collect();
             if let Err(e) = self.bus.publish(events).await {
                 // The messages are durable; subscribers that miss them recover from the

@@ -80,7 +80,7 @@ impl Server {
         config.validate()?;
         let client = crate::outbound::HttpClient::new();
         let auth = Auth::load(&config, &secret, &client).await?;
-        let proxies = crate::proxy::Proxies::new(&config, client)?;
+        let proxies = crate::proxy::Proxies::new(&config, client.clone())?;
         let hub = Arc::new(Hub::new().with_parallel_above(config.fanout_parallel_above));
         let id = uuid::Uuid::new_v4().to_string();
         let Backends {
@@ -91,6 +91,8 @@ impl Server {
             directory,
             store_name,
         } = Backends::open(&config, &hub, &id).await?;
+        let notifier =
+            crate::notify::Notifier::new(&config, store.clone(), directory.clone(), &id, client)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -113,10 +115,14 @@ impl Server {
             tasks: TaskTracker::new(),
             published: AtomicU64::new(0),
             room_rates: Default::default(),
+            notifier,
             session: config.session(),
             config,
         });
         let dispatcher = tokio::spawn(node.clone().dispatch(committed));
+        if let Some(n) = &node.notifier {
+            node.tasks.spawn(n.clone().run(node.shutdown.clone()));
+        }
         node.tasks
             .spawn(node.keepalive.clone().run(node.shutdown.clone()));
         if let Some(jwks) = node.auth.jwks() {

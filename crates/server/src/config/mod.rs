@@ -64,6 +64,9 @@ pub struct NamespaceOptions {
     /// Clients subscribing without a token are granted (or refused) by the subscribe
     /// proxy (`proxy_subscribe_endpoint`) instead of `allow_subscribe_for_client`.
     pub proxy_subscribe: bool,
+    /// Each publication's members with no connection anywhere are POSTed to
+    /// `notify_webhook_url` (`notify/`).
+    pub notify_offline: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -86,6 +89,7 @@ impl Default for NamespaceOptions {
             presence_max_entries: 1000,
             proxy_publish: false,
             proxy_subscribe: false,
+            notify_offline: false,
         }
     }
 }
@@ -225,6 +229,21 @@ pub struct Config {
     pub user_registry_ttl_secs: u64,
     /// Most users one `user_status` call (API or `roomcast.status`) may ask about.
     pub user_status_max_users: usize,
+    /// Offline notifications (`notify/`, README "Offline notifications"): the webhook
+    /// (`http://`), the HMAC-SHA256 secret its requests are signed with, users per request,
+    /// one request's deadline, the retry backoff bounds, rooms queued for the notifier, a
+    /// room's lease, the backlog sweep period and the age beyond which a publication is
+    /// no longer notified.
+    pub notify_webhook_url: Option<String>,
+    pub notify_webhook_secret: Option<String>,
+    pub notify_batch_size: usize,
+    pub notify_timeout_ms: u64,
+    pub notify_retry_min_ms: u64,
+    pub notify_retry_max_ms: u64,
+    pub notify_queue_max: usize,
+    pub notify_lease_secs: u64,
+    pub notify_sweep_secs: u64,
+    pub notify_max_age_secs: u64,
     /// Options for channels without a namespace prefix.
     pub default_namespace: NamespaceOptions,
     /// Named namespaces: channel `ns:room` uses `namespaces.ns`.
@@ -289,6 +308,16 @@ impl Default for Config {
             user_personal_channel_namespace: String::new(),
             user_registry_ttl_secs: 30,
             user_status_max_users: 1000,
+            notify_webhook_url: None,
+            notify_webhook_secret: None,
+            notify_batch_size: 100,
+            notify_timeout_ms: 5000,
+            notify_retry_min_ms: 200,
+            notify_retry_max_ms: 20_000,
+            notify_queue_max: 10_000,
+            notify_lease_secs: 30,
+            notify_sweep_secs: 5,
+            notify_max_age_secs: 86_400,
             default_namespace: NamespaceOptions::default(),
             namespaces: HashMap::new(),
         }

@@ -110,6 +110,9 @@ impl Config {
                     .into(),
             );
         }
+        if let Err(message) = crate::notify::Settings::from_config(self) {
+            return bad(message);
+        }
         Ok(())
     }
 }

@@ -195,6 +195,42 @@ impl super::ChatStore for Coalesced {
     }
 }
 
+/// The notifier's cursors, not coalesced: straight to the wrapped store.
+#[async_trait]
+impl super::NotifyStore for Coalesced {
+    async fn notify_claim(
+        &self,
+        room: &str,
+        node: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner.notify_claim(room, node, now_ms, until_ms).await
+    }
+    async fn notify_advance(
+        &self,
+        room: &str,
+        node: &str,
+        offset: u64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.inner
+            .notify_advance(room, node, offset, until_ms)
+            .await
+    }
+    async fn notify_release(&self, room: &str, node: &str) -> Result<(), StoreError> {
+        self.inner.notify_release(room, node).await
+    }
+    async fn notify_backlog(
+        &self,
+        ns: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.inner.notify_backlog(ns, after, limit).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +320,41 @@ mod tests {
             limit: usize,
         ) -> Result<Vec<crate::store::RoomEntry>, StoreError> {
             self.inner.rooms(user, after, limit).await
+        }
+    }
+
+    #[async_trait]
+    impl crate::store::NotifyStore for Slow {
+        async fn notify_claim(
+            &self,
+            room: &str,
+            node: &str,
+            now_ms: i64,
+            until_ms: i64,
+        ) -> Result<Option<u64>, StoreError> {
+            self.inner.notify_claim(room, node, now_ms, until_ms).await
+        }
+        async fn notify_advance(
+            &self,
+            room: &str,
+            node: &str,
+            offset: u64,
+            until_ms: i64,
+        ) -> Result<bool, StoreError> {
+            self.inner
+                .notify_advance(room, node, offset, until_ms)
+                .await
+        }
+        async fn notify_release(&self, room: &str, node: &str) -> Result<(), StoreError> {
+            self.inner.notify_release(room, node).await
+        }
+        async fn notify_backlog(
+            &self,
+            ns: &str,
+            after: &str,
+            limit: usize,
+        ) -> Result<Vec<String>, StoreError> {
+            self.inner.notify_backlog(ns, after, limit).await
         }
     }
 

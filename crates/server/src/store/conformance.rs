@@ -60,6 +60,7 @@ where
     super::conformance_chat::cursors(&s).await;
     super::conformance_chat::cursors_concurrent(&s).await;
     super::conformance_chat::room_list(&s).await;
+    super::conformance_chat::notify_cursors(&s).await;
     s.close().await;
     let (s, c) = fresh(6).await;
     close_commits_what_was_queued(&s, c).await;

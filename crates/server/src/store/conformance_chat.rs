@@ -159,3 +159,80 @@ pub async fn room_list(s: &dyn Store) {
     assert!(p.data.is_none());
     assert!(s.rooms("u", None, 0).await.unwrap().is_empty());
 }
+
+/// Notifier cursors (`notify.rs`): one live lease per room, taken over only once expired,
+/// cursors forward only and only by the holder, the backlog per namespace.
+pub async fn notify_cursors(s: &dyn Store) {
+    for room in ["nfy:a", "nfy:b", "nfy:c", "plain", "other:x"] {
+        s.append(msg(room, "1", None)).await.unwrap();
+    }
+    s.append(msg("nfy:a", "2", None)).await.unwrap();
+    let backlog = |ns: &'static str, after: &'static str| async move {
+        s.notify_backlog(ns, after, 10).await.unwrap()
+    };
+    assert_eq!(
+        backlog("nfy", "").await,
+        users(&["nfy:a", "nfy:b", "nfy:c"])
+    );
+    assert_eq!(backlog("nfy", "nfy:a").await, users(&["nfy:b", "nfy:c"]));
+    assert_eq!(
+        s.notify_backlog("nfy", "", 1).await.unwrap(),
+        users(&["nfy:a"])
+    );
+    assert!(
+        backlog("plain", "").await.is_empty(),
+        "no namespace of that name"
+    );
+    assert!(backlog("", "").await.contains(&"plain".to_owned()));
+    assert!(!backlog("", "").await.iter().any(|r| r.contains(':')));
+    // A first claim starts at 0; another node cannot take a live lease, the holder renews.
+    assert_eq!(
+        s.notify_claim("nfy:a", "n1", 100, 200).await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(s.notify_claim("nfy:a", "n2", 150, 250).await.unwrap(), None);
+    assert_eq!(
+        s.notify_claim("nfy:a", "n1", 150, 300).await.unwrap(),
+        Some(0)
+    );
+    assert!(s.notify_advance("nfy:a", "n1", 1, 300).await.unwrap());
+    assert!(
+        !s.notify_advance("nfy:a", "n2", 2, 300).await.unwrap(),
+        "not the holder"
+    );
+    assert_eq!(
+        backlog("nfy", "").await,
+        users(&["nfy:a", "nfy:b", "nfy:c"])
+    );
+    assert!(s.notify_advance("nfy:a", "n1", 2, 300).await.unwrap());
+    assert!(
+        s.notify_advance("nfy:a", "n1", 1, 300).await.unwrap(),
+        "holder, no move"
+    );
+    assert_eq!(
+        backlog("nfy", "").await,
+        users(&["nfy:b", "nfy:c"]),
+        "a is caught up"
+    );
+    // Expired: taken over, with the cursor where it was.
+    assert_eq!(
+        s.notify_claim("nfy:a", "n2", 300, 400).await.unwrap(),
+        Some(2)
+    );
+    assert!(
+        !s.notify_advance("nfy:a", "n1", 5, 500).await.unwrap(),
+        "lost"
+    );
+    // Released: free at once.
+    s.notify_release("nfy:a", "n2").await.unwrap();
+    assert_eq!(
+        s.notify_claim("nfy:a", "n3", 301, 400).await.unwrap(),
+        Some(2)
+    );
+    s.notify_release("nfy:a", "n1").await.unwrap();
+    assert_eq!(
+        s.notify_claim("nfy:a", "n1", 302, 400).await.unwrap(),
+        None,
+        "not n1's to release"
+    );
+}

@@ -35,6 +35,7 @@ use tokio::sync::mpsc;
 pub mod chat;
 pub mod coalesce;
 mod integrity;
+pub mod notify;
 pub mod postgres;
 mod postgres_chat;
 mod schema;
@@ -44,6 +45,7 @@ mod sqlite_positions;
 mod writer;
 
 pub use chat::{ChatStore, Cursor, RoomEntry, RoomsAfter};
+pub use notify::NotifyStore;
 pub use writer::GroupStore;
 
 /// The shared behaviour suite; public behind the `conformance` feature (enabled for the
@@ -136,7 +138,7 @@ pub enum StoreError {
 pub type Committed = mpsc::Receiver<Vec<Arc<Message>>>;
 
 #[async_trait]
-pub trait Store: ChatStore + Send + Sync + 'static {
+pub trait Store: ChatStore + NotifyStore + Send + Sync + 'static {
     /// Assigns the room's next offset and commits the message durably.
     async fn append(&self, msg: NewMessage) -> Result<Appended, StoreError>;
     /// Appends several messages, offsets in the order given (per room), results in the same

@@ -35,6 +35,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX members_by_user ON members (user, room);
      CREATE TABLE cursors (user TEXT NOT NULL, room TEXT NOT NULL, offset INTEGER NOT NULL,
          PRIMARY KEY (user, room)) WITHOUT ROWID;",
+    // 3: offline-notification cursors (`notify.rs`).
+    super::notify::SQLITE_MIGRATION,
 ];
 
 /// The schema version this build writes.

@@ -56,7 +56,7 @@ pub struct Batch {
 /// What a database must do to be a store. Everything else (queueing, batching, the
 /// committed stream, close) is the writer's.
 #[async_trait]
-pub trait Backend: super::ChatStore + Send + Sync + 'static {
+pub trait Backend: super::ChatStore + super::NotifyStore + Send + Sync + 'static {
     /// The writer's half: only the writer task holds it.
     type Committer: Committer;
     /// Reads part of a room's stream and its position in one consistent read. `since`
@@ -238,6 +238,44 @@ impl<B: Backend> super::ChatStore for GroupStore<B> {
         limit: usize,
     ) -> Result<Vec<super::RoomEntry>, StoreError> {
         self.backend.rooms(user, after, limit).await
+    }
+}
+
+/// The notifier's cursors, straight on the backend (not through the writer).
+#[async_trait]
+impl<B: Backend> super::NotifyStore for GroupStore<B> {
+    async fn notify_claim(
+        &self,
+        room: &str,
+        node: &str,
+        now_ms: i64,
+        until_ms: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        self.backend
+            .notify_claim(room, node, now_ms, until_ms)
+            .await
+    }
+    async fn notify_advance(
+        &self,
+        room: &str,
+        node: &str,
+        offset: u64,
+        until_ms: i64,
+    ) -> Result<bool, StoreError> {
+        self.backend
+            .notify_advance(room, node, offset, until_ms)
+            .await
+    }
+    async fn notify_release(&self, room: &str, node: &str) -> Result<(), StoreError> {
+        self.backend.notify_release(room, node).await
+    }
+    async fn notify_backlog(
+        &self,
+        ns: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.backend.notify_backlog(ns, after, limit).await
     }
 }
 
