@@ -64,6 +64,11 @@ pub struct NamespaceOptions {
     /// Clients subscribing without a token are granted (or refused) by the subscribe
     /// proxy (`proxy_subscribe_endpoint`) instead of `allow_subscribe_for_client`.
     pub proxy_subscribe: bool,
+    /// Delta compression a subscription may ask for (`delta` in its subscribe request):
+    /// `["fossil"]` or none. Its publications then come as fossil deltas against the
+    /// previous one (Centrifugo sends deltas only for publications marked `delta`, or
+    /// every one with `delta_publish`; here every publication of the namespace is one).
+    pub allowed_delta_types: Vec<String>,
 }
 
 impl Default for NamespaceOptions {
@@ -86,6 +91,7 @@ impl Default for NamespaceOptions {
             presence_max_entries: 1000,
             proxy_publish: false,
             proxy_subscribe: false,
+            allowed_delta_types: Vec::new(),
         }
     }
 }

@@ -20,6 +20,15 @@ impl Config {
             return bad("write_timeout_secs must be at least 1".into());
         }
         let namespaces = std::iter::once(&self.default_namespace).chain(self.namespaces.values());
+        if let Some(t) = namespaces
+            .clone()
+            .flat_map(|ns| &ns.allowed_delta_types)
+            .find(|t| *t != "fossil")
+        {
+            return bad(format!(
+                "allowed_delta_types: unknown delta type {t:?} (only \"fossil\")"
+            ));
+        }
         if namespaces.clone().any(|ns| ns.digest_interval_ms < 10) {
             return bad("digest_interval_ms must be at least 10".into());
         }

@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::frames::Frames;
+use super::frames::{Frames, Shape};
 use roomcast_proto::Disconnect;
 use tokio::sync::mpsc;
 
@@ -39,6 +39,8 @@ pub(super) struct Target {
     pub(super) outbox: Arc<Outbox>,
     /// Cleared (under the shard lock) when the subscription leaves the room.
     pub(super) alive: Arc<AtomicBool>,
+    /// Its shape of the frame (plain, delta-mode full or delta), decided under the lock.
+    pub(super) shape: Shape,
 }
 
 struct Job {
@@ -119,7 +121,9 @@ async fn run(mut rx: mpsc::Receiver<Job>, deliveries: Arc<AtomicU64>) {
     while let Some(job) = rx.recv().await {
         let mut n = 0;
         for t in &job.targets {
-            if t.alive.load(Ordering::Acquire) && t.outbox.push(job.frame.get(t.outbox.format())) {
+            if t.alive.load(Ordering::Acquire)
+                && t.outbox.push(job.frame.get(t.outbox.format(), t.shape))
+            {
                 n += 1;
             }
         }

@@ -92,6 +92,13 @@ impl<S: Services> Session<S> {
         };
         // A subscription token (HS256, claims `sub`, `channel`, `exp`) grants a channel
         // clients may not subscribe to on their own.
+        if !req.delta.is_empty() && req.delta != "fossil" {
+            return self.reply(self.format().error_message(
+                id,
+                ErrorCode::BAD_REQUEST,
+                "unknown delta type (only \"fossil\")",
+            ));
+        }
         let granted = if req.token.is_empty() && channel.options.proxy_subscribe {
             // The backend decides; on a refusal or failure it has already been answered.
             if !self.proxy_subscribe(id, &req).await {
@@ -178,9 +185,14 @@ impl<S: Services> Session<S> {
         }
         let room: Arc<str> = req.channel.as_str().into();
         let digest = wants_digest(req, &options, node.room_size(&room));
+        // Delta compression when asked for and the namespace allows it; not negotiated
+        // (full publications, `delta` absent from the reply) otherwise, as Centrifugo does.
+        let delta =
+            req.delta == "fossil" && options.allowed_delta_types.iter().any(|t| t == "fossil");
         let mode = SubMode {
             join_leave: options.join_leave && (options.force_push_join_leave || req.join_leave),
             digest: digest.then(|| Duration::from_millis(options.digest_interval_ms)),
+            delta,
         };
         let size = node
             .join(&room, self.conn, self.peer.outbox.clone(), mode)
@@ -233,12 +245,19 @@ impl<S: Services> Session<S> {
             if req.recover {
                 crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
             }
+            if delta && self.format() == roomcast_proto::Format::Json {
+                // The delta mode's JSON shape: data as strings (see `with_string_data`).
+                for p in &mut result.publications {
+                    *p = p.with_string_data();
+                }
+            }
             result.recoverable = recoverable;
             result.positioned = positioned;
             result.epoch = pos.epoch;
             result.offset = pos.offset;
             next = Some(pos.offset + 1);
         }
+        result.delta = delta;
         let identity = self.identity.clone().expect("connected");
         if options.presence {
             node.presence_add(&room, identity.clone()).await;
