@@ -64,6 +64,9 @@ pub struct NamespaceOptions {
     /// Clients subscribing without a token are granted (or refused) by the subscribe
     /// proxy (`proxy_subscribe_endpoint`) instead of `allow_subscribe_for_client`.
     pub proxy_subscribe: bool,
+    /// Subscriptions the subscribe proxy granted with an `expire_at` are refreshed by
+    /// the sub_refresh proxy (`proxy_sub_refresh_endpoint`) when it comes.
+    pub proxy_sub_refresh: bool,
     /// Delta compression a subscription may ask for (`delta` in its subscribe request):
     /// `["fossil"]` or none. Its publications then come as fossil deltas against the
     /// previous one (Centrifugo sends deltas only for publications marked `delta`, or
@@ -91,6 +94,7 @@ impl Default for NamespaceOptions {
             presence_max_entries: 1000,
             proxy_publish: false,
             proxy_subscribe: false,
+            proxy_sub_refresh: false,
             allowed_delta_types: Vec::new(),
         }
     }
@@ -143,6 +147,13 @@ pub struct Config {
     /// answered by the backend.
     pub proxy_rpc_endpoint: Option<String>,
     pub proxy_rpc_timeout_ms: u64,
+    /// Refresh proxy (`http://` URL): a connection the connect proxy gave an `expire_at`
+    /// is refreshed there when it comes, instead of closing.
+    pub proxy_refresh_endpoint: Option<String>,
+    pub proxy_refresh_timeout_ms: u64,
+    /// Sub_refresh proxy (`http://` URL) for namespaces with `proxy_sub_refresh`.
+    pub proxy_sub_refresh_endpoint: Option<String>,
+    pub proxy_sub_refresh_timeout_ms: u64,
     /// Headers of the client's WebSocket upgrade request forwarded to proxies (e.g.
     /// `Cookie`, `Authorization`, `X-Forwarded-For`), case-insensitive.
     pub proxy_http_headers: Vec<String>,
@@ -259,6 +270,10 @@ impl Default for Config {
             proxy_subscribe_timeout_ms: 1000,
             proxy_rpc_endpoint: None,
             proxy_rpc_timeout_ms: 1000,
+            proxy_refresh_endpoint: None,
+            proxy_refresh_timeout_ms: 1000,
+            proxy_sub_refresh_endpoint: None,
+            proxy_sub_refresh_timeout_ms: 1000,
             proxy_http_headers: Vec::new(),
             proxy_max_in_flight: 256,
             proxy_max_response_bytes: 1 << 20,

@@ -99,10 +99,13 @@ impl<S: Services> Session<S> {
                 "unknown delta type (only \"fossil\")",
             ));
         }
+        let sub_refresh = channel.options.proxy_sub_refresh;
+        let mut expire_at = 0;
         let granted = if req.token.is_empty() && channel.options.proxy_subscribe {
             // The backend decides; on a refusal or failure it has already been answered.
-            if !self.proxy_subscribe(id, &req).await {
-                return;
+            match self.proxy_subscribe(id, &req).await {
+                Some(exp) => expire_at = exp,
+                None => return,
             }
             true
         } else if req.token.is_empty() {
@@ -155,6 +158,9 @@ impl<S: Services> Session<S> {
             Ok((result, next)) => {
                 self.reply(self.format().reply(id, "subscribe", &result));
                 self.node.activate(&req.channel, self.conn, next);
+                if expire_at > 0 && sub_refresh {
+                    self.schedule_sub_refresh(&req.channel, expire_at);
+                }
             }
             Err(e) => self.error(id, e),
         }
@@ -284,6 +290,7 @@ impl<S: Services> Session<S> {
         let Some((room, sub)) = self.subs.remove_entry(channel) else {
             return;
         };
+        self.forget_sub_refresh(channel);
         let left = self.node.leave(&room, self.conn).await;
         let identity = self.identity.clone().expect("connected");
         if sub.presence {
@@ -301,16 +308,16 @@ impl<S: Services> Session<S> {
         }
     }
 
-    /// The server unsubscribes this connection (server API): the client is told with an
-    /// unsubscribe push.
-    pub async fn server_unsubscribe(&mut self, channel: &str) {
+    /// The server unsubscribes this connection (server API, or an expired subscription):
+    /// the client is told with an unsubscribe push of `code`.
+    pub async fn server_unsubscribe(&mut self, channel: &str, code: u32) {
         if self.subs.contains_key(channel) {
             self.unsubscribe(channel).await;
             self.reply(self.format().push(
                 channel,
                 PushBody::Unsubscribe {
-                    code: roomcast_proto::codes::unsubscribe::SERVER,
-                    reason: "server unsubscribe",
+                    code,
+                    reason: roomcast_proto::codes::unsubscribe::reason(code),
                 },
             ));
         }
