@@ -152,12 +152,12 @@ fn encode(event: &RoomEvent, format: Format) -> Bytes {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::tests::publication;
     use super::super::{Hub, Out, Outbox, SubMode};
     use super::*;
 
-    fn frames(outbox: &Outbox) -> Vec<Bytes> {
+    pub(crate) fn frames(outbox: &Outbox) -> Vec<Bytes> {
         let mut out = Vec::new();
         outbox.take(&mut out);
         out.into_iter()
@@ -215,7 +215,7 @@ mod tests {
     }
 
     /// A publication of "r" whose data is a long JSON document differing by `offset`.
-    fn document(offset: u64) -> RoomEvent {
+    pub(crate) fn document(offset: u64) -> RoomEvent {
         let data = format!(
             r#"{{"title":"quarterly report, draft","body":"{}","rev":{offset},"tags":["a","b"]}}"#,
             "lorem ipsum dolor sit amet ".repeat(8)
@@ -233,7 +233,7 @@ mod tests {
     }
 
     /// Decodes what a delta subscription got, as the SDKs do: (data, was it a delta).
-    fn decode(frames: &[Bytes], format: Format) -> Vec<(String, bool)> {
+    pub(crate) fn decode(frames: &[Bytes], format: Format) -> Vec<(String, bool)> {
         let mut prev: Vec<u8> = Vec::new();
         frames
             .iter()

@@ -309,3 +309,107 @@ impl Refresher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subject(outbox: &Arc<Outbox>, refreshed: Option<Arc<Refreshed>>) -> Subject {
+        Subject {
+            client: "c".into(),
+            user: "u".into(),
+            protocol: "json",
+            outbox: outbox.clone(),
+            headers: Vec::new().into(),
+            refreshed,
+        }
+    }
+
+    fn accept(
+        expired: bool,
+        expire_at: u64,
+        info: Option<&str>,
+    ) -> Option<Result<Outcome<RefreshProxyResult>, ProxyError>> {
+        Some(Ok(Outcome::Accept(RefreshProxyResult {
+            expired,
+            expire_at,
+            info: info.map(|i| RawValue::from_string(i.into()).unwrap()),
+            b64info: None,
+        })))
+    }
+
+    fn queued(r: &Refresher) -> Vec<(u64, Key)> {
+        r.table.lock().unwrap().queue.iter().cloned().collect()
+    }
+
+    #[test]
+    fn due_entries_are_taken_soonest_first_within_the_call_bound() {
+        let r = Refresher::new(2, 64);
+        let ob = Arc::new(Outbox::new(1 << 16));
+        r.schedule(1, None, subject(&ob, None), 30);
+        r.schedule(2, None, subject(&ob, None), 10);
+        r.schedule(2, Some("a".into()), subject(&ob, None), 20);
+        r.schedule(3, None, subject(&ob, None), 99);
+        let keys: Vec<Key> = r.take_due(50).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            keys,
+            vec![(2, None), (2, Some("a".into()))],
+            "two calls at most"
+        );
+        assert!(r.take_due(50).is_empty(), "no slot until a call ends");
+        r.calls.fetch_sub(2, Ordering::Relaxed);
+        assert_eq!(r.take_due(50).len(), 1, "then the next due one");
+        assert_eq!(queued(&r), vec![(99, (3, None))]);
+        r.forget(2);
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn answers_extend_update_info_or_expire() {
+        let r = Refresher::new(8, 64);
+        let now = now_secs();
+        let ob = Arc::new(Outbox::new(1 << 16));
+        let slot = Arc::new(Refreshed::default());
+        let s = subject(&ob, Some(slot.clone()));
+        r.schedule(1, None, s.clone(), now);
+        let taken = r.take_due(now);
+        assert_eq!(taken.len(), 1);
+        r.apply((1, None), &s, accept(false, now + 100, Some(r#"{"v":2}"#)));
+        assert_eq!(queued(&r), vec![(now + 100, (1, None))]);
+        assert_eq!(slot.take_info().unwrap().get(), r#"{"v":2}"#);
+        // Backend trouble: asked again a minute later, never closed for it.
+        r.apply((1, None), &s, Some(Err(ProxyError::Garbage("x".into()))));
+        assert_eq!(queued(&r)[0].0, now + RETRY);
+        assert_eq!(ob.take(&mut Vec::new()), None);
+        r.apply((1, None), &s, accept(true, 0, None));
+        assert_eq!(ob.take(&mut Vec::new()), Some(Disconnect::EXPIRED));
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn an_expired_subscription_is_unsubscribed_and_a_forgotten_one_left_alone() {
+        let r = Refresher::new(8, 64);
+        let ob = Arc::new(Outbox::new(1 << 16));
+        let s = subject(&ob, None);
+        r.schedule(1, Some("room".into()), s.clone(), 0);
+        r.apply((1, Some("room".into())), &s, accept(false, 1, None)); // already past
+        let mut out = Vec::new();
+        assert_eq!(ob.take(&mut out), None);
+        assert!(matches!(&out[..], [Out::Unsubscribe { channel, code }]
+            if &**channel == "room" && *code == unsubscribe::EXPIRED));
+        // Forgotten while its call ran: the answer does nothing.
+        r.schedule(2, Some("room".into()), s.clone(), 0);
+        r.forget_sub(2, "room");
+        r.apply((2, Some("room".into())), &s, accept(true, 0, None));
+        r.schedule(3, None, s.clone(), 0);
+        r.forget(3);
+        r.apply(
+            (3, None),
+            &s,
+            Some(Ok(Outcome::Disconnect(Disconnect::FORCE_NO_RECONNECT))),
+        );
+        assert_eq!(ob.take(&mut out), None);
+        assert_eq!(out.len(), 1, "nothing more");
+        assert!(r.is_empty());
+    }
+}
