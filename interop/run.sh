@@ -80,6 +80,13 @@ free_port() {
 
 # Start the server and wait for GET /health; the port is picked free just before, and a start
 # that loses the port to someone else is retried on another one.
+# Namespaces come from the config file only: `delta` allows fossil delta compression (the
+# delta tests); everything else uses the default namespace.
+cat >"$WORK/roomcast.toml" <<'TOML'
+[namespaces.delta]
+allowed_delta_types = ["fossil"]
+TOML
+
 start_server() {
   local attempt
   for attempt in 1 2 3; do
@@ -88,6 +95,7 @@ start_server() {
     # The server reads ROOMCAST_* from the environment (config file, insecure mode, ...):
     # it runs without any, so only the flags below configure it. NO_COLOR: a plain log.
     env $(compgen -e | grep '^ROOMCAST_' | sed 's/^/-u /') NO_COLOR=1 "$BIN" serve \
+      --config "$WORK/roomcast.toml" \
       --listen "127.0.0.1:$PORT" \
       --data-dir "$WORK/data" \
       --token-hmac-secret "$TOKEN_SECRET" \

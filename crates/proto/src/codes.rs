@@ -100,4 +100,15 @@ impl Disconnect {
 pub mod unsubscribe {
     pub const SERVER: u32 = 2000;
     pub const INSUFFICIENT: u32 = 2500;
+    /// The subscription expired (the sub_refresh proxy said so).
+    pub const EXPIRED: u32 = 2501;
+
+    /// The reason sent with an unsubscribe push of `code`.
+    pub fn reason(code: u32) -> &'static str {
+        match code {
+            EXPIRED => "subscription expired",
+            INSUFFICIENT => "insufficient state",
+            _ => "server unsubscribe",
+        }
+    }
 }

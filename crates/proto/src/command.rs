@@ -141,6 +141,9 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     #[serde(default)]
     pub join_leave: bool,
+    /// The delta compression asked for (`"fossil"`), empty for none.
+    #[serde(default)]
+    pub delta: String,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::codes::ErrorCode;
 use crate::protobuf::{self, wire, ReplyResult};
-use crate::reply::{self, PushBody};
+use crate::reply::{self, DeltaData, Publication, PushBody};
 
 /// How replies and pushes are encoded for a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,6 +83,16 @@ impl Format {
         match self {
             Format::Json => reply::encode_push(channel, body),
             Format::Protobuf => protobuf::delimited(&protobuf::push(channel, body)),
+        }
+    }
+
+    /// A publication pushed to a delta subscription (`delta: true` in its subscribe
+    /// reply): in full or as a fossil delta. In JSON the data is a JSON string either way
+    /// (see `Publication::with_string_data`); in protobuf it is bytes, as always.
+    pub fn delta_push(self, channel: &str, p: &Publication, data: DeltaData<'_>) -> Bytes {
+        match self {
+            Format::Json => reply::encode_delta_push(channel, p, data),
+            Format::Protobuf => protobuf::delimited(&protobuf::delta_push(channel, p, data)),
         }
     }
 

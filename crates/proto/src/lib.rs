@@ -14,6 +14,7 @@ pub mod codes;
 pub mod command;
 pub mod data;
 pub mod format;
+pub mod fossil;
 pub mod protobuf;
 pub mod reply;
 

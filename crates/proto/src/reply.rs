@@ -43,6 +43,70 @@ pub struct Publication {
     pub info: Option<ClientInfo>,
 }
 
+impl Publication {
+    /// The publication as a JSON delta subscription gets it in full: its data as a JSON
+    /// string holding the data's JSON text (the SDKs parse that string, and take its UTF-8
+    /// bytes as the base of the next delta).
+    pub fn with_string_data(&self) -> Publication {
+        let text = serde_json::to_string(self.data.get()).expect("a string serializes");
+        Publication {
+            data: RawValue::from_string(text).expect("a JSON string is JSON"),
+            offset: self.offset,
+            info: self.info.clone(),
+        }
+    }
+}
+
+/// A publication's data as a delta subscription gets it.
+#[derive(Debug, Clone, Copy)]
+pub enum DeltaData<'a> {
+    /// In full (`delta: false`): the next delta's base.
+    Full,
+    /// A fossil delta against the previous publication the subscription got.
+    Delta(&'a str),
+}
+
+/// `{"push":{"channel":"...","pub":{"data":"<text or delta>",...,"delta":true}}}`: a
+/// publication pushed to a JSON delta subscription (the data is always a JSON string).
+pub fn encode_delta_push(channel: &str, p: &Publication, data: DeltaData<'_>) -> Bytes {
+    #[derive(Serialize)]
+    struct Pub<'a> {
+        data: &'a str,
+        #[serde(skip_serializing_if = "is_zero")]
+        offset: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a ClientInfo>,
+        #[serde(skip_serializing_if = "is_false")]
+        delta: bool,
+    }
+    let (text, delta) = match data {
+        DeltaData::Full => (p.data.get(), false),
+        DeltaData::Delta(d) => (d, true),
+    };
+    #[derive(Serialize)]
+    struct Inner<'a> {
+        channel: &'a str,
+        #[serde(rename = "pub")]
+        publication: Pub<'a>,
+    }
+    #[derive(Serialize)]
+    struct Outer<'a> {
+        push: Inner<'a>,
+    }
+    let push = Outer {
+        push: Inner {
+            channel,
+            publication: Pub {
+                data: text,
+                offset: p.offset,
+                info: p.info.as_ref(),
+                delta,
+            },
+        },
+    };
+    Bytes::from(serde_json::to_vec(&push).expect("push serializes"))
+}
+
 fn is_zero(v: &u64) -> bool {
     *v == 0
 }
@@ -102,6 +166,10 @@ pub struct SubscribeResult {
     pub positioned: bool,
     #[serde(skip_serializing_if = "is_false")]
     pub was_recovering: bool,
+    /// Delta compression is on for this subscription: its publications' data come as
+    /// fossil deltas against the previous one when `delta` is set on them.
+    #[serde(skip_serializing_if = "is_false")]
+    pub delta: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -259,6 +327,30 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(v["push"]["unsubscribe"]["code"], 2000);
+    }
+
+    #[test]
+    fn delta_pushes_carry_data_as_a_json_string() {
+        let p = Publication {
+            data: raw(r#"{"a":"é"}"#),
+            offset: 3,
+            info: None,
+        };
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_delta_push("r", &p, DeltaData::Full)).unwrap();
+        assert_eq!(v["push"]["pub"]["data"], r#"{"a":"é"}"#);
+        assert_eq!(v["push"]["pub"]["offset"], 3);
+        assert!(v["push"]["pub"].get("delta").is_none());
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_delta_push("r", &p, DeltaData::Delta("9\n1@0,0;")))
+                .unwrap();
+        assert_eq!(v["push"]["pub"]["data"], "9\n1@0,0;");
+        assert_eq!(v["push"]["pub"]["delta"], true);
+        let s = p.with_string_data();
+        assert_eq!(
+            serde_json::from_str::<String>(s.data.get()).unwrap(),
+            p.data.get()
+        );
     }
 
     #[test]

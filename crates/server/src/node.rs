@@ -27,8 +27,10 @@ pub struct Node {
     /// What client sessions read of `config`, built once.
     pub session: SessionConfig,
     pub auth: Auth,
-    /// The application backend's connect and publish proxies.
-    pub proxies: crate::proxy::Proxies,
+    /// The application backend's proxies.
+    pub proxies: Arc<crate::proxy::Proxies>,
+    /// Connections and subscriptions due for the refresh and sub_refresh proxies.
+    pub refresher: Arc<crate::proxy::Refresher>,
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn Bus>,
     pub hub: Arc<Hub>,

@@ -80,7 +80,11 @@ impl Server {
         config.validate()?;
         let client = crate::outbound::HttpClient::new();
         let auth = Auth::load(&config, &secret, &client).await?;
-        let proxies = crate::proxy::Proxies::new(&config, client.clone())?;
+        let proxies = Arc::new(crate::proxy::Proxies::new(&config, client.clone())?);
+        let refresher = Arc::new(crate::proxy::Refresher::new(
+            config.proxy_max_in_flight,
+            config.max_data_depth,
+        ));
         let hub = Arc::new(Hub::new().with_parallel_above(config.fanout_parallel_above));
         let id = uuid::Uuid::new_v4().to_string();
         let Backends {
@@ -100,6 +104,7 @@ impl Server {
         let node = Arc::new(Node {
             auth,
             proxies,
+            refresher,
             store,
             bus,
             hub,
@@ -125,6 +130,11 @@ impl Server {
         }
         node.tasks
             .spawn(node.keepalive.clone().run(node.shutdown.clone()));
+        node.tasks.spawn(
+            node.refresher
+                .clone()
+                .run(node.proxies.clone(), node.shutdown.clone()),
+        );
         if let Some(jwks) = node.auth.jwks() {
             node.tasks.spawn(jwks.clone().run(node.shutdown.clone()));
         }

@@ -7,8 +7,8 @@ use serde_json::value::RawValue;
 
 use super::wire;
 use crate::reply::{
-    ClientInfo, ConnectResult, HistoryResult, PresenceResult, PresenceStatsResult, Publication,
-    PushBody, RefreshResult, RpcResult, SubRefreshResult, SubscribeResult,
+    ClientInfo, ConnectResult, DeltaData, HistoryResult, PresenceResult, PresenceStatsResult,
+    Publication, PushBody, RefreshResult, RpcResult, SubRefreshResult, SubscribeResult,
 };
 
 /// A command's result as the protobuf format carries it: the `Reply` field it goes in.
@@ -59,6 +59,24 @@ fn subscribe_result(r: &SubscribeResult) -> wire::SubscribeResult {
         offset: r.offset,
         positioned: r.positioned,
         was_recovering: r.was_recovering,
+        delta: r.delta,
+        ..Default::default()
+    }
+}
+
+/// A publication pushed to a delta subscription: the data's bytes in full, or the delta's.
+pub(crate) fn delta_push(channel: &str, p: &Publication, data: DeltaData<'_>) -> wire::Reply {
+    let mut publication = publication(p);
+    if let DeltaData::Delta(d) = data {
+        publication.data = d.as_bytes().to_vec();
+        publication.delta = true;
+    }
+    wire::Reply {
+        push: Some(wire::Push {
+            channel: channel.to_owned(),
+            r#pub: Some(publication),
+            ..Default::default()
+        }),
         ..Default::default()
     }
 }

@@ -18,7 +18,7 @@ mod encode;
 
 pub use decode::{decode_commands, DecodeError};
 pub use encode::{delimited, ReplyResult};
-pub(crate) use encode::{push, put_empty};
+pub(crate) use encode::{delta_push, push, put_empty};
 
 /// The generated wire types.
 #[allow(clippy::all, clippy::pedantic, missing_docs)]

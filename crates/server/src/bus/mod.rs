@@ -84,6 +84,7 @@ impl UserOp {
                     if client.as_deref().is_none_or(|c| c == &*conn.client) {
                         conn.outbox.control(Out::Unsubscribe {
                             channel: channel.as_str().into(),
+                            code: roomcast_proto::codes::unsubscribe::SERVER,
                         });
                     }
                 }

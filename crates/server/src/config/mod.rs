@@ -67,6 +67,14 @@ pub struct NamespaceOptions {
     /// Each publication's members with no connection anywhere are POSTed to
     /// `notify_webhook_url` (`notify/`).
     pub notify_offline: bool,
+    /// Subscriptions the subscribe proxy granted with an `expire_at` are refreshed by
+    /// the sub_refresh proxy (`proxy_sub_refresh_endpoint`) when it comes.
+    pub proxy_sub_refresh: bool,
+    /// Delta compression a subscription may ask for (`delta` in its subscribe request):
+    /// `["fossil"]` or none. Its publications then come as fossil deltas against the
+    /// previous one (Centrifugo sends deltas only for publications marked `delta`, or
+    /// every one with `delta_publish`; here every publication of the namespace is one).
+    pub allowed_delta_types: Vec<String>,
 }
 
 impl Default for NamespaceOptions {
@@ -90,6 +98,8 @@ impl Default for NamespaceOptions {
             proxy_publish: false,
             proxy_subscribe: false,
             notify_offline: false,
+            proxy_sub_refresh: false,
+            allowed_delta_types: Vec::new(),
         }
     }
 }
@@ -141,6 +151,13 @@ pub struct Config {
     /// answered by the backend.
     pub proxy_rpc_endpoint: Option<String>,
     pub proxy_rpc_timeout_ms: u64,
+    /// Refresh proxy (`http://` URL): a connection the connect proxy gave an `expire_at`
+    /// is refreshed there when it comes, instead of closing.
+    pub proxy_refresh_endpoint: Option<String>,
+    pub proxy_refresh_timeout_ms: u64,
+    /// Sub_refresh proxy (`http://` URL) for namespaces with `proxy_sub_refresh`.
+    pub proxy_sub_refresh_endpoint: Option<String>,
+    pub proxy_sub_refresh_timeout_ms: u64,
     /// Headers of the client's WebSocket upgrade request forwarded to proxies (e.g.
     /// `Cookie`, `Authorization`, `X-Forwarded-For`), case-insensitive.
     pub proxy_http_headers: Vec<String>,
@@ -275,6 +292,10 @@ impl Default for Config {
             proxy_subscribe_timeout_ms: 1000,
             proxy_rpc_endpoint: None,
             proxy_rpc_timeout_ms: 1000,
+            proxy_refresh_endpoint: None,
+            proxy_refresh_timeout_ms: 1000,
+            proxy_sub_refresh_endpoint: None,
+            proxy_sub_refresh_timeout_ms: 1000,
             proxy_http_headers: Vec::new(),
             proxy_max_in_flight: 256,
             proxy_max_response_bytes: 1 << 20,

@@ -20,6 +20,15 @@ impl Config {
             return bad("write_timeout_secs must be at least 1".into());
         }
         let namespaces = std::iter::once(&self.default_namespace).chain(self.namespaces.values());
+        if let Some(t) = namespaces
+            .clone()
+            .flat_map(|ns| &ns.allowed_delta_types)
+            .find(|t| *t != "fossil")
+        {
+            return bad(format!(
+                "allowed_delta_types: unknown delta type {t:?} (only \"fossil\")"
+            ));
+        }
         if namespaces.clone().any(|ns| ns.digest_interval_ms < 10) {
             return bad("digest_interval_ms must be at least 10".into());
         }
@@ -62,6 +71,8 @@ impl Config {
             &self.proxy_publish_endpoint,
             &self.proxy_rpc_endpoint,
             &self.proxy_subscribe_endpoint,
+            &self.proxy_refresh_endpoint,
+            &self.proxy_sub_refresh_endpoint,
         ]
         .into_iter()
         .flatten()
@@ -75,6 +86,8 @@ impl Config {
             || self.proxy_publish_timeout_ms == 0
             || self.proxy_rpc_timeout_ms == 0
             || self.proxy_subscribe_timeout_ms == 0
+            || self.proxy_refresh_timeout_ms == 0
+            || self.proxy_sub_refresh_timeout_ms == 0
         {
             return bad("proxy_max_in_flight and the proxy timeouts must be at least 1".into());
         }
@@ -86,6 +99,13 @@ impl Config {
         }
         let mut namespaces =
             std::iter::once(&self.default_namespace).chain(self.namespaces.values());
+        if self.proxy_sub_refresh_endpoint.is_none()
+            && namespaces.clone().any(|ns| ns.proxy_sub_refresh)
+        {
+            return bad(
+                "a namespace has proxy_sub_refresh but proxy_sub_refresh_endpoint is unset".into(),
+            );
+        }
         if self.proxy_subscribe_endpoint.is_none() && namespaces.any(|ns| ns.proxy_subscribe) {
             return bad(
                 "a namespace has proxy_subscribe but proxy_subscribe_endpoint is unset".into(),

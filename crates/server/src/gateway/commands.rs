@@ -74,9 +74,9 @@ pub(super) async fn flush(
     for item in items.drain(..) {
         match item {
             Out::Frame(b) => frames.push(b),
-            Out::Unsubscribe { channel } => {
+            Out::Unsubscribe { channel, code } => {
                 if let Some(s) = session.as_deref_mut() {
-                    Box::pin(s.server_unsubscribe(&channel)).await;
+                    Box::pin(s.server_unsubscribe(&channel, code)).await;
                 }
             }
         }

@@ -25,7 +25,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use super::frames::Frames;
+use super::frames::{Frames, Shape};
 use roomcast_proto::Disconnect;
 use tokio::sync::mpsc;
 
@@ -39,6 +39,8 @@ pub(super) struct Target {
     pub(super) outbox: Arc<Outbox>,
     /// Cleared (under the shard lock) when the subscription leaves the room.
     pub(super) alive: Arc<AtomicBool>,
+    /// Its shape of the frame (plain, delta-mode full or delta), decided under the lock.
+    pub(super) shape: Shape,
 }
 
 struct Job {
@@ -119,7 +121,9 @@ async fn run(mut rx: mpsc::Receiver<Job>, deliveries: Arc<AtomicU64>) {
     while let Some(job) = rx.recv().await {
         let mut n = 0;
         for t in &job.targets {
-            if t.alive.load(Ordering::Acquire) && t.outbox.push(job.frame.get(t.outbox.format())) {
+            if t.alive.load(Ordering::Acquire)
+                && t.outbox.push(job.frame.get(t.outbox.format(), t.shape))
+            {
                 n += 1;
             }
         }
@@ -239,5 +243,48 @@ mod tests {
         assert_eq!(hub.lanes_of("r"), 0);
         // Written before dispatch returns.
         assert_eq!(offsets(&outboxes[5]).0, vec![1]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn delta_subscribers_on_lanes_get_full_then_deltas_in_order() {
+        use super::super::frames::tests::{decode, document, frames};
+        use roomcast_proto::Format;
+        let hub = Hub::new().with_parallel_above(8);
+        let mode = SubMode {
+            delta: true,
+            ..SubMode::default()
+        };
+        let outboxes: Vec<_> = (0..32)
+            .map(|c| {
+                let ob = Arc::new(Outbox::new(64 << 20));
+                hub.subscribe("r", c, ob.clone(), mode);
+                hub.activate("r", c, Some(1));
+                ob
+            })
+            .collect();
+        const N: u64 = 50;
+        for o in 1..=N {
+            hub.dispatch(&document(o));
+        }
+        assert_eq!(hub.lanes_of("r"), 2);
+        let mut got: Vec<Vec<bytes::Bytes>> = vec![Vec::new(); outboxes.len()];
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while got.iter().any(|g| g.len() < N as usize) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "lanes did not deliver"
+            );
+            for (ob, g) in outboxes.iter().zip(&mut got) {
+                g.extend(frames(ob));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for g in &got {
+            let decoded = decode(g, Format::Json);
+            for (o, (data, delta)) in (1..=N).zip(&decoded) {
+                assert!(data.contains(&format!(r#""rev":{o},"#)), "{data}");
+                assert_eq!(*delta, o > 1, "full first, then deltas");
+            }
+        }
     }
 }

@@ -15,6 +15,10 @@
 //! Each positioned subscription knows the next offset it must see. An offset beyond it is
 //! a gap: the connection is closed with "insufficient state" and its SDK recovers.
 //!
+//! Delta subscriptions get each publication in full or as a fossil delta against the
+//! room's previous one (`frames.rs`); what one subscriber gets of an event (held, admitted
+//! by offset, in which shape) is decided in `delivery.rs`.
+//!
 //! A room with more than `parallel_above` live subscribers is written out on every core:
 //! `dispatch` decides who gets what under the shard lock as for any room, and hands the
 //! outbox writes to the room's lanes (`lanes.rs`), which keep each connection's order.
@@ -25,16 +29,18 @@ use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use roomcast_proto::{ClientInfo, Disconnect};
+use roomcast_proto::ClientInfo;
 
 use crate::store::Message;
 
+mod delivery;
 mod digest;
 mod frames;
 mod lanes;
 pub mod outbox;
 
-use frames::Frames;
+use delivery::hold;
+use frames::{Chain, Frames};
 
 pub use outbox::{Out, Outbox};
 
@@ -82,6 +88,8 @@ struct Sub {
     pending: Option<Vec<(u64, Frames)>>,
     /// Cleared when the subscription leaves, so fan-out lanes holding a job for it skip it.
     alive: Arc<AtomicBool>,
+    /// A delta subscription's chain (what its next delta's base must be); `None`: not one.
+    delta: Option<Chain>,
 }
 
 /// How a connection takes part in a room.
@@ -92,6 +100,8 @@ pub struct SubMode {
     /// A digest subscription: at most the newest publication once per this interval,
     /// instead of every one (see `digest.rs`).
     pub digest: Option<std::time::Duration>,
+    /// Delta compression (fossil) was negotiated: publications in the delta mode's shape.
+    pub delta: bool,
 }
 
 /// What `Hub::subscribe` did.
@@ -103,19 +113,6 @@ pub struct Joined {
     pub size: usize,
     /// The room needs its digest timer started: run `Hub::run_digest` with this id.
     pub start_digest: Option<u64>,
-}
-
-/// Holds an event for a pending subscriber (true), or leaves it to be delivered (false).
-fn hold(sub: &mut Sub, offset: u64, frame: &Frames) -> bool {
-    let Some(held) = &mut sub.pending else {
-        return false;
-    };
-    if held.len() >= MAX_PENDING {
-        sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
-    } else {
-        held.push((offset, frame.clone()));
-    }
-    true
 }
 
 /// One shard of the room table.
@@ -133,11 +130,23 @@ struct Room {
     /// The room's fan-out lanes, once it has had more than `parallel_above` live
     /// subscribers (kept until the room is gone: see `lanes.rs` for why).
     lanes: Option<lanes::Lanes>,
+    /// The newest publication dispatched here: the base of the next one's delta.
+    last_pub: Option<Arc<Message>>,
 }
 
 impl Room {
     fn size(&self) -> usize {
         self.subs.len() + self.digest.subs.len()
+    }
+
+    /// The delta base of a publication (the room's newest before it), which becomes the
+    /// newest unless it is older (a duplicate, or a late one of an unpositioned stream).
+    fn base_of(&mut self, m: &Arc<Message>) -> Option<Arc<Message>> {
+        let base = self.last_pub.clone();
+        if base.as_ref().is_none_or(|b| b.offset < m.offset) {
+            self.last_pub = Some(m.clone());
+        }
+        base
     }
 
     fn sub_mut(&mut self, conn: &ConnId) -> Option<&mut Sub> {
@@ -299,6 +308,7 @@ impl Hub {
             next: None,
             pending: Some(Vec::new()),
             alive: Arc::new(AtomicBool::new(true)),
+            delta: mode.delta.then(Chain::default),
         };
         let mut start_digest = None;
         if mode.digest.is_some() {
@@ -369,15 +379,14 @@ impl Hub {
     /// Fans one event out to the room's local subscribers.
     pub fn dispatch(&self, event: &RoomEvent) {
         let room = event.room();
-        let (offset, join_leave) = match event {
-            RoomEvent::Publication(m) => (m.offset, false),
-            RoomEvent::Join { .. } | RoomEvent::Leave { .. } => (0, true),
-        };
-        // Encoded lazily, once per format its recipients speak.
-        let frame = Frames::new(event);
         let mut shard = self.shard(room).lock().expect("hub shard lock");
         let Some(r) = shard.get_mut(room) else { return };
-        if join_leave {
+        // Encoded lazily, once per format (and delta shape) its recipients speak.
+        let (offset, frame) = match event {
+            RoomEvent::Publication(m) => (m.offset, Frames::new(event, r.base_of(m))),
+            RoomEvent::Join { .. } | RoomEvent::Leave { .. } => (0, Frames::new(event, None)),
+        };
+        if !matches!(event, RoomEvent::Publication(_)) {
             let Room {
                 subs,
                 digest,
@@ -414,6 +423,7 @@ impl Hub {
                     parts[lanes.lane_of(*conn)].push(lanes::Target {
                         outbox: sub.outbox.clone(),
                         alive: sub.alive.clone(),
+                        shape: delivery::shape(sub, &frame),
                     });
                 }
             }
@@ -424,42 +434,6 @@ impl Hub {
             if !hold(sub, offset, &frame) {
                 self.deliver(sub, offset, frame.clone());
             }
-        }
-    }
-
-    /// Puts a publication into a live subscriber's outbox if it is the next one it needs.
-    fn deliver(&self, sub: &mut Sub, offset: u64, frame: Frames) {
-        if self.admit(sub, offset) {
-            self.put(sub, frame);
-        }
-    }
-
-    /// Whether a live subscriber takes the publication at `offset` (it is the next one it
-    /// needs, or it is not positioned), moving it past it; a gap closes the subscriber.
-    fn admit(&self, sub: &mut Sub, offset: u64) -> bool {
-        match sub.next {
-            None => true,
-            Some(next) if offset < next => false, // already delivered (by recovery): not twice
-            Some(next) if offset == next => {
-                sub.next = Some(next + 1);
-                true
-            }
-            Some(next) => {
-                tracing::warn!(
-                    offset,
-                    expected = next,
-                    "gap in a subscription's offsets; client will recover"
-                );
-                self.gaps.fetch_add(1, Ordering::Relaxed);
-                sub.outbox.close(Disconnect::INSUFFICIENT_STATE);
-                false
-            }
-        }
-    }
-
-    fn put(&self, sub: &Sub, frame: Frames) {
-        if sub.outbox.push(frame.get(sub.outbox.format())) {
-            self.deliveries.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -488,6 +462,7 @@ impl Hub {
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;
+    use roomcast_proto::Disconnect;
     use serde_json::value::RawValue;
 
     pub(crate) fn publication(room: &str, offset: u64) -> RoomEvent {

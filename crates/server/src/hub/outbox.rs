@@ -26,7 +26,8 @@ pub enum Out {
     /// An encoded reply or push.
     Frame(Bytes),
     /// The server unsubscribes the connection from a channel.
-    Unsubscribe { channel: Arc<str> },
+    /// `code` is the push's (`roomcast_proto::codes::unsubscribe`).
+    Unsubscribe { channel: Arc<str>, code: u32 },
 }
 
 #[derive(Default)]
@@ -260,6 +261,7 @@ mod tests {
         o.push(Bytes::from_static(b"a"));
         o.control(Out::Unsubscribe {
             channel: "c".into(),
+            code: roomcast_proto::codes::unsubscribe::SERVER,
         });
         o.push(Bytes::from_static(b"b"));
         let mut out = Vec::new();

@@ -7,7 +7,10 @@
 //!
 //! - `mod.rs`: the shared call (bounded concurrency, timeout, response size, answer
 //!   decoding) and what a failure means to the client;
-//! - `connect.rs`, `publish.rs`, `rpc.rs`, `subscribe.rs`: each proxy's request and result.
+//! - `connect.rs`, `publish.rs`, `rpc.rs`, `subscribe.rs`, `refresh.rs`, `sub_refresh.rs`:
+//!   each proxy's request and result;
+//! - `refresher.rs`: when connections and subscriptions are due for the refresh and
+//!   sub_refresh proxies, and what the answers do to them.
 //!
 //! Invariants: every call holds one of `proxy_max_in_flight` slots and ends within the
 //! proxy's timeout (waiting for a slot included); an answer that is not one of the three
@@ -16,12 +19,18 @@
 
 mod connect;
 mod publish;
+mod refresh;
+pub mod refresher;
 mod rpc;
+mod sub_refresh;
 mod subscribe;
 
 pub use connect::{ConnectProxyRequest, ConnectProxyResult};
 pub use publish::{PublishProxyRequest, PublishProxyResult};
+pub use refresh::{RefreshProxyRequest, RefreshProxyResult};
+pub use refresher::{Refreshed, Refresher};
 pub use rpc::{RpcProxyRequest, RpcProxyResult};
+pub use sub_refresh::SubRefreshProxyRequest;
 pub use subscribe::{SubscribeProxyRequest, SubscribeProxyResult};
 
 use std::sync::Arc;
@@ -76,6 +85,8 @@ pub struct Proxies {
     publish: Option<Endpoint>,
     rpc: Option<Endpoint>,
     subscribe: Option<Endpoint>,
+    refresh: Option<Endpoint>,
+    sub_refresh: Option<Endpoint>,
     /// Names of the upgrade request headers forwarded to the backend.
     headers: Vec<HeaderName>,
     /// Calls in flight at once on this node (`proxy_max_in_flight`): a slow backend
@@ -135,6 +146,14 @@ impl Proxies {
                 &config.proxy_subscribe_endpoint,
                 config.proxy_subscribe_timeout_ms,
             )?,
+            refresh: endpoint(
+                &config.proxy_refresh_endpoint,
+                config.proxy_refresh_timeout_ms,
+            )?,
+            sub_refresh: endpoint(
+                &config.proxy_sub_refresh_endpoint,
+                config.proxy_sub_refresh_timeout_ms,
+            )?,
             headers: config
                 .proxy_http_headers
                 .iter()
@@ -153,6 +172,8 @@ impl Proxies {
             publish: None,
             rpc: None,
             subscribe: None,
+            refresh: None,
+            sub_refresh: None,
             headers: Vec::new(),
             slots: Arc::new(Semaphore::new(1)),
             max_bytes: 0,
@@ -169,6 +190,34 @@ impl Proxies {
 
     pub fn has_rpc(&self) -> bool {
         self.rpc.is_some()
+    }
+
+    pub fn has_refresh(&self) -> bool {
+        self.refresh.is_some()
+    }
+
+    pub fn has_sub_refresh(&self) -> bool {
+        self.sub_refresh.is_some()
+    }
+
+    /// Asks the refresh proxy; `None` when there is none.
+    pub async fn refresh(
+        &self,
+        req: &RefreshProxyRequest<'_>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Option<Result<Outcome<RefreshProxyResult>, ProxyError>> {
+        let endpoint = self.refresh.as_ref()?;
+        Some(self.call(endpoint, req, headers).await)
+    }
+
+    /// Asks the sub_refresh proxy; `None` when there is none.
+    pub async fn sub_refresh(
+        &self,
+        req: &SubRefreshProxyRequest<'_>,
+        headers: &[(HeaderName, HeaderValue)],
+    ) -> Option<Result<Outcome<RefreshProxyResult>, ProxyError>> {
+        let endpoint = self.sub_refresh.as_ref()?;
+        Some(self.call(endpoint, req, headers).await)
     }
 
     /// The configured headers of a client's upgrade request, to forward with its calls.

@@ -23,7 +23,12 @@ pub struct SubscribeProxyRequest<'a> {
     pub info: Option<&'a RawValue>,
 }
 
-/// What the backend answers when it grants. Its fields (`info`, `data`, `override`) are
+/// What the backend answers when it grants. Its fields `info`, `data` and `override` are
 /// accepted and not used yet: the grant itself is the answer.
 #[derive(Debug, Default, Deserialize)]
-pub struct SubscribeProxyResult {}
+pub struct SubscribeProxyResult {
+    /// Unix seconds the subscription expires at, in a namespace with `proxy_sub_refresh`
+    /// (the sub_refresh proxy is asked then); 0 or absent: never.
+    #[serde(default)]
+    pub expire_at: u64,
+}

@@ -69,13 +69,14 @@ impl<S: Services> Session<S> {
         }
     }
 
-    /// Asks the subscribe proxy whether the client may subscribe. True: granted; false:
-    /// refused, failed or disconnected, the client already answered.
-    pub(super) async fn proxy_subscribe(&self, id: u32, req: &SubscribeRequest) -> bool {
+    /// Asks the subscribe proxy whether the client may subscribe. `Some(expire_at)`:
+    /// granted (0: it never expires); `None`: refused, failed or disconnected, the client
+    /// already answered.
+    pub(super) async fn proxy_subscribe(&self, id: u32, req: &SubscribeRequest) -> Option<u64> {
         let identity = self.identity.as_ref().expect("connected");
         let Some(proxies) = self.node.proxies() else {
             self.error(id, ErrorCode::PERMISSION_DENIED);
-            return false;
+            return None;
         };
         let request = SubscribeProxyRequest {
             caller: Caller::websocket_json(&identity.client),
@@ -85,24 +86,24 @@ impl<S: Services> Session<S> {
             info: identity.conn_info.as_deref(),
         };
         match proxies.subscribe(&request, &self.headers).await {
-            Some(Ok(Outcome::Accept(_))) => true,
+            Some(Ok(Outcome::Accept(r))) => Some(r.expire_at),
             Some(Ok(Outcome::Refuse(code, message))) => {
                 self.reply(self.format().error_message(id, code, &message));
-                false
+                None
             }
             Some(Ok(Outcome::Disconnect(d))) => {
                 self.peer.outbox.close(d);
-                false
+                None
             }
             Some(Err(e)) => {
                 tracing::warn!(error = %e, channel = %req.channel, "subscribe proxy failed");
                 self.error(id, ErrorCode::INTERNAL);
-                false
+                None
             }
             // Validated at start: a proxy_subscribe namespace has an endpoint.
             None => {
                 self.error(id, ErrorCode::PERMISSION_DENIED);
-                false
+                None
             }
         }
     }

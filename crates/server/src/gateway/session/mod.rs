@@ -8,6 +8,7 @@
 //! - `rooms.rs`: subscriptions (subscribe with recovery, unsubscribe, presence, history);
 //! - `publish.rs`: publishes and the command rate limit;
 //! - `backend.rs`: the connect and publish proxies (what the application backend decides);
+//! - `refresh.rs`: server-side refresh through the refresh and sub_refresh proxies;
 //! - `chat.rs`: the `roomcast.*` rpc methods (read cursors, unread counts, room list);
 //! - `status.rs`: `rpc` `roomcast.status` (user status);
 //! - `services.rs`: the `Services` trait and its implementation by `Node`.
@@ -15,6 +16,7 @@
 mod backend;
 mod chat;
 mod publish;
+mod refresh;
 mod rooms;
 mod services;
 mod status;
@@ -83,6 +85,10 @@ pub struct Session<S: Services = Node> {
     /// Headers of the upgrade request forwarded to the backend proxies
     /// (`proxy_http_headers`; bounded by the HTTP layer's header limits).
     headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// Where the refresh proxy leaves new connection info (server-side refresh only).
+    refreshed: Option<Arc<crate::proxy::Refreshed>>,
+    /// Something of this session is registered with the node's refresher.
+    refreshing: bool,
 }
 
 impl<S: Services> Session<S> {
@@ -98,6 +104,8 @@ impl<S: Services> Session<S> {
             subs: HashMap::new(),
             budget,
             headers: Vec::new(),
+            refreshed: None,
+            refreshing: false,
         }
     }
 
@@ -146,6 +154,7 @@ impl<S: Services> Session<S> {
             // Anything before connect is a protocol violation.
             return Flow::Close(Disconnect::BAD_REQUEST);
         }
+        self.take_refreshed();
         if id == 0 && !matches!(method, Method::Send(_) | Method::Empty) {
             // Commands that expect a reply need an id to carry it.
             return Flow::Close(Disconnect::BAD_REQUEST);
@@ -209,7 +218,8 @@ impl<S: Services> Session<S> {
             return Flow::Close(Disconnect::BAD_REQUEST);
         }
         let client = uuid::Uuid::new_v4().to_string();
-        let claims = if req.token.is_empty() && self.has_connect_proxy() {
+        let from_proxy = req.token.is_empty() && self.has_connect_proxy();
+        let claims = if from_proxy {
             match self.proxy_connect(id, &req, &client).await {
                 Ok(c) => c,
                 Err(flow) => return flow,
@@ -251,8 +261,17 @@ impl<S: Services> Session<S> {
             self.node.user_online(&info.user, &client).await;
         }
         self.identity = Some(info);
-        self.expires_at = claims.exp;
-        self.peer.set_connected(claims.exp);
+        match claims.exp {
+            // The backend refreshes it when it expires: no client-side refresh.
+            Some(exp) if from_proxy && self.refreshes_server_side() => {
+                self.peer.set_connected(None);
+                self.schedule_refresh(exp);
+            }
+            exp => {
+                self.expires_at = exp;
+                self.peer.set_connected(exp);
+            }
+        }
 
         // Server-side subscriptions: the user's personal channel and those of the token,
         // recovered from the positions the client sent for them.
@@ -333,6 +352,7 @@ impl<S: Services> Session<S> {
 
     /// The connection is gone: leave every room, drop presence, unregister.
     pub async fn close(&mut self) {
+        self.forget_refresh();
         let channels: Vec<Arc<str>> = self.subs.keys().cloned().collect();
         for c in channels {
             self.unsubscribe(&c).await;

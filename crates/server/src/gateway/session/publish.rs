@@ -19,6 +19,7 @@ impl<S: Services> Session<S> {
         if commands.is_empty() {
             return;
         }
+        self.take_refreshed();
         let mut allowed = Vec::with_capacity(commands.len());
         for (id, req) in commands {
             if self

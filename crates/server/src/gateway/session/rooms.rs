@@ -92,10 +92,20 @@ impl<S: Services> Session<S> {
         };
         // A subscription token (HS256, claims `sub`, `channel`, `exp`) grants a channel
         // clients may not subscribe to on their own.
+        if !req.delta.is_empty() && req.delta != "fossil" {
+            return self.reply(self.format().error_message(
+                id,
+                ErrorCode::BAD_REQUEST,
+                "unknown delta type (only \"fossil\")",
+            ));
+        }
+        let sub_refresh = channel.options.proxy_sub_refresh;
+        let mut expire_at = 0;
         let granted = if req.token.is_empty() && channel.options.proxy_subscribe {
             // The backend decides; on a refusal or failure it has already been answered.
-            if !self.proxy_subscribe(id, &req).await {
-                return;
+            match self.proxy_subscribe(id, &req).await {
+                Some(exp) => expire_at = exp,
+                None => return,
             }
             true
         } else if req.token.is_empty() {
@@ -148,6 +158,9 @@ impl<S: Services> Session<S> {
             Ok((result, next)) => {
                 self.reply(self.format().reply(id, "subscribe", &result));
                 self.node.activate(&req.channel, self.conn, next);
+                if expire_at > 0 && sub_refresh {
+                    self.schedule_sub_refresh(&req.channel, expire_at);
+                }
             }
             Err(e) => self.error(id, e),
         }
@@ -178,9 +191,14 @@ impl<S: Services> Session<S> {
         }
         let room: Arc<str> = req.channel.as_str().into();
         let digest = wants_digest(req, &options, node.room_size(&room));
+        // Delta compression when asked for and the namespace allows it; not negotiated
+        // (full publications, `delta` absent from the reply) otherwise, as Centrifugo does.
+        let delta =
+            req.delta == "fossil" && options.allowed_delta_types.iter().any(|t| t == "fossil");
         let mode = SubMode {
             join_leave: options.join_leave && (options.force_push_join_leave || req.join_leave),
             digest: digest.then(|| Duration::from_millis(options.digest_interval_ms)),
+            delta,
         };
         let size = node
             .join(&room, self.conn, self.peer.outbox.clone(), mode)
@@ -233,12 +251,19 @@ impl<S: Services> Session<S> {
             if req.recover {
                 crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
             }
+            if delta && self.format() == roomcast_proto::Format::Json {
+                // The delta mode's JSON shape: data as strings (see `with_string_data`).
+                for p in &mut result.publications {
+                    *p = p.with_string_data();
+                }
+            }
             result.recoverable = recoverable;
             result.positioned = positioned;
             result.epoch = pos.epoch;
             result.offset = pos.offset;
             next = Some(pos.offset + 1);
         }
+        result.delta = delta;
         let identity = self.identity.clone().expect("connected");
         if options.presence {
             node.presence_add(&room, identity.clone()).await;
@@ -265,6 +290,7 @@ impl<S: Services> Session<S> {
         let Some((room, sub)) = self.subs.remove_entry(channel) else {
             return;
         };
+        self.forget_sub_refresh(channel);
         let left = self.node.leave(&room, self.conn).await;
         let identity = self.identity.clone().expect("connected");
         if sub.presence {
@@ -282,16 +308,16 @@ impl<S: Services> Session<S> {
         }
     }
 
-    /// The server unsubscribes this connection (server API): the client is told with an
-    /// unsubscribe push.
-    pub async fn server_unsubscribe(&mut self, channel: &str) {
+    /// The server unsubscribes this connection (server API, or an expired subscription):
+    /// the client is told with an unsubscribe push of `code`.
+    pub async fn server_unsubscribe(&mut self, channel: &str, code: u32) {
         if self.subs.contains_key(channel) {
             self.unsubscribe(channel).await;
             self.reply(self.format().push(
                 channel,
                 PushBody::Unsubscribe {
-                    code: roomcast_proto::codes::unsubscribe::SERVER,
-                    reason: "server unsubscribe",
+                    code,
+                    reason: roomcast_proto::codes::unsubscribe::reason(code),
                 },
             ));
         }

@@ -41,6 +41,10 @@ pub trait Services: Send + Sync + 'static {
     fn proxies(&self) -> Option<&crate::proxy::Proxies> {
         None
     }
+    /// The schedule of server-side refreshes; `None`: no refresh proxy (test node).
+    fn refresher(&self) -> Option<&crate::proxy::Refresher> {
+        None
+    }
     /// A fresh connection id.
     fn next_conn_id(&self) -> ConnId;
     /// Connections of `user` on this node.
@@ -146,6 +150,9 @@ impl Services for Node {
 
     fn proxies(&self) -> Option<&crate::proxy::Proxies> {
         Some(&self.proxies)
+    }
+    fn refresher(&self) -> Option<&crate::proxy::Refresher> {
+        Some(&self.refresher)
     }
 
     fn next_conn_id(&self) -> ConnId {
