@@ -24,13 +24,11 @@ pub mod error;
 mod personal;
 pub mod ready;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// The node's routes; `api` holds the server API's slots (shared with the gRPC API).
+pub fn router(node: Arc<Node>, api: api::Api) -> Router {
     Router::new()
         .route("/connection/websocket", any(websocket))
-        .route(
-            "/api/{method}",
-            post(api::call).with_state(api::Api::new(node.clone())),
-        )
+        .route("/api/{method}", post(api::call).with_state(api))
         .route("/health", get(ready::health))
         .route("/ready", get(ready::ready))
         .route("/metrics", get(metrics))

@@ -36,7 +36,7 @@ pub mod outbox;
 
 use frames::Frames;
 
-pub use outbox::{Out, Outbox};
+pub use outbox::{Out, Outbox, ServerSubscribe, SubOverrides};
 
 /// A connection's id, unique on this node.
 pub type ConnId = u64;
