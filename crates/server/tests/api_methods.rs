@@ -173,7 +173,7 @@ async fn batch_runs_commands_in_order_or_in_parallel() {
             ]}),
         )
         .await;
-    let replies = r["result"]["replies"].as_array().unwrap();
+    let replies = r["replies"].as_array().unwrap();
     assert_eq!(replies.len(), 8, "{r}");
     assert_eq!(replies[0]["publish"]["offset"], 1);
     assert_eq!(replies[1]["publish"]["offset"], 2);
@@ -197,7 +197,7 @@ async fn batch_runs_commands_in_order_or_in_parallel() {
     let r = s
         .api("batch", json!({"commands": commands, "parallel": true}))
         .await;
-    let replies = r["result"]["replies"].as_array().unwrap();
+    let replies = r["replies"].as_array().unwrap();
     assert_eq!(replies.len(), 50);
     assert!(replies.iter().all(|r| r["publish"]["offset"] == 1), "{r}");
     let h = s

@@ -1,6 +1,7 @@
 //! `batch`: several API commands in one call, as Centrifugo's
 //! `{"commands": [{"publish": {...}}, {"broadcast": {...}}], "parallel": false}`, answered
-//! `{"replies": [{"publish": {...}}, {"error": {...}}]}`, one reply per command in order.
+//! `{"replies": [{"publish": {...}}, {"error": {...}}]}` (over HTTP at the top level, not
+//! under `"result"`, as Centrifugo and `cent` have it), one reply per command in order.
 //!
 //! Sequential by default (each command starts when the one before has finished, so two
 //! publishes to a room keep their order); with `parallel`, up to `PARALLEL` run at once

@@ -154,11 +154,17 @@ pub async fn call(
             Ok(Ok(b)) => b,
         };
     let answer = dispatch(&node, &method, &body).await?;
-    // `{"result": ...}` around the serialized result, without parsing it again.
-    let mut out = Vec::with_capacity(answer.0.len() + 11);
-    out.extend_from_slice(b"{\"result\":");
-    out.extend_from_slice(&answer.0);
-    out.push(b'}');
+    let out = if method == "batch" {
+        // As Centrifugo answers a batch: `{"replies": [...]}`, not under "result".
+        answer.0
+    } else {
+        // `{"result": ...}` around the serialized result, without parsing it again.
+        let mut out = Vec::with_capacity(answer.0.len() + 11);
+        out.extend_from_slice(b"{\"result\":");
+        out.extend_from_slice(&answer.0);
+        out.push(b'}');
+        out
+    };
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Bytes::from(out),
