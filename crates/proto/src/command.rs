@@ -4,7 +4,7 @@
 //! id and no method this server knows (`{"id":3,"foo":{}}`) is `Method::Unknown`, answered
 //! with error 104 "method not found" as Centrifugo does, so the SDK does not wait forever.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 /// Arbitrary JSON the client attaches (publication data, connect data, rpc data). Kept as
@@ -159,7 +159,7 @@ pub struct PublishRequest {
     pub data: Json,
 }
 
-#[derive(Debug, Default, Deserialize, Clone)]
+#[derive(Debug, Default, Deserialize, Serialize, Clone)]
 pub struct StreamPosition {
     #[serde(default)]
     pub offset: u64,

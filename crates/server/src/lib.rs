@@ -12,6 +12,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod gateway;
+pub mod grpc;
 pub mod http;
 pub mod hub;
 pub mod keepalive;

@@ -31,6 +31,8 @@ use crate::node::Node;
 /// A started node.
 pub struct Server {
     pub addr: SocketAddr,
+    /// Where the gRPC API listens, when `grpc_api_address` is set.
+    pub grpc_addr: Option<SocketAddr>,
     pub node: Arc<Node>,
     serve: JoinHandle<()>,
     dispatcher: JoinHandle<()>,
@@ -138,7 +140,13 @@ impl Server {
         if let Some(jwks) = node.auth.jwks() {
             node.tasks.spawn(jwks.clone().run(node.shutdown.clone()));
         }
-        let app = crate::http::router(node.clone());
+        // HTTP and gRPC API calls share one set of `api_max_in_flight` slots.
+        let api = crate::http::api::Api::new(node.clone());
+        let grpc_addr = match node.config.grpc_api_address {
+            Some(at) => Some(crate::grpc::start(&node, at, api.clone()).await?),
+            None => None,
+        };
+        let app = crate::http::router(node.clone(), api);
         let serve = tokio::spawn(accept_loop(
             listener,
             app,
@@ -149,6 +157,7 @@ impl Server {
         tracing::info!(%addr, store = %store_name, "listening on {addr}");
         Ok(Server {
             addr,
+            grpc_addr,
             node,
             serve,
             dispatcher,

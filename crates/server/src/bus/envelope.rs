@@ -10,7 +10,7 @@ use roomcast_proto::{ClientInfo, Disconnect};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{NodeStats, UserOp};
+use super::{NodeStats, ServerSubscribe, UserOp};
 use crate::hub::RoomEvent;
 use crate::store::Message;
 
@@ -74,6 +74,25 @@ pub enum Envelope {
         channel: String,
         client: Option<String>,
     },
+    /// A server-side subscription of a user's connections.
+    Subscribe {
+        n: String,
+        user: String,
+        client: Option<String>,
+        s: ServerSubscribe,
+    },
+    /// A new expiry for a user's connections (or expired now).
+    Refresh {
+        n: String,
+        user: String,
+        client: Option<String>,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        expired: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expire_at: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        info: Option<Box<RawValue>>,
+    },
 }
 
 impl Envelope {
@@ -127,6 +146,26 @@ impl Envelope {
                 channel: channel.clone(),
                 client: client.clone(),
             },
+            UserOp::Subscribe { user, client, sub } => Envelope::Subscribe {
+                n: node.into(),
+                user: user.clone(),
+                client: client.clone(),
+                s: (**sub).clone(),
+            },
+            UserOp::Refresh {
+                user,
+                client,
+                expired,
+                expire_at,
+                info,
+            } => Envelope::Refresh {
+                n: node.into(),
+                user: user.clone(),
+                client: client.clone(),
+                expired: *expired,
+                expire_at: *expire_at,
+                info: info.clone(),
+            },
         }
     }
 
@@ -141,7 +180,9 @@ impl Envelope {
             | Envelope::Heartbeat { n, .. }
             | Envelope::Gone { n }
             | Envelope::Disconnect { n, .. }
-            | Envelope::Unsubscribe { n, .. } => n,
+            | Envelope::Unsubscribe { n, .. }
+            | Envelope::Subscribe { n, .. }
+            | Envelope::Refresh { n, .. } => n,
         }
     }
 
@@ -222,6 +263,27 @@ impl Envelope {
                 channel,
                 client,
             }),
+            Envelope::Subscribe {
+                user, client, s, ..
+            } => Decoded::UserOp(UserOp::Subscribe {
+                user,
+                client,
+                sub: Arc::new(s),
+            }),
+            Envelope::Refresh {
+                user,
+                client,
+                expired,
+                expire_at,
+                info,
+                ..
+            } => Decoded::UserOp(UserOp::Refresh {
+                user,
+                client,
+                expired,
+                expire_at,
+                info,
+            }),
             _ => Decoded::Nothing,
         }
     }
@@ -265,5 +327,52 @@ mod tests {
         assert!(matches!(own.into_decoded("n1"), Decoded::Nothing));
         let other = Envelope::decode(&bytes).unwrap();
         assert!(matches!(other.into_decoded("n2"), Decoded::Event(_)));
+    }
+
+    #[test]
+    fn server_subscribe_and_refresh_cross_nodes_intact() {
+        let sub = ServerSubscribe {
+            channel: "room".into(),
+            recover_since: Some(roomcast_proto::StreamPosition {
+                offset: 4,
+                epoch: "e".into(),
+            }),
+            info: Some(RawValue::from_string("{\"r\":1}".into()).unwrap()),
+            overrides: crate::hub::SubOverrides {
+                presence: Some(false),
+                ..Default::default()
+            },
+        };
+        let op = UserOp::Subscribe {
+            user: "u".into(),
+            client: Some("c".into()),
+            sub: Arc::new(sub),
+        };
+        let bytes = Envelope::from_user_op("n1", &op).encode();
+        match Envelope::decode(&bytes).unwrap().into_decoded("n2") {
+            Decoded::UserOp(UserOp::Subscribe { user, client, sub }) => {
+                assert_eq!((user.as_str(), client.as_deref()), ("u", Some("c")));
+                assert_eq!(sub.channel, "room");
+                assert_eq!(sub.recover_since.as_ref().unwrap().offset, 4);
+                assert_eq!(sub.info.as_ref().unwrap().get(), "{\"r\":1}");
+                assert_eq!(sub.overrides.presence, Some(false));
+                assert_eq!(sub.overrides.join_leave, None);
+            }
+            _ => panic!("a subscribe"),
+        }
+        let op = UserOp::Refresh {
+            user: "u".into(),
+            client: None,
+            expired: false,
+            expire_at: Some(99),
+            info: None,
+        };
+        let bytes = Envelope::from_user_op("n1", &op).encode();
+        match Envelope::decode(&bytes).unwrap().into_decoded("n2") {
+            Decoded::UserOp(UserOp::Refresh {
+                expired, expire_at, ..
+            }) => assert_eq!((expired, expire_at), (false, Some(99))),
+            _ => panic!("a refresh"),
+        }
     }
 }

@@ -24,8 +24,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use roomcast_proto::Disconnect;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
-use crate::hub::{Hub, Out, RoomEvent};
+use crate::hub::{Hub, Out, RoomEvent, ServerSubscribe};
 
 pub mod broker;
 /// The broker behaviour suite; public behind the `conformance` feature (enabled for the
@@ -40,7 +41,7 @@ pub mod redis;
 pub mod reorder;
 
 /// An operation on a user's connections, wherever they are connected (server API
-/// `disconnect` and `unsubscribe`).
+/// `disconnect`, `unsubscribe`, `subscribe` and `refresh`).
 #[derive(Debug, Clone)]
 pub enum UserOp {
     Disconnect {
@@ -54,6 +55,21 @@ pub enum UserOp {
         user: String,
         channel: String,
         client: Option<String>,
+    },
+    /// Subscribes the connections server-side; each gets a subscribe push.
+    Subscribe {
+        user: String,
+        client: Option<String>,
+        sub: Arc<ServerSubscribe>,
+    },
+    /// Sets when the connections expire (`expire_at`, Unix seconds; `None`: never), or
+    /// closes them as expired at once (`expired`).
+    Refresh {
+        user: String,
+        client: Option<String>,
+        expired: bool,
+        expire_at: Option<u64>,
+        info: Option<Box<RawValue>>,
     },
 }
 
@@ -80,17 +96,47 @@ impl UserOp {
                 channel,
                 client,
             } => {
-                for conn in hub.user_conns(user) {
-                    if client.as_deref().is_none_or(|c| c == &*conn.client) {
-                        conn.outbox.control(Out::Unsubscribe {
-                            channel: channel.as_str().into(),
-                            code: roomcast_proto::codes::unsubscribe::SERVER,
+                for conn in targets(hub, user, client) {
+                    conn.outbox.control(Out::Unsubscribe {
+                        channel: channel.as_str().into(),
+                        code: roomcast_proto::codes::unsubscribe::SERVER,
+                    });
+                }
+            }
+            UserOp::Subscribe { user, client, sub } => {
+                for conn in targets(hub, user, client) {
+                    conn.outbox.control(Out::Subscribe(sub.clone()));
+                }
+            }
+            UserOp::Refresh {
+                user,
+                client,
+                expired,
+                expire_at,
+                info,
+            } => {
+                for conn in targets(hub, user, client) {
+                    if *expired {
+                        conn.outbox.close(Disconnect::EXPIRED);
+                    } else {
+                        conn.outbox.control(Out::Refresh {
+                            expire_at: *expire_at,
+                            info: info.clone(),
                         });
                     }
                 }
             }
         }
     }
+}
+
+/// The user's connections on this node an operation is for: all, or the one `client`.
+fn targets(hub: &Hub, user: &str, client: &Option<String>) -> Vec<crate::hub::ConnEntry> {
+    let mut conns = hub.user_conns(user);
+    if let Some(c) = client {
+        conns.retain(|conn| *conn.client == **c);
+    }
+    conns
 }
 
 /// One node as the `info` API shows it.

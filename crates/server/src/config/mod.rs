@@ -116,6 +116,10 @@ pub struct Config {
     pub token_hmac_secret: Option<String>,
     /// Server API key (`X-API-Key`). Generated into the data dir when unset.
     pub api_key: Option<String>,
+    /// Where the gRPC server API listens (`ip:port`); unset: no gRPC API. Same key as
+    /// the HTTP API, in the metadata as `authorization: apikey <key>`.
+    #[serde(deserialize_with = "optional_listen_address")]
+    pub grpc_api_address: Option<SocketAddr>,
     /// Required `aud` claim, when set.
     pub token_audience: Option<String>,
     /// Required `iss` claim, when set.
@@ -274,6 +278,7 @@ impl Default for Config {
             data_dir: PathBuf::from("roomcast-data"),
             token_hmac_secret: None,
             api_key: None,
+            grpc_api_address: None,
             token_audience: None,
             token_issuer: None,
             token_algorithms: Vec::new(),
@@ -502,6 +507,15 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
     let s = String::deserialize(d)?;
     parse_listen(&s).map_err(serde::de::Error::custom)
+}
+
+fn optional_listen_address<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<SocketAddr>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        None => Ok(None),
+        Some(s) => parse_listen(&s).map(Some).map_err(serde::de::Error::custom),
+    }
 }
 
 /// The generated secrets file.

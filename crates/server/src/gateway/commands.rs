@@ -79,6 +79,17 @@ pub(super) async fn flush(
                     Box::pin(s.server_unsubscribe(&channel, code)).await;
                 }
             }
+            Out::Subscribe(sub) => {
+                if let Some(s) = session.as_deref_mut() {
+                    // Its push goes out with the next flush, after what is queued here.
+                    Box::pin(s.server_subscribe(&sub)).await;
+                }
+            }
+            Out::Refresh { expire_at, info } => {
+                if let Some(s) = session.as_deref_mut() {
+                    s.server_refresh(expire_at, info);
+                }
+            }
         }
     }
     if !frames.is_empty() {

@@ -6,8 +6,7 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::response::Response;
+use super::api::Answer;
 use serde::Serialize;
 use serde_json::json;
 
@@ -44,11 +43,7 @@ struct MembersResult {
 }
 
 /// Answers a chat method; `None` when `method` is not one.
-pub async fn run(
-    node: &Arc<Node>,
-    method: &str,
-    body: &Bytes,
-) -> Option<Result<Response, ApiError>> {
+pub async fn run(node: &Arc<Node>, method: &str, body: &[u8]) -> Option<Result<Answer, ApiError>> {
     let r = match method {
         "add_members" | "remove_members" => change_members(node, method, body).await,
         "members" => members(node, body).await,
@@ -60,7 +55,7 @@ pub async fn run(
     Some(r)
 }
 
-async fn change_members(node: &Node, method: &str, body: &Bytes) -> Result<Response, ApiError> {
+async fn change_members(node: &Node, method: &str, body: &[u8]) -> Result<Answer, ApiError> {
     let b: MembersChange = parse(body)?;
     let channel = Channel::resolve(&node.config, &b.channel)?;
     check_users(&b.users)?;
@@ -93,7 +88,7 @@ async fn change_members(node: &Node, method: &str, body: &Bytes) -> Result<Respo
     Ok(ok(json!({ "removed": removed })))
 }
 
-async fn members(node: &Node, body: &Bytes) -> Result<Response, ApiError> {
+async fn members(node: &Node, body: &[u8]) -> Result<Answer, ApiError> {
     let b: MembersPage = parse(body)?;
     Channel::resolve(&node.config, &b.channel)?;
     if let Some(after) = &b.after {
@@ -111,7 +106,7 @@ async fn members(node: &Node, body: &Bytes) -> Result<Response, ApiError> {
     Ok(ok(MembersResult { users, next }))
 }
 
-async fn read(node: &Node, body: &Bytes) -> Result<Response, ApiError> {
+async fn read(node: &Node, body: &[u8]) -> Result<Answer, ApiError> {
     let b: ReadRequest = parse(body)?;
     let user = user_of(b.user)?;
     let c = node.read(&user, &b.channel, b.offset).await?;
@@ -123,13 +118,13 @@ async fn read(node: &Node, body: &Bytes) -> Result<Response, ApiError> {
     }))
 }
 
-async fn unread(node: &Node, body: &Bytes) -> Result<Response, ApiError> {
+async fn unread(node: &Node, body: &[u8]) -> Result<Answer, ApiError> {
     let b: UnreadRequest = parse(body)?;
     let user = user_of(b.user)?;
     Ok(ok(rpc::unread(node, &user, &b.channels).await?))
 }
 
-async fn rooms(node: &Node, body: &Bytes) -> Result<Response, ApiError> {
+async fn rooms(node: &Node, body: &[u8]) -> Result<Answer, ApiError> {
     let b: RoomsRequest = parse(body)?;
     let user = user_of(b.user)?;
     Ok(ok(

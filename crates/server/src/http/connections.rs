@@ -9,11 +9,9 @@
 //! for its own). At most `MAX_LISTED` connections are listed (`max_connections_per_user`
 //! bounds them anyway); `truncated` says when there were more.
 
-use axum::body::Bytes;
-use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
-use super::api::{ok, parse};
+use super::api::{ok, parse, Answer};
 use super::error::ApiError;
 use crate::node::Node;
 
@@ -21,7 +19,6 @@ use crate::node::Node;
 const MAX_LISTED: usize = 1000;
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct ConnectionsBody {
     user: String,
 }
@@ -43,7 +40,7 @@ struct ConnectionsResult {
     truncated: bool,
 }
 
-pub(super) async fn run(node: &Node, body: &Bytes) -> Result<Response, ApiError> {
+pub(super) async fn run(node: &Node, body: &[u8]) -> Result<Answer, ApiError> {
     let b: ConnectionsBody = parse(body)?;
     crate::personal::check_user(&b.user)?;
     let mut nodes = node

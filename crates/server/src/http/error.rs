@@ -31,10 +31,15 @@ pub enum ApiError {
     RefusedWith(ErrorCode, String),
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let message = self.to_string();
-        let (status, code) = match &self {
+impl ApiError {
+    /// The Centrifugo error code and message of this failure (what the HTTP body, a batch
+    /// reply and the gRPC API's `error` carry).
+    pub fn code_and_message(&self) -> (u32, String) {
+        (self.status_and_code().1, self.to_string())
+    }
+
+    fn status_and_code(&self) -> (StatusCode, u32) {
+        match self {
             ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::UNAUTHORIZED.code),
             ApiError::BadBody(_) => (StatusCode::BAD_REQUEST, ErrorCode::BAD_REQUEST.code),
             ApiError::Busy => (
@@ -47,7 +52,14 @@ impl IntoResponse for ApiError {
             }
             ApiError::UnknownMethod(_) => (StatusCode::NOT_FOUND, ErrorCode::METHOD_NOT_FOUND.code),
             ApiError::Refused(e) | ApiError::RefusedWith(e, _) => (StatusCode::OK, e.code),
-        };
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let message = self.to_string();
+        let (status, code) = self.status_and_code();
         (
             status,
             Json(json!({ "error": { "code": code, "message": message } })),

@@ -27,7 +27,8 @@ mod page;
 mod personal;
 pub mod ready;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// The node's routes; `api` holds the server API's slots (shared with the gRPC API).
+pub fn router(node: Arc<Node>, api: api::Api) -> Router {
     let pages = if node.config.web_pages {
         page::routes(node.clone())
     } else {
@@ -35,10 +36,7 @@ pub fn router(node: Arc<Node>) -> Router {
     };
     Router::new()
         .route("/connection/websocket", any(websocket))
-        .route(
-            "/api/{method}",
-            post(api::call).with_state(api::Api::new(node.clone())),
-        )
+        .route("/api/{method}", post(api::call).with_state(api))
         .route("/health", get(ready::health))
         .route("/ready", get(ready::ready))
         .route("/metrics", get(metrics))

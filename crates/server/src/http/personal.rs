@@ -2,8 +2,7 @@
 //! channel) and `user_status` (`personal/`). Request bodies are strict (unknown fields
 //! refused); refusals are Centrifugo-style errors with a message saying what was wrong.
 
-use axum::body::Bytes;
-use axum::response::Response;
+use super::api::Answer;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
@@ -41,7 +40,7 @@ impl From<PersonalError> for ApiError {
     }
 }
 
-pub(super) async fn run(node: &Node, method: &str, body: &Bytes) -> Result<Response, ApiError> {
+pub(super) async fn run(node: &Node, method: &str, body: &[u8]) -> Result<Answer, ApiError> {
     if method == "user_publish" {
         let b: UserPublishBody = parse(body)?;
         let r = node

@@ -163,7 +163,7 @@ pub(super) mod tests {
         out.into_iter()
             .filter_map(|o| match o {
                 Out::Frame(b) => Some(b),
-                Out::Unsubscribe { .. } => None,
+                _ => None,
             })
             .collect()
     }

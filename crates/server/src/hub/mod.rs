@@ -42,7 +42,7 @@ pub mod outbox;
 use delivery::hold;
 use frames::{Chain, Frames};
 
-pub use outbox::{Out, Outbox};
+pub use outbox::{Out, Outbox, ServerSubscribe, SubOverrides};
 
 /// A connection's id, unique on this node.
 pub type ConnId = u64;

@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use roomcast_proto::{Disconnect, Format};
+use roomcast_proto::{Disconnect, Format, StreamPosition};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use std::future::poll_fn;
 use std::task::{Context, Poll};
 
@@ -28,6 +30,47 @@ pub enum Out {
     /// The server unsubscribes the connection from a channel.
     /// `code` is the push's (`roomcast_proto::codes::unsubscribe`).
     Unsubscribe { channel: Arc<str>, code: u32 },
+    /// The server subscribes the connection to a channel (server API `subscribe`).
+    Subscribe(Arc<ServerSubscribe>),
+    /// The server sets when the connection expires (server API `refresh`): Unix seconds,
+    /// `None` for never; `info` replaces the connection's info when given.
+    Refresh {
+        expire_at: Option<u64>,
+        info: Option<Box<RawValue>>,
+    },
+}
+
+/// A server-side subscription asked through the server API (`subscribe`): what the
+/// user's connections subscribe to, and how.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ServerSubscribe {
+    pub channel: String,
+    /// Recover from this position (`recover_since`): the subscribe push carries what was
+    /// missed since, as a client's own recovering subscribe would.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recover_since: Option<StreamPosition>,
+    /// Channel info of this subscription (in presence and join/leave), the API's `info`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+    /// Namespace options overridden for this subscription (the API's `override`).
+    #[serde(default)]
+    pub overrides: SubOverrides,
+}
+
+/// The namespace options a server-side subscription may override (`None`: as the
+/// namespace says).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct SubOverrides {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub join_leave: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_push_join_leave: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_positioning: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_recovery: Option<bool>,
 }
 
 #[derive(Default)]

@@ -350,6 +350,24 @@ impl<S: Services> Session<S> {
         Flow::Continue
     }
 
+    /// The server sets when this connection expires (server API `refresh`): Unix seconds,
+    /// `None` for never (the keepalive closes it as expired then). A new `info` is the
+    /// connection info of the subscriptions made from now on.
+    pub fn server_refresh(
+        &mut self,
+        expire_at: Option<u64>,
+        info: Option<Box<serde_json::value::RawValue>>,
+    ) {
+        let Some(identity) = self.identity.as_mut() else {
+            return;
+        };
+        if info.is_some() {
+            identity.conn_info = info;
+        }
+        self.expires_at = expire_at;
+        self.peer.set_expiry(expire_at);
+    }
+
     /// The connection is gone: leave every room, drop presence, unregister.
     pub async fn close(&mut self) {
         self.forget_refresh();

@@ -18,7 +18,7 @@ use super::{Now, Services, Session, Subscription};
 use crate::auth::TokenError;
 use crate::channel::Channel;
 use crate::config::NamespaceOptions;
-use crate::hub::{RoomEvent, SubMode};
+use crate::hub::{RoomEvent, ServerSubscribe, SubMode};
 use crate::node::internal;
 use crate::presence::Members;
 
@@ -178,10 +178,32 @@ impl<S: Services> Session<S> {
         &mut self,
         req: &SubscribeRequest,
     ) -> Result<(SubscribeResult, Option<u64>), ErrorCode> {
+        self.join_as(req, None).await
+    }
+
+    /// `join`, for a server-side subscription when `server` is given: its overrides of the
+    /// namespace options apply, and its `info` is the channel info presence and join/leave
+    /// show for this subscription.
+    async fn join_as(
+        &mut self,
+        req: &SubscribeRequest,
+        server: Option<&ServerSubscribe>,
+    ) -> Result<(SubscribeResult, Option<u64>), ErrorCode> {
         let node = self.node.clone();
         let mut options = Channel::resolve(node.config(), &req.channel)?
             .options
             .clone();
+        let mut identity = self.identity.clone().expect("connected");
+        if let Some(server) = server {
+            let o = &server.overrides;
+            options.presence = o.presence.unwrap_or(options.presence);
+            options.join_leave = o.join_leave.unwrap_or(options.join_leave);
+            options.force_push_join_leave = o
+                .force_push_join_leave
+                .unwrap_or(options.force_push_join_leave);
+            options.force_recovery = o.force_recovery.unwrap_or(options.force_recovery);
+            identity.chan_info.clone_from(&server.info);
+        }
         if self.personal_channel().as_deref() == Some(req.channel.as_str()) {
             // Its only subscribers are the user's own connections: presence and join/leave
             // would tell them nothing (`user_status` says where the user is), at a registry
@@ -264,7 +286,6 @@ impl<S: Services> Session<S> {
             next = Some(pos.offset + 1);
         }
         result.delta = delta;
-        let identity = self.identity.clone().expect("connected");
         if options.presence {
             node.presence_add(&room, identity.clone()).await;
         }
@@ -320,6 +341,49 @@ impl<S: Services> Session<S> {
                     reason: roomcast_proto::codes::unsubscribe::reason(code),
                 },
             ));
+        }
+    }
+
+    /// The server subscribes this connection (server API `subscribe`): as the client's own
+    /// subscribe would (recovering from `recover_since` when given), and the client learns
+    /// it from a subscribe push carrying the result. Already subscribed, a channel that
+    /// does not resolve, or the connection's channel limit reached: nothing happens (the
+    /// API call is answered before its connections act on it; the reason is logged).
+    pub async fn server_subscribe(&mut self, sub: &ServerSubscribe) {
+        if !self.is_connected() || self.subs.contains_key(sub.channel.as_str()) {
+            return;
+        }
+        let own = self
+            .personal_channel()
+            .filter(|c| self.subs.contains_key(c.as_str()));
+        if self.subs.len() - usize::from(own.is_some())
+            >= self.node.config().max_channels_per_connection
+        {
+            tracing::info!(channel = %sub.channel, "server-side subscribe over the channel limit");
+            return;
+        }
+        let since = sub.recover_since.clone();
+        let req = SubscribeRequest {
+            channel: sub.channel.clone(),
+            recover: since.is_some(),
+            epoch: since.as_ref().map(|p| p.epoch.clone()).unwrap_or_default(),
+            offset: since.as_ref().map_or(0, |p| p.offset),
+            positioned: sub.overrides.force_positioning.unwrap_or(false),
+            recoverable: since.is_some(),
+            join_leave: sub.overrides.force_push_join_leave.unwrap_or(false),
+            ..SubscribeRequest::default()
+        };
+        match self.join_as(&req, Some(sub)).await {
+            Ok((result, next)) => {
+                self.reply(
+                    self.format()
+                        .push(&sub.channel, PushBody::Subscribe(&result)),
+                );
+                self.node.activate(&sub.channel, self.conn, next);
+            }
+            Err(e) => {
+                tracing::info!(channel = %sub.channel, code = e.code, "server-side subscribe failed");
+            }
         }
     }
 

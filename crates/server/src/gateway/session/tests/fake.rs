@@ -326,7 +326,7 @@ impl Conn {
             .into_iter()
             .filter_map(|o| match o {
                 Out::Frame(b) => Some(serde_json::from_slice(&b).unwrap()),
-                Out::Unsubscribe { .. } => None,
+                _ => None,
             })
             .collect()
     }
