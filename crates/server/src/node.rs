@@ -48,6 +48,9 @@ pub struct Node {
     pub published: AtomicU64,
     /// Publish rate of each room with recent publications (`publish_rate_per_room`).
     pub room_rates: crate::rate::RoomRates,
+    /// This node's HTTP-streaming and SSE connections by session id, for the emulation
+    /// endpoint (`gateway/emulation.rs`).
+    pub streams: crate::gateway::emulation::Streams,
 }
 
 /// Bytes of a history reply around its publications (`{"id":N,"history":{...}}` or the

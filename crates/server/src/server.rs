@@ -113,6 +113,7 @@ impl Server {
             tasks: TaskTracker::new(),
             published: AtomicU64::new(0),
             room_rates: Default::default(),
+            streams: Default::default(),
             session: config.session(),
             config,
         });

@@ -1,4 +1,5 @@
-//! HTTP surface of a node: the WebSocket endpoint, the server API, health and readiness.
+//! HTTP surface of a node: the connection endpoints (WebSocket; HTTP-streaming, SSE and
+//! their emulation endpoint, served by `gateway/`), the server API, health and readiness.
 //!
 //! The WebSocket handshake is done here rather than by axum's `WebSocketUpgrade`, because
 //! roomcast runs its own lean WebSocket layer (see `gateway/ws.rs`) on the raw socket: the
@@ -27,6 +28,12 @@ pub mod ready;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/connection/websocket", any(websocket))
+        .route(
+            "/connection/http_stream",
+            post(crate::gateway::http_stream::open),
+        )
+        .route("/connection/sse", get(crate::gateway::sse::open))
+        .route("/emulation", post(crate::gateway::emulation::handle))
         .route(
             "/api/{method}",
             post(api::call).with_state(api::Api::new(node.clone())),
@@ -210,7 +217,7 @@ async fn take_socket(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream
 /// clients send no `Origin` and are not affected. An `Origin` that is not ASCII matches
 /// nothing (it is not treated as absent).
 #[allow(clippy::result_large_err)]
-fn check_origin(allowed: &[String], h: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn check_origin(allowed: &[String], h: &HeaderMap) -> Result<(), Response> {
     let Some(origin) = h.get(header::ORIGIN) else {
         return Ok(());
     };

@@ -83,6 +83,9 @@ pub struct Session<S: Services = Node> {
     /// Headers of the upgrade request forwarded to the backend proxies
     /// (`proxy_http_headers`; bounded by the HTTP layer's header limits).
     headers: Vec<(hyper::header::HeaderName, hyper::header::HeaderValue)>,
+    /// The id the emulation endpoint knows this connection's stream by (HTTP-streaming
+    /// and SSE), sent in the connect reply; empty on WebSocket.
+    stream_session: String,
 }
 
 impl<S: Services> Session<S> {
@@ -98,7 +101,13 @@ impl<S: Services> Session<S> {
             subs: HashMap::new(),
             budget,
             headers: Vec::new(),
+            stream_session: String::new(),
         }
+    }
+
+    /// The session id of a stream transport, for the connect reply (see `emulation.rs`).
+    pub fn set_stream_session(&mut self, id: String) {
+        self.stream_session = id;
     }
 
     /// Headers of the client's upgrade request to forward to the backend proxies.
@@ -287,6 +296,7 @@ impl<S: Services> Session<S> {
             subs,
             ping: self.node.config().ping_interval_secs as u32,
             pong: true,
+            session: self.stream_session.clone(),
             node: self.node.node_id().to_owned(),
         };
         tracing::info!(client = %result.client, user = %claims.sub, "connected");
