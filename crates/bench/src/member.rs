@@ -6,7 +6,8 @@
 //! missing-count.
 
 use crate::stats::{Hists, Live};
-use crate::target::Target;
+use crate::stream::StreamConn;
+use crate::target::{Target, Transport};
 use crate::tracker::{Seen, Tracker};
 use crate::wire::{self, Incoming, Position, Ws};
 use anyhow::Result;
@@ -20,6 +21,46 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// How many times a member tries to (re)join before giving up; bounded so a dead server ends the run.
 const JOIN_ATTEMPTS: u32 = 6;
+
+/// A member's connection: a WebSocket, or a stream with its emulation requests.
+enum Conn {
+    Ws(Box<Ws>),
+    Stream(Box<StreamConn>),
+}
+
+impl Conn {
+    /// The next text message (WebSocket) or frame (stream); `None` when the connection ended
+    /// or failed.
+    async fn next_text(&mut self) -> Option<String> {
+        match self {
+            Conn::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Some(t.as_str().to_owned()),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            },
+            Conn::Stream(s) => s.next_text().await.ok().flatten(),
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        match self {
+            Conn::Ws(ws) => {
+                let _ = ws.send(Message::text(text.to_owned())).await;
+            }
+            Conn::Stream(s) => {
+                let _ = s.send(text).await;
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Conn::Ws(mut ws) = self {
+            let _ = Ws::close(&mut ws, None).await;
+        }
+    }
+}
 
 /// What the group tells its members; a watch channel, so late readers still see the latest order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,21 +155,20 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
         // Receive until stopped, dropped by a storm, or disconnected.
         loop {
             tokio::select! {
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(t))) => {
+                msg = ws.next_text() => match msg {
+                    Some(t) => {
                         let mut out = Vec::new();
-                        wire::decode(shared.target.kind, t.as_str(), &mut out);
+                        wire::decode(shared.target.kind, &t, &mut out);
                         for m in out {
                             match m {
                                 Incoming::Delivery(d) => on_delivery(&shared, &me, &mut tracker, &mut pos, d, true),
-                                Incoming::Ping(p) => { let _ = ws.send(Message::text(p)).await; }
+                                Incoming::Ping(p) => ws.send(p).await,
                                 _ => {}
                             }
                         }
                     }
-                    Some(Ok(_)) => {}
                     // Closed by the server (e.g. slow-consumer disconnect) or the socket failed.
-                    _ => {
+                    None => {
                         if shared.target.recovers() {
                             shared.live.reconnects.fetch_add(1, Relaxed);
                             break;
@@ -142,7 +182,7 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                     let c = *cmd.borrow_and_update();
                     match (changed, c) {
                         (Err(_), _) | (_, Cmd::Stop) => {
-                            let _ = ws.close(None).await;
+                            ws.close().await;
                             return tracker;
                         }
                         (_, Cmd::Drop(_) | Cmd::Reconnect(_)) => {
@@ -255,7 +295,7 @@ async fn join_with_retries(
     gate: &Semaphore,
     me: &Member,
     pos: Option<&Position>,
-) -> Result<(Ws, wire::Joined)> {
+) -> Result<(Conn, wire::Joined)> {
     let mut last = None;
     for attempt in 0..JOIN_ATTEMPTS {
         if attempt > 0 {
@@ -284,12 +324,16 @@ async fn join_once(
     shared: &Shared,
     me: &Member,
     pos: Option<&Position>,
-) -> Result<(Ws, wire::Joined)> {
+) -> Result<(Conn, wire::Joined)> {
     let t = &shared.target;
-    let mut ws = wire::open(me.src, t.addr(), &wire::path(t, me.room, false)).await?;
     let user = format!("m{}", me.idx);
+    if t.transport != Transport::Websocket {
+        let (s, j) = crate::stream::join(me.src, t, me.room, &user, pos).await?;
+        return Ok((Conn::Stream(Box::new(s)), j));
+    }
+    let mut ws = wire::open(me.src, t.addr(), &wire::path(t, me.room, false)).await?;
     let j = wire::join(&mut ws, t, me.room, &user, pos).await?;
-    Ok((ws, j))
+    Ok((Conn::Ws(Box::new(ws)), j))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@
 //! `kind=limit` (no addr: the bench starts its own raw fan-out server as a child process)
 //! `kind=socketio,addr=127.0.0.1:3000,pid=11+12` (CPU is summed over all `+`-separated pids)
 //! `kind=pusher,addr=127.0.0.1:6001,pid=13,app_id=1,key=k,secret=s` (Sockudo)
+//! `kind=roomcast,addr=...,transport=sse` (members over SSE or `http_stream`; publishers stay on
+//! WebSocket)
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -24,6 +26,40 @@ pub(crate) enum Kind {
     Pusher,
 }
 
+/// How roomcast members connect (publishers always use WebSocket): `--transport` or the
+/// spec's `transport=`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Transport {
+    #[default]
+    Websocket,
+    /// `GET /connection/sse` with emulation (`stream.rs`).
+    Sse,
+    /// `POST /connection/http_stream` with emulation (`stream.rs`).
+    #[value(name = "http_stream")]
+    HttpStream,
+}
+
+impl Transport {
+    pub(crate) fn parse(v: &str) -> Result<Transport> {
+        Ok(match v {
+            "websocket" => Transport::Websocket,
+            "sse" => Transport::Sse,
+            "http_stream" | "http-stream" => Transport::HttpStream,
+            _ => bail!("unknown transport `{v}` (websocket, sse, http_stream)"),
+        })
+    }
+
+    /// The suffix of a target's name in tables ("" for WebSocket).
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            Transport::Websocket => "",
+            Transport::Sse => "-sse",
+            Transport::HttpStream => "-http_stream",
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) struct Target {
     /// Name used in tables and plots (defaults to the kind).
@@ -40,6 +76,9 @@ pub(crate) struct Target {
     /// Pusher app id and key.
     pub app_id: Option<String>,
     pub app_key: Option<String>,
+    /// roomcast: the members' transport.
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 impl Target {
@@ -53,6 +92,7 @@ impl Target {
             api_key: None,
             app_id: None,
             app_key: None,
+            transport: Transport::Websocket,
         };
         let mut kind = None;
         for kv in spec.split(',').filter(|s| !s.is_empty()) {
@@ -82,6 +122,7 @@ impl Target {
                 "api_key" => t.api_key = Some(v.to_string()),
                 "app_id" => t.app_id = Some(v.to_string()),
                 "key" | "app_key" => t.app_key = Some(v.to_string()),
+                "transport" => t.transport = Transport::parse(v)?,
                 _ => bail!("unknown target key `{k}`"),
             }
         }
@@ -94,6 +135,9 @@ impl Target {
                 Kind::Pusher => "sockudo",
             }
             .to_string();
+        }
+        if t.transport != Transport::Websocket && t.kind != Kind::Roomcast {
+            bail!("only roomcast targets speak the sse and http_stream transports");
         }
         let only_loopback = t.addr.is_none_or(|a| a.ip().is_loopback());
         if !only_loopback {
@@ -134,5 +178,8 @@ mod tests {
         );
         assert!(Target::parse("kind=roomcast,addr=10.0.0.1:80").is_err());
         assert!(Target::parse("kind=limit").unwrap().addr.is_none());
+        let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,transport=sse").unwrap();
+        assert_eq!(t.transport, Transport::Sse);
+        assert!(Target::parse("kind=limit,transport=sse").is_err());
     }
 }
