@@ -8,7 +8,7 @@
 
 use crate::http::HttpConn;
 use crate::target::{Target, Transport};
-use crate::wire::{self, Delivery, Incoming, Joined, Payload, Position};
+use crate::wire::{self, Incoming, Joined, Position};
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -244,23 +244,7 @@ async fn join_inner(
         .await?;
     let mut after = Joined::default();
     let reply = expect(&mut conn, &mut after, 2).await?;
-    let r = &reply["subscribe"];
-    joined.position = Some(Position {
-        offset: r["offset"].as_u64().unwrap_or(0),
-        epoch: r["epoch"].as_str().unwrap_or_default().to_string(),
-    });
-    if recover.is_some() {
-        joined.recovered = Some(r["recovered"].as_bool().unwrap_or(false));
-    }
-    for p in r["publications"].as_array().into_iter().flatten() {
-        let payload: Payload = serde_json::from_value(p["data"].clone())
-            .context("recovered publication without bench payload")?;
-        let offset = p["offset"].as_u64();
-        if let (Some(o), Some(pos)) = (offset, joined.position.as_mut()) {
-            pos.offset = pos.offset.max(o);
-        }
-        joined.backlog.push(Delivery { payload, offset });
-    }
+    wire::subscribed(&reply["subscribe"], recover.is_some(), &mut joined)?;
     joined.backlog.append(&mut after.backlog);
     Ok((conn, joined))
 }
