@@ -51,10 +51,20 @@ async fn subscribe_publish_history_presence_over_http_stream_and_sse() {
             (json!({"n": 2}), Some(2))
         );
 
+        if kind == Kind::Sse {
+            // Data as the client wrote it, line breaks and all: one event, its lines in
+            // data fields.
+            let raw = format!(
+                "{{\"id\":60,\"publish\":{{\"channel\":\"{room}\",\"data\":{{\"n\":\r\n3}}}}}}"
+            );
+            assert_eq!(c.send(&raw).await, 204);
+            assert_eq!(c.next_pub(&room).await["data"], json!({"n": 3}));
+        }
         let h = c
             .call(json!({"history": {"channel": room, "limit": 10}}))
             .await;
-        assert_eq!(h["history"]["publications"].as_array().unwrap().len(), 2);
+        let want = if kind == Kind::Sse { 3 } else { 2 };
+        assert_eq!(h["history"]["publications"].as_array().unwrap().len(), want);
         assert_eq!(h["history"]["epoch"], epoch.as_str());
         let p = c.call(json!({"presence": {"channel": room}})).await;
         assert_eq!(p["presence"]["presence"].as_object().unwrap().len(), 1);

@@ -85,10 +85,16 @@ impl Transport for StreamWire {
     fn write(&mut self, frame: &[u8]) {
         match (self.framing, self.format) {
             (Framing::EventStream, _) => {
-                // A JSON frame is one line (compact encoding), so one `data:` field.
-                self.out.extend_from_slice(b"data: ");
-                self.out.extend_from_slice(frame);
-                self.out.extend_from_slice(b"\n\n");
+                // One `data:` field per line: a frame is compact JSON, but publication data
+                // is sent as the client wrote it and may hold line breaks (whitespace between
+                // JSON tokens; inside strings they are escaped). The EventSource joins the
+                // fields with `\n`, which is the same JSON.
+                for line in frame.split(|b| *b == b'\n' || *b == b'\r') {
+                    self.out.extend_from_slice(b"data: ");
+                    self.out.extend_from_slice(line);
+                    self.out.extend_from_slice(b"\n");
+                }
+                self.out.extend_from_slice(b"\n");
             }
             (Framing::Stream, Format::Json) => {
                 self.out.extend_from_slice(frame);
@@ -304,5 +310,44 @@ async fn sleep_until(due: Option<Instant>) {
     match due {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(framing: Framing, format: Format, frames: &[&[u8]]) -> Vec<u8> {
+        let mut w = StreamWire::new("t", format, framing);
+        let frames: Vec<Bytes> = frames.iter().map(|f| Bytes::copy_from_slice(f)).collect();
+        w.write_many(&frames);
+        w.out.to_vec()
+    }
+
+    #[test]
+    fn frames_are_laid_out_as_the_sdks_read_them() {
+        let lines = written(Framing::Stream, Format::Json, &[b"{}", b"{\"id\":1}"]);
+        assert_eq!(lines, b"{}\n{\"id\":1}\n");
+        let pb = written(Framing::Stream, Format::Protobuf, &[&[1, 8], &[0]]);
+        assert_eq!(pb, [1, 8, 0]);
+        let sse = written(
+            Framing::EventStream,
+            Format::Json,
+            &[b"{}", b"{\"a\":\r\n1}"],
+        );
+        assert_eq!(sse, b"data: {}\n\ndata: {\"a\":\ndata: \ndata: 1}\n\n");
+    }
+
+    #[test]
+    fn a_close_is_a_disconnect_push() {
+        let mut w = StreamWire::new("t", Format::Json, Framing::Stream);
+        w.close(3008, "slow");
+        let v: serde_json::Value = serde_json::from_slice(&w.out[..w.out.len() - 1]).unwrap();
+        assert_eq!(v["push"]["disconnect"]["code"], 3008);
+        assert_eq!(v["push"]["disconnect"]["reconnect"], true);
+        let mut w = StreamWire::new("t", Format::Json, Framing::Stream);
+        w.close(3501, "bad request");
+        let v: serde_json::Value = serde_json::from_slice(&w.out[..w.out.len() - 1]).unwrap();
+        assert_eq!(v["push"]["disconnect"]["reconnect"], false);
     }
 }

@@ -201,11 +201,16 @@ impl Stream {
                         return;
                     };
                     let line = self.buf.split_to(at + sep.len());
-                    let mut text = std::str::from_utf8(&line[..at]).unwrap();
+                    let mut text = std::str::from_utf8(&line[..at]).unwrap().to_owned();
                     if self.kind == Kind::Sse {
-                        text = text.strip_prefix("data: ").expect("an SSE data event");
+                        // An event's data fields, joined with newlines as EventSource does.
+                        let fields: Vec<&str> = text
+                            .split('\n')
+                            .map(|l| l.strip_prefix("data: ").expect("an SSE data field"))
+                            .collect();
+                        text = fields.join("\n");
                     }
-                    let v: Value = serde_json::from_str(text).unwrap();
+                    let v: Value = serde_json::from_str(&text).unwrap();
                     if v.as_object().is_some_and(serde_json::Map::is_empty) {
                         if self.auto_pong {
                             assert_eq!(self.send("{}").await, 204);
