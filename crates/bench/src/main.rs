@@ -25,6 +25,7 @@ mod report;
 mod scenario;
 mod stats;
 mod storm;
+mod stream;
 mod target;
 mod tracker;
 mod wire;

@@ -8,7 +8,8 @@
 
 use crate::digest::{DigestTrack, SubOpts};
 use crate::stats::{Hists, Live};
-use crate::target::Target;
+use crate::stream::StreamConn;
+use crate::target::{Target, Transport};
 use crate::tracker::{Seen, Tracker};
 use crate::wire::{self, Ask, Incoming, Position, Ws};
 use anyhow::Result;
@@ -25,6 +26,46 @@ const JOIN_ATTEMPTS: u32 = 6;
 
 /// Chat targets: how often a member moves its read cursor to the newest offset it has received.
 const READ_EVERY: Duration = Duration::from_secs(1);
+
+/// A member's connection: a WebSocket, or a stream with its emulation requests.
+enum Conn {
+    Ws(Box<Ws>),
+    Stream(Box<StreamConn>),
+}
+
+impl Conn {
+    /// The next text message (WebSocket) or frame (stream); `None` when the connection ended
+    /// or failed.
+    async fn next_text(&mut self) -> Option<String> {
+        match self {
+            Conn::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => return Some(t.as_str().to_owned()),
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            },
+            Conn::Stream(s) => s.next_text().await.ok().flatten(),
+        }
+    }
+
+    async fn send(&mut self, text: &str) {
+        match self {
+            Conn::Ws(ws) => {
+                let _ = ws.send(Message::text(text.to_owned())).await;
+            }
+            Conn::Stream(s) => {
+                let _ = s.send(text).await;
+            }
+        }
+    }
+
+    async fn close(self) {
+        if let Conn::Ws(mut ws) = self {
+            let _ = Ws::close(&mut ws, None).await;
+        }
+    }
+}
 
 /// What the group tells its members; a watch channel, so late readers still see the latest order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -150,17 +191,17 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                         read_id += 1;
                         let cmd = serde_json::json!({"id": read_id, "rpc": {"method": "roomcast.read",
                             "data": {"channel": wire::channel(me.room), "offset": newest}}});
-                        let _ = ws.send(Message::text(cmd.to_string())).await;
+                        ws.send(&cmd.to_string()).await;
                     }
                 }
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(t))) => {
+                msg = ws.next_text() => match msg {
+                    Some(t) => {
                         let mut out = Vec::new();
-                        wire::decode(shared.target.kind, t.as_str(), &mut out);
+                        wire::decode(shared.target.kind, &t, &mut out);
                         for m in out {
                             match m {
                                 Incoming::Delivery(d) => on_delivery(&shared, &me, (&mut tracker, &mut digest), &mut pos, d, true),
-                                Incoming::Ping(p) => { let _ = ws.send(Message::text(p)).await; }
+                                Incoming::Ping(p) => ws.send(p).await,
                                 Incoming::JoinLeave => { shared.live.join_leave_pushes.fetch_add(1, Relaxed); }
                                 // A member sends no publishes: a refused command is its cursor read.
                                 Incoming::Reply { ok } | Incoming::Ack { ok, .. } => {
@@ -171,9 +212,8 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                             }
                         }
                     }
-                    Some(Ok(_)) => {}
                     // Closed by the server (e.g. slow-consumer disconnect) or the socket failed.
-                    _ => {
+                    None => {
                         if shared.target.recovers() {
                             shared.live.reconnects.fetch_add(1, Relaxed);
                             break;
@@ -187,7 +227,7 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                     let c = *cmd.borrow_and_update();
                     match (changed, c) {
                         (Err(_), _) | (_, Cmd::Stop) => {
-                            let _ = ws.close(None).await;
+                            ws.close().await;
                             return Outcome { tracker, digest };
                         }
                         (_, Cmd::Drop(_) | Cmd::Reconnect(_)) => {
@@ -305,7 +345,7 @@ async fn join_with_retries(
     gate: &Semaphore,
     me: &Member,
     pos: Option<&Position>,
-) -> Result<(Ws, wire::Joined)> {
+) -> Result<(Conn, wire::Joined)> {
     let mut last = None;
     for attempt in 0..JOIN_ATTEMPTS {
         if attempt > 0 {
@@ -334,17 +374,22 @@ async fn join_once(
     shared: &Shared,
     me: &Member,
     pos: Option<&Position>,
-) -> Result<(Ws, wire::Joined)> {
+) -> Result<(Conn, wire::Joined)> {
     let t = &shared.target;
+    let user = format!("m{}", me.idx);
+    if t.transport != Transport::Websocket {
+        // Stream members ask for neither join/leave nor digests.
+        let (s, j) = crate::stream::join(me.src, t, me.room, &user, pos).await?;
+        return Ok((Conn::Stream(Box::new(s)), j));
+    }
     let addr = t.member_addr(me.idx);
     let mut ws = wire::open(me.src, addr, &wire::path(t, me.room, false)).await?;
-    let user = format!("m{}", me.idx);
     let ask = Ask {
         join_leave: shared.opts.join_leave,
         digest: me.digest,
     };
     let j = wire::join(&mut ws, t, me.room, &user, pos, ask).await?;
-    Ok((ws, j))
+    Ok((Conn::Ws(Box::new(ws)), j))
 }
 
 #[cfg(test)]

@@ -17,6 +17,10 @@ pub(crate) struct RunArgs {
     pub target: Vec<String>,
     #[arg(long)]
     pub no_limit: bool,
+    /// The transport of roomcast members (publishers always use WebSocket): fan-out into
+    /// SSE or HTTP-streaming responses with emulation, beside the limit baseline.
+    #[arg(long, value_enum)]
+    pub transport: Option<crate::target::Transport>,
     /// Limit server processes sharing one port (SO_REUSEPORT); above 1 the limit runs idle only, to
     /// hold more connections than one process's 20,000 files.
     #[arg(long, default_value_t = 1)]
@@ -141,6 +145,12 @@ impl RunArgs {
             .iter()
             .map(|s| Target::parse(s))
             .collect::<Result<_>>()?;
+        if let Some(tr) = self.transport {
+            for t in ts.iter_mut().filter(|t| t.kind == Kind::Roomcast) {
+                t.transport = tr;
+                t.name.push_str(tr.suffix());
+            }
+        }
         if !self.no_limit && !ts.iter().any(|t| t.kind == Kind::Limit) {
             ts.push(Target::parse("kind=limit")?);
         }

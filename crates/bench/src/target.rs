@@ -10,6 +10,8 @@
 //! nodes of one cluster: member `idx` joins node `idx % nodes`, publishers and the server API use the
 //! first; CPU and RSS are summed over one pid per node; `redis=` is the cluster's bus, whose byte
 //! counters give the bus traffic per publication)
+//! `kind=roomcast,addr=...,transport=sse` (members over SSE or `http_stream`; publishers stay on
+//! WebSocket)
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -26,6 +28,40 @@ pub(crate) enum Kind {
     SocketIo,
     /// Pusher protocol 7 (Sockudo); publishes go through the signed REST API.
     Pusher,
+}
+
+/// How roomcast members connect (publishers always use WebSocket): `--transport` or the
+/// spec's `transport=`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Transport {
+    #[default]
+    Websocket,
+    /// `GET /connection/sse` with emulation (`stream.rs`).
+    Sse,
+    /// `POST /connection/http_stream` with emulation (`stream.rs`).
+    #[value(name = "http_stream")]
+    HttpStream,
+}
+
+impl Transport {
+    pub(crate) fn parse(v: &str) -> Result<Transport> {
+        Ok(match v {
+            "websocket" => Transport::Websocket,
+            "sse" => Transport::Sse,
+            "http_stream" | "http-stream" => Transport::HttpStream,
+            _ => bail!("unknown transport `{v}` (websocket, sse, http_stream)"),
+        })
+    }
+
+    /// The suffix of a target's name in tables ("" for WebSocket).
+    pub(crate) fn suffix(self) -> &'static str {
+        match self {
+            Transport::Websocket => "",
+            Transport::Sse => "-sse",
+            Transport::HttpStream => "-http_stream",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -57,6 +93,9 @@ pub(crate) struct Target {
     /// a chat client with the room open does. Pair with a `members_only` namespace on the server.
     #[serde(default)]
     pub chat: bool,
+    /// roomcast: the members' transport.
+    #[serde(default)]
+    pub transport: Transport,
 }
 
 impl Target {
@@ -73,6 +112,7 @@ impl Target {
             app_id: None,
             app_key: None,
             chat: false,
+            transport: Transport::Websocket,
         };
         let mut kind = None;
         for kv in spec.split(',').filter(|s| !s.is_empty()) {
@@ -110,6 +150,7 @@ impl Target {
                 "app_id" => t.app_id = Some(v.to_string()),
                 "key" | "app_key" => t.app_key = Some(v.to_string()),
                 "chat" => t.chat = matches!(v, "1" | "true" | "yes"),
+                "transport" => t.transport = Transport::parse(v)?,
                 _ => bail!("unknown target key `{k}`"),
             }
         }
@@ -122,6 +163,9 @@ impl Target {
                 Kind::Pusher => "sockudo",
             }
             .to_string();
+        }
+        if t.transport != Transport::Websocket && t.kind != Kind::Roomcast {
+            bail!("only roomcast targets speak the sse and http_stream transports");
         }
         let mut every = t.addr.iter().chain(&t.more_addrs).chain(&t.redis);
         if let Some(a) = every.find(|a| !a.ip().is_loopback()) {
@@ -192,6 +236,9 @@ mod tests {
         );
         assert!(Target::parse("kind=roomcast,addr=10.0.0.1:80").is_err());
         assert!(Target::parse("kind=limit").unwrap().addr.is_none());
+        let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,transport=sse").unwrap();
+        assert_eq!(t.transport, Transport::Sse);
+        assert!(Target::parse("kind=limit,transport=sse").is_err());
     }
 
     #[test]

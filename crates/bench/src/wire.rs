@@ -220,23 +220,7 @@ async fn join_inner(
             })
             .await?;
             check_error(&reply, "subscribe")?;
-            let r = &reply["subscribe"];
-            joined.position = Some(Position {
-                offset: r["offset"].as_u64().unwrap_or(0),
-                epoch: r["epoch"].as_str().unwrap_or_default().to_string(),
-            });
-            if recover.is_some() {
-                joined.recovered = Some(r["recovered"].as_bool().unwrap_or(false));
-            }
-            for p in r["publications"].as_array().into_iter().flatten() {
-                let payload: Payload = serde_json::from_value(p["data"].clone())
-                    .context("recovered publication without bench payload")?;
-                let offset = p["offset"].as_u64();
-                if let (Some(o), Some(pos)) = (offset, joined.position.as_mut()) {
-                    pos.offset = pos.offset.max(o);
-                }
-                joined.backlog.push(Delivery { payload, offset });
-            }
+            subscribed(&reply["subscribe"], recover.is_some(), &mut joined)?;
             joined.backlog.append(&mut after.backlog);
         }
         Kind::SocketIo => {
@@ -254,6 +238,28 @@ async fn join_inner(
         }
     }
     Ok(joined)
+}
+
+/// Reads a roomcast subscribe result into `joined`: the position, whether it recovered (when
+/// asked to), and the recovered publications (WebSocket and stream members alike).
+pub(crate) fn subscribed(r: &Value, asked_recovery: bool, joined: &mut Joined) -> Result<()> {
+    joined.position = Some(Position {
+        offset: r["offset"].as_u64().unwrap_or(0),
+        epoch: r["epoch"].as_str().unwrap_or_default().to_string(),
+    });
+    if asked_recovery {
+        joined.recovered = Some(r["recovered"].as_bool().unwrap_or(false));
+    }
+    for p in r["publications"].as_array().into_iter().flatten() {
+        let payload: Payload = serde_json::from_value(p["data"].clone())
+            .context("recovered publication without bench payload")?;
+        let offset = p["offset"].as_u64();
+        if let (Some(o), Some(pos)) = (offset, joined.position.as_mut()) {
+            pos.offset = pos.offset.max(o);
+        }
+        joined.backlog.push(Delivery { payload, offset });
+    }
+    Ok(())
 }
 
 /// The connection-level handshake without joining a room (publishers use this alone).

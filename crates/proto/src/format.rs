@@ -96,6 +96,26 @@ impl Format {
         }
     }
 
+    /// The disconnect push (`{"push":{"disconnect":{...}}}`): how a transport with no close
+    /// frame of its own (HTTP-streaming, SSE) tells the SDK why the stream ends and
+    /// whether to reconnect.
+    pub fn disconnect(self, code: u16, reason: &str, reconnect: bool) -> Bytes {
+        match self {
+            Format::Json => reply::encode_disconnect(code, reason, reconnect),
+            Format::Protobuf => protobuf::delimited(&wire::Reply {
+                push: Some(wire::Push {
+                    disconnect: Some(wire::Disconnect {
+                        code: code.into(),
+                        reason: reason.to_owned(),
+                        reconnect,
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        }
+    }
+
     /// The server's ping: `{}`, or an empty reply (one zero length byte).
     pub fn ping(self) -> Bytes {
         match self {

@@ -13,6 +13,7 @@
 pub mod codes;
 pub mod command;
 pub mod data;
+pub mod emulation;
 pub mod format;
 pub mod fossil;
 pub mod protobuf;

@@ -128,6 +128,10 @@ pub struct ConnectResult {
     pub ping: u32,
     /// Whether the client must answer pings.
     pub pong: bool,
+    /// The stream's session id over the HTTP-streaming and SSE transports: the SDK sends
+    /// it with every command it POSTs to the emulation endpoint. Empty on WebSocket.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub session: String,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub node: String,
 }
@@ -286,6 +290,14 @@ pub fn encode_push(channel: &str, body: PushBody<'_>) -> Bytes {
     )
 }
 
+/// `{"push":{"disconnect":{"code":C,"reason":"...","reconnect":B}}}`.
+pub fn encode_disconnect(code: u16, reason: &str, reconnect: bool) -> Bytes {
+    let body = serde_json::json!({
+        "push": {"disconnect": {"code": code, "reason": reason, "reconnect": reconnect}}
+    });
+    Bytes::from(serde_json::to_vec(&body).expect("disconnect push serializes"))
+}
+
 /// The server's ping: an empty object.
 pub const PING: &[u8] = b"{}";
 
@@ -351,6 +363,15 @@ mod tests {
             serde_json::from_str::<String>(s.data.get()).unwrap(),
             p.data.get()
         );
+    }
+
+    #[test]
+    fn disconnect_push() {
+        let v: serde_json::Value =
+            serde_json::from_slice(&encode_disconnect(3008, "slow", true)).unwrap();
+        assert_eq!(v["push"]["disconnect"]["code"], 3008);
+        assert_eq!(v["push"]["disconnect"]["reason"], "slow");
+        assert_eq!(v["push"]["disconnect"]["reconnect"], true);
     }
 
     #[test]

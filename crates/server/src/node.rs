@@ -52,6 +52,9 @@ pub struct Node {
     pub room_rates: crate::rate::RoomRates,
     /// Offline notifications (`notify/`), when a namespace has `notify_offline`.
     pub notifier: Option<Arc<crate::notify::Notifier>>,
+    /// This node's HTTP-streaming and SSE connections by session id, for the emulation
+    /// endpoint (`gateway/emulation.rs`).
+    pub streams: crate::gateway::emulation::Streams,
 }
 
 /// Bytes of a history reply around its publications (`{"id":N,"history":{...}}` or the

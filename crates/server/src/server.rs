@@ -123,6 +123,7 @@ impl Server {
             published: AtomicU64::new(0),
             room_rates: Default::default(),
             notifier,
+            streams: Default::default(),
             session: config.session(),
             config,
         });

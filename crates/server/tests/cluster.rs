@@ -826,17 +826,7 @@ async fn nginx_sticky_load_balancer_in_front_of_the_cluster() {
         })
         .collect();
     let lb_port = free_port();
-    let example = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/nginx/roomcast.conf"
-    ))
-    .unwrap();
-    let conf = example
-        .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", ports[0]))
-        .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", ports[1]))
-        .replace("127.0.0.1:8003", &format!("127.0.0.1:{}", ports[2]))
-        .replace("127.0.0.1:8000", &format!("127.0.0.1:{lb_port}"));
-    let lb = Nginx::start(lb_port, &conf);
+    let lb = Nginx::start_example(lb_port, [ports[0], ports[1], ports[2]]);
     let lb_addr = lb.addr();
     let url = format!("ws://{lb_addr}/connection/websocket");
     // Two clients through the balancer (sticky: both land on one node) and one direct.

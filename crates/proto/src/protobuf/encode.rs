@@ -137,6 +137,7 @@ impl ReplyResult for ConnectResult {
                 .collect(),
             ping: self.ping,
             pong: self.pong,
+            session: self.session.clone(),
             node: self.node.clone(),
         });
     }

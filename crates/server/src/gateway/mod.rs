@@ -10,12 +10,20 @@
 //! - `transport.rs`: the `Transport` seam (name, format, write, write_many, close);
 //! - `websocket.rs`: the WebSocket transport and its socket pump (RFC 6455 framing from
 //!   the `roomcast-ws` crate), including the write timeout that tears down a connection
-//!   whose peer stops reading.
+//!   whose peer stops reading;
+//! - `stream.rs`: the one-way stream transports' pump (outbox into a streamed response
+//!   body), used by `http_stream.rs` (HTTP-streaming) and `sse.rs` (server-sent events);
+//! - `emulation.rs`: the bidirectional emulation endpoint that carries a stream client's
+//!   commands to its stream, and the registry of this node's streams.
 //!
 //! Whatever ends the connection, the session leaves its rooms before the task ends.
 
 mod commands;
+pub mod emulation;
+pub mod http_stream;
 pub mod session;
+pub mod sse;
+mod stream;
 pub mod transport;
 pub mod websocket;
 

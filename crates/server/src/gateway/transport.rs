@@ -1,8 +1,8 @@
 //! The seam between a session and the wire, cut as centrifuge cuts it: a transport has a
 //! name and a format, and moves frames the session already encoded (`write`,
 //! `write_many`) and the end of the connection (`close`). The session never knows which
-//! transport carries it; WebSocket is the one today (`websocket.rs`), SSE and HTTP
-//! streaming are the next, each one more file implementing this trait.
+//! transport carries it: WebSocket (`websocket.rs`), and HTTP-streaming and SSE
+//! (`stream.rs`, one implementation for both, framing the body each its own way).
 
 use bytes::Bytes;
 

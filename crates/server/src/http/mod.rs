@@ -1,4 +1,5 @@
-//! HTTP surface of a node: the WebSocket endpoint, the server API, health and readiness,
+//! HTTP surface of a node: the connection endpoints (WebSocket; HTTP-streaming, SSE and
+//! their emulation endpoint, served by `gateway/`), the server API, health and readiness,
 //! metrics, and the embedded chat and admin pages (`page/`, unless `web_pages` is off).
 //!
 //! The WebSocket handshake is done here rather than by axum's `WebSocketUpgrade`, because
@@ -36,6 +37,12 @@ pub fn router(node: Arc<Node>, api: api::Api) -> Router {
     };
     Router::new()
         .route("/connection/websocket", any(websocket))
+        .route(
+            "/connection/http_stream",
+            post(crate::gateway::http_stream::open),
+        )
+        .route("/connection/sse", get(crate::gateway::sse::open))
+        .route("/emulation", post(crate::gateway::emulation::handle))
         .route("/api/{method}", post(api::call).with_state(api))
         .route("/health", get(ready::health))
         .route("/ready", get(ready::ready))
@@ -217,7 +224,7 @@ async fn take_socket(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<(TcpStream
 /// clients send no `Origin` and are not affected. An `Origin` that is not ASCII matches
 /// nothing (it is not treated as absent).
 #[allow(clippy::result_large_err)]
-fn check_origin(allowed: &[String], h: &HeaderMap) -> Result<(), Response> {
+pub(crate) fn check_origin(allowed: &[String], h: &HeaderMap) -> Result<(), Response> {
     let Some(origin) = h.get(header::ORIGIN) else {
         return Ok(());
     };

@@ -49,6 +49,22 @@ impl Nginx {
         n
     }
 
+    /// Starts the deploy/ example (`deploy/nginx/roomcast.conf`) on `port`, in front of the
+    /// three nodes listening on `nodes` (its 127.0.0.1:8001-8003 replaced by them).
+    pub fn start_example(port: u16, nodes: [u16; 3]) -> Nginx {
+        let example = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../deploy/nginx/roomcast.conf"
+        ))
+        .expect("deploy/nginx/roomcast.conf");
+        let conf = example
+            .replace("127.0.0.1:8001", &format!("127.0.0.1:{}", nodes[0]))
+            .replace("127.0.0.1:8002", &format!("127.0.0.1:{}", nodes[1]))
+            .replace("127.0.0.1:8003", &format!("127.0.0.1:{}", nodes[2]))
+            .replace("127.0.0.1:8000", &format!("127.0.0.1:{port}"));
+        Nginx::start(port, &conf)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], self.port))
     }

@@ -89,6 +89,9 @@ pub struct Session<S: Services = Node> {
     refreshed: Option<Arc<crate::proxy::Refreshed>>,
     /// Something of this session is registered with the node's refresher.
     refreshing: bool,
+    /// The id the emulation endpoint knows this connection's stream by (HTTP-streaming
+    /// and SSE), sent in the connect reply; empty on WebSocket.
+    stream_session: String,
 }
 
 impl<S: Services> Session<S> {
@@ -106,7 +109,13 @@ impl<S: Services> Session<S> {
             headers: Vec::new(),
             refreshed: None,
             refreshing: false,
+            stream_session: String::new(),
         }
+    }
+
+    /// The session id of a stream transport, for the connect reply (see `emulation.rs`).
+    pub fn set_stream_session(&mut self, id: String) {
+        self.stream_session = id;
     }
 
     /// Headers of the client's upgrade request to forward to the backend proxies.
@@ -306,6 +315,7 @@ impl<S: Services> Session<S> {
             subs,
             ping: self.node.config().ping_interval_secs as u32,
             pong: true,
+            session: self.stream_session.clone(),
             node: self.node.node_id().to_owned(),
         };
         tracing::info!(client = %result.client, user = %claims.sub, "connected");
