@@ -41,6 +41,10 @@ pub struct Publication {
     pub offset: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub info: Option<ClientInfo>,
+    /// Centrifugo's publication tags; roomcast sets `{"deleted": "<offset>"}` on a deleted
+    /// publication (history, recovery) and on the live notice of a deletion.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tags: Option<HashMap<String, String>>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -235,6 +239,7 @@ mod tests {
             data: raw("{\"text\":\"hi\"}"),
             offset: 7,
             info: Some(ClientInfo::new("alice", "c1")),
+            tags: None,
         };
         let b = encode_push("chat:1", PushBody::Pub(&p));
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();

@@ -29,6 +29,9 @@ pub enum Envelope {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         i: Option<ClientInfo>,
         ts: i64,
+        /// A tombstone or deletion notice: the deleted offset (`Message::tombstone`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        del: Option<u64>,
     },
     Join {
         n: String,
@@ -89,6 +92,7 @@ impl Envelope {
                 d: m.data.clone(),
                 i: m.info.clone(),
                 ts: m.ts_ms,
+                del: m.tombstone,
             },
             RoomEvent::Join { room, info } => Envelope::Join {
                 n: node.into(),
@@ -179,6 +183,7 @@ impl Envelope {
                 d,
                 i,
                 ts,
+                del,
             } if n != me => Decoded::Event(RoomEvent::Publication(Arc::new(Message {
                 room: r.into(),
                 offset: o,
@@ -188,6 +193,7 @@ impl Envelope {
                 data: d,
                 info: i,
                 ts_ms: ts,
+                tombstone: del,
             }))),
             Envelope::Join { n, r, i } if n != me => Decoded::Event(RoomEvent::Join {
                 room: r.into(),
@@ -249,6 +255,7 @@ mod tests {
             data: RawValue::from_string("{\"text\":\"hi\"}".into()).unwrap(),
             info: Some(info),
             ts_ms: 5,
+            tombstone: None,
         };
         let bytes = Envelope::from_event("n1", &RoomEvent::Publication(Arc::new(m))).encode();
         match Envelope::decode(&bytes).unwrap() {

@@ -500,6 +500,7 @@ pub(super) mod tests {
             data: RawValue::from_string(offset.to_string()).unwrap(),
             info: None,
             ts_ms: 0,
+            tombstone: None,
         }))
     }
 

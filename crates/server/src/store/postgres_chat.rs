@@ -28,6 +28,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX roomcast_members_by_member ON roomcast_members (member, room);
      CREATE TABLE roomcast_cursors (member TEXT NOT NULL, room TEXT NOT NULL, seq BIGINT NOT NULL,
          PRIMARY KEY (member, room));",
+    // 3: deleted publications (tombstones: the row stays, its payload is gone).
+    "ALTER TABLE roomcast_messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT false;",
 ];
 
 /// The schema version this build writes.

@@ -29,6 +29,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
      CREATE INDEX members_by_user ON members (user, room);
      CREATE TABLE cursors (user TEXT NOT NULL, room TEXT NOT NULL, offset INTEGER NOT NULL,
          PRIMARY KEY (user, room)) WITHOUT ROWID;",
+    // 3: deleted publications (tombstones: the row stays, its payload is gone).
+    "ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.
@@ -63,7 +65,7 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 
 /// A write transaction on a pooled connection, taking the write lock at once (a deferred
 /// one that reads first could fail to upgrade instead of waiting for the lock).
-fn write_tx(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
+pub(super) fn write_tx(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
     Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
 }
 
@@ -290,6 +292,7 @@ mod tests {
             .unwrap()
             .execute_batch(
                 "DROP TABLE members; DROP TABLE cursors;
+                 ALTER TABLE messages DROP COLUMN deleted;
                  DELETE FROM meta WHERE key = 'schema_version';",
             )
             .unwrap();

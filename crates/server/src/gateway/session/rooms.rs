@@ -222,7 +222,16 @@ impl<S: Services> Session<S> {
                 if bytes > node.config().recovery_max_bytes {
                     tracing::debug!(bytes, "recovery over the byte budget; client pages history");
                 }
-                if same_stream && within && bytes <= node.config().recovery_max_bytes && !digest {
+                // Retention (or `history_remove`) may have removed what follows the
+                // client's position: only a gap-free run from its next offset recovers.
+                let contiguous = req.offset >= pos.offset
+                    || msgs.first().map(|m| m.offset) == Some(req.offset + 1);
+                if same_stream
+                    && within
+                    && contiguous
+                    && bytes <= node.config().recovery_max_bytes
+                    && !digest
+                {
                     result.recovered = true;
                     result.publications = msgs
                         .iter()
