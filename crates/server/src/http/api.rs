@@ -206,6 +206,15 @@ fn is_too_large(e: &axum::Error) -> bool {
     false
 }
 
+/// A publish result: the offset and epoch, or `{}` for an ephemeral room (not stored).
+fn publish_result(r: &crate::store::Appended) -> Value {
+    if r.offset == 0 {
+        json!({})
+    } else {
+        json!({ "offset": r.offset, "epoch": r.epoch })
+    }
+}
+
 async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, ApiError> {
     match method {
         "publish" => {
@@ -217,7 +226,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                 .publish(&b.channel, b.data, None, b.idempotency_key)
                 .await
                 .map_err(internal)?;
-            Ok(ok(json!({ "offset": r.offset, "epoch": r.epoch })))
+            Ok(ok(publish_result(&r)))
         }
         "broadcast" => {
             let b: BroadcastBody = parse(body)?;
@@ -232,7 +241,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
                         .publish(channel, b.data.clone(), None, b.idempotency_key.clone())
                         .await
                     {
-                        Ok(r) => json!({ "result": { "offset": r.offset, "epoch": r.epoch } }),
+                        Ok(r) => json!({ "result": publish_result(&r) }),
                         Err(e) => {
                             let e = internal(e);
                             json!({ "error": { "code": e.code, "message": e.message } })
@@ -370,6 +379,7 @@ async fn run(node: &Arc<Node>, method: &str, body: &Bytes) -> Result<Response, A
             Ok(ok(json!({})))
         }
         m if super::personal::METHODS.contains(&m) => super::personal::run(node, m, body).await,
+        m if super::history::METHODS.contains(&m) => super::history::run(node, m, body).await,
         other => match super::chat::run(node, other, body).await {
             Some(r) => r,
             None => Err(ApiError::UnknownMethod(other.to_owned())),

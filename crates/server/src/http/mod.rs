@@ -21,6 +21,7 @@ use crate::node::Node;
 pub mod api;
 pub mod chat;
 pub mod error;
+mod history;
 mod personal;
 pub mod ready;
 

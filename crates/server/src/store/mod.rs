@@ -49,6 +49,7 @@ mod sqlite_chat;
 mod writer;
 
 pub use chat::{ChatStore, Cursor, RoomEntry, RoomsAfter};
+pub(crate) use writer::now_ms;
 pub use writer::GroupStore;
 
 /// The shared behaviour suite; public behind the `conformance` feature (enabled for the

@@ -217,7 +217,8 @@ impl ChatStore for SqliteReaders {
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT m.room, COALESCE(r.top, 0), COALESCE(c.offset, 0), msg.offset, msg.ts_ms,
-                            CASE WHEN length(CAST(msg.data AS BLOB)) <= ?5 THEN msg.data END
+                            CASE WHEN length(CAST(msg.data AS BLOB)) <= ?5 AND msg.deleted = 0 THEN msg.data END,
+                            msg.deleted
                      FROM members m
                      LEFT JOIN rooms r ON r.room = m.room
                      LEFT JOIN messages msg ON msg.room = m.room AND msg.offset = r.top
@@ -236,6 +237,7 @@ impl ChatStore for SqliteReaders {
                             r.get::<_, Option<i64>>(3)?,
                             r.get::<_, Option<i64>>(4)?,
                             r.get::<_, Option<String>>(5)?,
+                            r.get::<_, Option<bool>>(6)? == Some(true),
                         ))
                     },
                 )?;
@@ -243,12 +245,12 @@ impl ChatStore for SqliteReaders {
             })
             .await?;
         rows.into_iter()
-            .map(|(room, top, cursor, offset, ts, data)| {
+            .map(|(room, top, cursor, offset, ts, data, deleted)| {
                 Ok(RoomEntry {
                     room,
                     top: top as u64,
                     cursor: cursor as u64,
-                    preview: preview(offset, ts, data)?,
+                    preview: preview(offset, ts, data, deleted)?,
                 })
             })
             .collect()

@@ -185,8 +185,9 @@ impl<S: Services> Session<S> {
         let size = node
             .join(&room, self.conn, self.peer.outbox.clone(), mode)
             .await?;
-        let recoverable = options.force_recovery || req.recoverable;
-        let positioned = recoverable || req.positioned;
+        // An ephemeral room has no stream to position in or recover from.
+        let recoverable = !options.ephemeral && (options.force_recovery || req.recoverable);
+        let positioned = !options.ephemeral && (recoverable || req.positioned);
         let mut result = SubscribeResult::default();
         let mut next = None;
         if positioned {
