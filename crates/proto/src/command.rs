@@ -141,6 +141,16 @@ pub struct SubscribeRequest {
     pub recoverable: bool,
     #[serde(default)]
     pub join_leave: bool,
+    /// Subscription flags (bits): [`SubscribeRequest::REJECT_UNRECOVERED`] asks for error
+    /// 112 instead of `recovered: false` (the SDKs set it when the application gives a
+    /// `getState`/`get_state` callback, which they then call again).
+    #[serde(default)]
+    pub flag: i64,
+}
+
+impl SubscribeRequest {
+    /// The flag bit asking that an unrecovered subscribe be refused with error 112.
+    pub const REJECT_UNRECOVERED: i64 = 2;
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -364,3 +364,37 @@ async fn three_nodes_ephemeral_deletion_notices_and_retention_on_postgres() {
     assert_eq!(offsets(&r["result"]["publications"]), [1, 2, 3, 4]);
     assert_eq!(r["result"]["publications"][0]["data"], Value::Null);
 }
+
+/// A recovering subscribe with the SDKs' reject-unrecovered flag (bit 2, set when the
+/// application gives `getState`) is refused with 112 instead of `recovered: false`, and
+/// the channel stays usable; without the flag the answer is `recovered: false`.
+#[tokio::test]
+async fn reject_unrecovered_flag_answers_112() {
+    let s = TestServer::start_with(|c| {
+        c.namespaces
+            .insert("short".into(), namespace(|n| n.history_size = 1));
+    })
+    .await;
+    for i in 1..=3 {
+        s.publish("short:r", json!(i)).await;
+    }
+    let mut c = s.client("alice").await;
+    let epoch = history(&mut c, "short:r", None).await["history"]["epoch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = c
+        .call(json!({"subscribe": {"channel": "short:r", "recover": true, "offset": 1, "epoch": epoch, "flag": 3}}))
+        .await;
+    assert_eq!(error_code(&r), Some(112), "{r}");
+    let r = c
+        .call(json!({"subscribe": {"channel": "short:r", "recover": true, "offset": 2, "epoch": epoch, "flag": 2}}))
+        .await;
+    assert_eq!(
+        r["subscribe"]["recovered"], true,
+        "after 112 the channel subscribes: {r}"
+    );
+    c.call(json!({"unsubscribe": {"channel": "short:r"}})).await;
+    let plain = recover(&mut c, "short:r", 1, &epoch).await;
+    assert_eq!(plain.get("recovered"), None, "{plain}");
+}

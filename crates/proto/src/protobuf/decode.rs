@@ -74,6 +74,7 @@ fn subscribe(r: wire::SubscribeRequest) -> Result<SubscribeRequest, DecodeError>
         positioned: r.positioned,
         recoverable: r.recoverable,
         join_leave: r.join_leave,
+        flag: r.flag,
     })
 }
 

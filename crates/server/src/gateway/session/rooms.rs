@@ -242,6 +242,12 @@ impl<S: Services> Session<S> {
             }
             if req.recover {
                 crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
+                if !result.recovered && req.flag & SubscribeRequest::REJECT_UNRECOVERED != 0 {
+                    // The SDK asked for the error, to reload its state (`getState`) and
+                    // subscribe again from the position it returns.
+                    node.leave(&room, self.conn).await;
+                    return Err(ErrorCode::UNRECOVERABLE_POSITION);
+                }
             }
             result.recoverable = recoverable;
             result.positioned = positioned;
