@@ -144,6 +144,16 @@ pub struct SubscribeRequest {
     /// The delta compression asked for (`"fossil"`), empty for none.
     #[serde(default)]
     pub delta: String,
+    /// Subscription flags (bits): [`SubscribeRequest::REJECT_UNRECOVERED`] asks for error
+    /// 112 instead of `recovered: false` (the SDKs set it when the application gives a
+    /// `getState`/`get_state` callback, which they then call again).
+    #[serde(default)]
+    pub flag: i64,
+}
+
+impl SubscribeRequest {
+    /// The flag bit asking that an unrecovered subscribe be refused with error 112.
+    pub const REJECT_UNRECOVERED: i64 = 2;
 }
 
 #[derive(Debug, Default, Deserialize)]

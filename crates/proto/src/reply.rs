@@ -41,6 +41,10 @@ pub struct Publication {
     pub offset: u64,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub info: Option<ClientInfo>,
+    /// Centrifugo's publication tags; roomcast sets `{"deleted": "<offset>"}` on a deleted
+    /// publication (history, recovery) and on the live notice of a deletion.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub tags: Option<HashMap<String, String>>,
 }
 
 impl Publication {
@@ -53,6 +57,7 @@ impl Publication {
             data: RawValue::from_string(text).expect("a JSON string is JSON"),
             offset: self.offset,
             info: self.info.clone(),
+            tags: self.tags.clone(),
         }
     }
 }
@@ -315,6 +320,7 @@ mod tests {
             data: raw("{\"text\":\"hi\"}"),
             offset: 7,
             info: Some(ClientInfo::new("alice", "c1")),
+            tags: None,
         };
         let b = encode_push("chat:1", PushBody::Pub(&p));
         let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
@@ -347,6 +353,7 @@ mod tests {
             data: raw(r#"{"a":"é"}"#),
             offset: 3,
             info: None,
+            tags: None,
         };
         let v: serde_json::Value =
             serde_json::from_slice(&encode_delta_push("r", &p, DeltaData::Full)).unwrap();

@@ -102,6 +102,11 @@ impl Node {
         sender: Option<&ClientInfo>,
         idempotency_key: Option<String>,
     ) -> Result<Appended, StoreError> {
+        if self.is_ephemeral(room) {
+            return Ok(self
+                .publish_live(vec![(room.to_owned(), data)], sender)
+                .await);
+        }
         let msg = NewMessage {
             room: room.to_owned(),
             data,
@@ -125,6 +130,14 @@ impl Node {
         items: Vec<(String, Box<RawValue>)>,
         sender: &ClientInfo,
     ) -> Vec<Result<Appended, StoreError>> {
+        if items.iter().any(|(room, _)| self.is_ephemeral(room)) {
+            // Mixed with durable ones (rare): each on its own path, results in order.
+            let mut out = Vec::with_capacity(items.len());
+            for (room, data) in items {
+                out.push(self.publish(&room, data, Some(sender), None).await);
+            }
+            return out;
+        }
         let msgs = items
             .into_iter()
             .map(|(room, data)| NewMessage {
@@ -144,6 +157,80 @@ impl Node {
         self.published
             .fetch_add(fresh as u64, std::sync::atomic::Ordering::Relaxed);
         results
+    }
+
+    /// Whether `room`'s namespace is ephemeral (publications live only).
+    pub fn is_ephemeral(&self, room: &str) -> bool {
+        crate::channel::Channel::resolve(&self.config, room).is_ok_and(|c| c.options.ephemeral)
+    }
+
+    /// Publishes without storing (ephemeral namespaces): to the room's subscribers on every
+    /// node now, with no offset (unpositioned: never in history, recovery or unread), so a
+    /// subscriber that is away misses it, as intended for typing indicators. Answers
+    /// offset 0 and no epoch.
+    async fn publish_live(
+        &self,
+        items: Vec<(String, Box<RawValue>)>,
+        sender: Option<&ClientInfo>,
+    ) -> Appended {
+        let now = crate::store::now_ms();
+        let events: Vec<RoomEvent> = items
+            .into_iter()
+            .map(|(room, data)| {
+                RoomEvent::Publication(Arc::new(Message {
+                    room: room.into(),
+                    offset: 0,
+                    uid: uuid::Uuid::new_v4().to_string(),
+                    user: sender.map(|s| s.user.clone()).unwrap_or_default(),
+                    client: sender.map(|s| s.client.clone()).unwrap_or_default(),
+                    data,
+                    info: sender.cloned(),
+                    ts_ms: now,
+                    tombstone: None,
+                }))
+            })
+            .collect();
+        self.published
+            .fetch_add(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        if let Err(e) = self.bus.publish(events).await {
+            tracing::warn!(error = %e, "live publication not published");
+        }
+        Appended {
+            offset: 0,
+            epoch: String::new(),
+            duplicate: false,
+        }
+    }
+
+    /// Deletes the publication at `offset` (its payload; the offset stays, as a tombstone)
+    /// and tells the room's subscribers on every node with a live deletion notice: an
+    /// unpositioned publication with `data: null` and `tags: {"deleted": "<offset>"}`.
+    /// `false` when no publication is stored there.
+    pub async fn delete_publication(&self, room: &str, offset: u64) -> Result<bool, ErrorCode> {
+        let Some(tombstone) = self.store.delete(room, offset).await.map_err(internal)? else {
+            return Ok(false);
+        };
+        let notice = Message {
+            offset: 0,
+            ts_ms: crate::store::now_ms(),
+            ..tombstone
+        };
+        if let Err(e) = self
+            .bus
+            .publish(vec![RoomEvent::Publication(Arc::new(notice))])
+            .await
+        {
+            // Deleted in the store: history and recovery show it; open clients see it
+            // deleted once they reload.
+            tracing::warn!(error = %e, "deletion notice not published");
+        }
+        Ok(true)
+    }
+
+    /// Removes every stored publication of `room` (Centrifugo's `history_remove`); the
+    /// position stays.
+    pub async fn remove_history(&self, room: &str) -> Result<u64, ErrorCode> {
+        self.store.clear(room).await.map_err(internal)
     }
 
     /// Refuses a publication to `room` beyond its namespace's `publish_rate_per_room`
@@ -178,6 +265,10 @@ impl Node {
         since: Option<&StreamPosition>,
         reverse: bool,
     ) -> Result<(Vec<Message>, Position), ErrorCode> {
+        if self.is_ephemeral(room) {
+            // Nothing is stored: history is not available there (as in Centrifugo).
+            return Err(ErrorCode::NOT_AVAILABLE);
+        }
         let max = self.config.history_max_limit as i64;
         let limit = if limit < 0 || limit > max { max } else { limit } as usize;
         if limit == 0 && since.is_none() {

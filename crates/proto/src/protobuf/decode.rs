@@ -75,6 +75,7 @@ fn subscribe(r: wire::SubscribeRequest) -> Result<SubscribeRequest, DecodeError>
         recoverable: r.recoverable,
         join_leave: r.join_leave,
         delta: r.delta,
+        flag: r.flag,
     })
 }
 

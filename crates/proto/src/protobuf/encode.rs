@@ -44,6 +44,7 @@ fn publication(p: &Publication) -> wire::Publication {
         data: raw(&p.data),
         info: p.info.as_ref().map(client_info),
         offset: p.offset,
+        tags: p.tags.clone().unwrap_or_default(),
         ..Default::default()
     }
 }

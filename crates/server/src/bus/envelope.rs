@@ -29,6 +29,9 @@ pub enum Envelope {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         i: Option<ClientInfo>,
         ts: i64,
+        /// A tombstone or deletion notice: the deleted offset (`Message::tombstone`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        del: Option<u64>,
     },
     Join {
         n: String,
@@ -108,6 +111,7 @@ impl Envelope {
                 d: m.data.clone(),
                 i: m.info.clone(),
                 ts: m.ts_ms,
+                del: m.tombstone,
             },
             RoomEvent::Join { room, info } => Envelope::Join {
                 n: node.into(),
@@ -220,6 +224,7 @@ impl Envelope {
                 d,
                 i,
                 ts,
+                del,
             } if n != me => Decoded::Event(RoomEvent::Publication(Arc::new(Message {
                 room: r.into(),
                 offset: o,
@@ -229,6 +234,7 @@ impl Envelope {
                 data: d,
                 info: i,
                 ts_ms: ts,
+                tombstone: del,
             }))),
             Envelope::Join { n, r, i } if n != me => Decoded::Event(RoomEvent::Join {
                 room: r.into(),
@@ -311,6 +317,7 @@ mod tests {
             data: RawValue::from_string("{\"text\":\"hi\"}".into()).unwrap(),
             info: Some(info),
             ts_ms: 5,
+            tombstone: None,
         };
         let bytes = Envelope::from_event("n1", &RoomEvent::Publication(Arc::new(m))).encode();
         match Envelope::decode(&bytes).unwrap() {

@@ -212,6 +212,7 @@ mod tests {
             data: RawValue::from_string("1".into()).unwrap(),
             info: None,
             ts_ms: 0,
+            tombstone: None,
         })
     }
 

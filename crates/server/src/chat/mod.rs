@@ -86,6 +86,9 @@ pub struct PreviewView<'a> {
     /// The data was above `MAX_PREVIEW_BYTES` and left out.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub truncated: bool,
+    /// The publication was deleted: no data.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 #[derive(Serialize)]
@@ -121,7 +124,8 @@ impl<'a> RoomsView<'a> {
                     offset: p.offset,
                     ts: p.ts_ms,
                     data: p.data.as_deref(),
-                    truncated: p.data.is_none(),
+                    truncated: p.data.is_none() && !p.deleted,
+                    deleted: p.deleted,
                 }),
             })
             .collect();

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+mod duration;
 mod validate;
 
 /// Options of a channel namespace, as Centrifugo names them.
@@ -75,6 +76,29 @@ pub struct NamespaceOptions {
     /// previous one (Centrifugo sends deltas only for publications marked `delta`, or
     /// every one with `delta_publish`; here every publication of the namespace is one).
     pub allowed_delta_types: Vec<String>,
+    /// Retention by count: keep at most this many of a room's newest publications
+    /// (Centrifugo's option). 0: keep every one.
+    pub history_size: u64,
+    /// Retention by age: keep publications at most this long (`"300s"`, `"24h"`, `"30d"`
+    /// or a number of seconds). 0: forever.
+    #[serde(
+        deserialize_with = "duration::deserialize_ms",
+        serialize_with = "duration::serialize_ms"
+    )]
+    pub history_ttl: u64,
+    /// Publications are delivered live and never stored: no offset, no history, no
+    /// recovery, never unread (typing indicators).
+    pub ephemeral: bool,
+}
+
+impl NamespaceOptions {
+    /// The retention limits of this namespace's rooms.
+    pub fn retention(&self) -> crate::store::retention::Limits {
+        crate::store::retention::Limits {
+            size: self.history_size,
+            ttl_ms: self.history_ttl,
+        }
+    }
 }
 
 impl Default for NamespaceOptions {
@@ -100,6 +124,9 @@ impl Default for NamespaceOptions {
             notify_offline: false,
             proxy_sub_refresh: false,
             allowed_delta_types: Vec::new(),
+            history_size: 0,
+            history_ttl: 0,
+            ephemeral: false,
         }
     }
 }

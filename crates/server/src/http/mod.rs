@@ -24,6 +24,7 @@ pub mod api;
 pub mod chat;
 mod connections;
 pub mod error;
+mod history;
 mod page;
 mod personal;
 pub mod ready;

@@ -229,6 +229,7 @@ pub(super) mod tests {
             data: serde_json::value::RawValue::from_string(data).unwrap(),
             info: None,
             ts_ms: 0,
+            tombstone: None,
         }))
     }
 

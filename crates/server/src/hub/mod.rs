@@ -406,6 +406,16 @@ impl Hub {
             }
             return;
         }
+        if offset == 0 {
+            // Unpositioned (an ephemeral publication, a deletion notice): to every live
+            // subscriber as it is, never checked against or moving anyone's position.
+            for sub in r.subs.values_mut() {
+                if !hold(sub, 0, &frame) {
+                    self.put(sub, frame.clone());
+                }
+            }
+            return;
+        }
         if !r.digest.subs.is_empty() {
             // O(1) for the digest side: the room's timer sends the newest.
             r.digest.latest = Some((offset, frame.clone()));
@@ -475,6 +485,7 @@ pub(super) mod tests {
             data: RawValue::from_string(offset.to_string()).unwrap(),
             info: None,
             ts_ms: 0,
+            tombstone: None,
         }))
     }
 

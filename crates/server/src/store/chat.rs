@@ -55,8 +55,10 @@ pub struct Preview {
     pub offset: u64,
     /// Server time of the publication, milliseconds since the Unix epoch.
     pub ts_ms: i64,
-    /// The data, when it is at most [`MAX_PREVIEW_BYTES`].
+    /// The data, when it is at most [`MAX_PREVIEW_BYTES`] (and not deleted).
     pub data: Option<Box<RawValue>>,
+    /// The publication was deleted (`Store::delete`): its payload is gone.
+    pub deleted: bool,
 }
 
 /// One room of a user's room list.
@@ -128,6 +130,7 @@ pub(crate) fn preview(
     offset: Option<i64>,
     ts_ms: Option<i64>,
     data: Option<String>,
+    deleted: bool,
 ) -> Result<Option<Preview>, StoreError> {
     let (Some(offset), Some(ts_ms)) = (offset, ts_ms) else {
         return Ok(None);
@@ -140,5 +143,6 @@ pub(crate) fn preview(
         offset: offset as u64,
         ts_ms,
         data,
+        deleted,
     }))
 }

@@ -149,6 +149,18 @@ impl Store for Coalesced {
     async fn ready(&self) -> Result<(), StoreError> {
         self.inner.ready().await
     }
+
+    fn set_retention(&self, policy: super::retention::Policy) {
+        self.inner.set_retention(policy);
+    }
+
+    async fn delete(&self, room: &str, offset: u64) -> Result<Option<Message>, StoreError> {
+        self.inner.delete(room, offset).await
+    }
+
+    async fn clear(&self, room: &str) -> Result<u64, StoreError> {
+        self.inner.clear(room).await
+    }
 }
 
 /// The chat tables are not coalesced: straight to the wrapped store.

@@ -62,6 +62,12 @@ where
     super::conformance_chat::room_list(&s).await;
     super::conformance_chat::notify_cursors(&s).await;
     s.close().await;
+    let (s, _c) = fresh(8).await;
+    super::conformance_retention::trims_by_count(&s).await;
+    super::conformance_retention::trims_by_age(&s).await;
+    super::conformance_retention::deletes_keep_offsets(&s).await;
+    super::conformance_retention::clear_keeps_the_position(&s).await;
+    s.close().await;
     let (s, c) = fresh(6).await;
     close_commits_what_was_queued(&s, c).await;
 }

@@ -15,6 +15,11 @@
 //! `writer::Backend` (commit a batch, read a range, report a position, clean up) driven by
 //! the one group-commit writer of `writer.rs`, which keeps the invariants above.
 //!
+//! History may be shortened without touching positions: retention (`retention.rs`) trims
+//! the oldest publications of a room, `clear` removes them all (the server API's
+//! `history_remove`), and `delete` empties one publication's payload but keeps its row as
+//! a *tombstone*, so the offsets a reader sees stay contiguous.
+//!
 //! Beside the log, every store keeps the chat tables (membership, read cursors: the
 //! `ChatStore` half of `Store`, see `chat.rs`) and a schema version upgraded at open by an
 //! ordered list of migrations (`sqlite_chat.rs`, `postgres_chat.rs`).
@@ -38,6 +43,7 @@ mod integrity;
 pub mod notify;
 pub mod postgres;
 mod postgres_chat;
+pub mod retention;
 mod schema;
 pub mod sqlite;
 mod sqlite_chat;
@@ -46,6 +52,7 @@ mod writer;
 
 pub use chat::{ChatStore, Cursor, RoomEntry, RoomsAfter};
 pub use notify::NotifyStore;
+pub(crate) use writer::now_ms;
 pub use writer::GroupStore;
 
 /// The shared behaviour suite; public behind the `conformance` feature (enabled for the
@@ -57,6 +64,9 @@ pub mod conformance;
 #[cfg(any(test, feature = "conformance"))]
 #[doc(hidden)]
 pub mod conformance_chat;
+#[cfg(any(test, feature = "conformance"))]
+#[doc(hidden)]
+pub mod conformance_retention;
 
 /// A stored publication.
 #[derive(Debug, Clone)]
@@ -73,17 +83,40 @@ pub struct Message {
     pub info: Option<ClientInfo>,
     /// Server time of the append, milliseconds since the Unix epoch.
     pub ts_ms: i64,
+    /// `Some(offset)`: this stands for the deleted publication at `offset`, its payload
+    /// gone. A stored row's tombstone names its own offset; a live deletion notice
+    /// (offset 0: not positioned) names the publication it deletes.
+    pub tombstone: Option<u64>,
 }
 
 impl Message {
-    /// The publication as clients see it.
+    /// The publication as clients see it. A tombstone has `null` data, no sender info and
+    /// the tag `deleted` set to the deleted offset (as a string: tags are strings), which
+    /// the SDKs pass to the application untouched.
     pub fn publication(&self) -> Publication {
-        Publication {
-            data: self.data.clone(),
-            offset: self.offset,
-            info: self.info.clone(),
+        match self.tombstone {
+            None => Publication {
+                data: self.data.clone(),
+                offset: self.offset,
+                info: self.info.clone(),
+                tags: None,
+            },
+            Some(deleted) => Publication {
+                data: null(),
+                offset: self.offset,
+                info: None,
+                tags: Some([(DELETED_TAG.to_owned(), deleted.to_string())].into()),
+            },
         }
     }
+}
+
+/// The tag a deleted publication (and a deletion notice) carries: its offset.
+pub const DELETED_TAG: &str = "deleted";
+
+/// JSON `null`, the data of a deleted publication.
+pub(crate) fn null() -> Box<RawValue> {
+    RawValue::from_string("null".to_owned()).expect("null is JSON")
 }
 
 /// A room's stream position: its last offset (0 when empty) and its epoch.
@@ -161,4 +194,20 @@ pub trait Store: ChatStore + NotifyStore + Send + Sync + 'static {
     /// Whether the store takes writes now (the `/ready` check): its writer runs and the
     /// database answers as writable. Bounded by the caller.
     async fn ready(&self) -> Result<(), StoreError>;
+    /// Sets the retention policy (once, at start; see `retention.rs`). Stores that do not
+    /// trim (test doubles) ignore it.
+    fn set_retention(&self, _policy: retention::Policy) {}
+    /// Deletes the payload of the publication at `offset` and keeps its row as a
+    /// tombstone (idempotent). Returns the tombstone, or `None` when no publication is
+    /// stored there (never was, trimmed, or cleared).
+    async fn delete(&self, _room: &str, _offset: u64) -> Result<Option<Message>, StoreError> {
+        Err(StoreError::Backend("this store cannot delete".into()))
+    }
+    /// Removes every publication of `room` stored now (its position stays: offsets are
+    /// never reused). Returns how many were removed.
+    async fn clear(&self, _room: &str) -> Result<u64, StoreError> {
+        Err(StoreError::Backend(
+            "this store cannot clear history".into(),
+        ))
+    }
 }

@@ -39,6 +39,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use serde_json::value::RawValue;
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
+use super::retention::{Limits, Policy, SWEEP_ROOMS, TRIM_PER_ROOM};
 use super::writer::{big, Backend, Batch, Committer, GroupStore};
 use super::{Appended, Committed, Message, NewMessage, Position, Range, StoreError};
 
@@ -179,7 +180,44 @@ fn message_from_row(room: &Arc<str>, r: &tokio_postgres::Row) -> Result<Message,
             .transpose()
             .map_err(backend)?,
         ts_ms: r.try_get(6).map_err(backend)?,
+        tombstone: r
+            .try_get::<_, bool>(7)
+            .map_err(backend)?
+            .then_some(r.try_get::<_, i64>(0).map_err(backend)? as u64),
     })
+}
+
+/// The columns `message_from_row` reads, in order.
+const COLUMNS: &str = "seq, uid, sender_user, sender_client, data, info, ts_ms, deleted";
+
+/// Deletes, for each room, the oldest rows its limits trim given its top (at most
+/// `TRIM_PER_ROOM` each: a range of the primary key from the room's first row), in one
+/// statement.
+async fn trim(
+    client: &impl tokio_postgres::GenericClient,
+    rooms: &[(String, Limits, u64)],
+    now_ms: i64,
+) -> Result<u64, StoreError> {
+    if rooms.is_empty() {
+        return Ok(0);
+    }
+    let names: Vec<&str> = rooms.iter().map(|(r, _, _)| r.as_str()).collect();
+    let floors: Vec<i64> = rooms
+        .iter()
+        .map(|(_, l, top)| big(l.size_floor(*top)))
+        .collect();
+    let ts_floors: Vec<i64> = rooms.iter().map(|(_, l, _)| l.ts_floor(now_ms)).collect();
+    client
+        .execute(
+            "DELETE FROM roomcast_messages m
+             USING UNNEST($1::text[], $2::bigint[], $3::bigint[]) AS u(room, floor, ts_floor)
+             WHERE m.room = u.room
+               AND m.seq < (SELECT MIN(x.seq) FROM roomcast_messages x WHERE x.room = u.room) + $4
+               AND (m.seq <= u.floor OR m.ts_ms < u.ts_floor)",
+            &[&names, &floors, &ts_floors, &TRIM_PER_ROOM],
+        )
+        .await
+        .map_err(backend)
 }
 
 async fn position_of(
@@ -214,6 +252,7 @@ impl Backend for PostgresReaders {
         &self,
         room: &str,
         range: Range,
+        limits: Limits,
     ) -> Result<(Vec<Message>, Position), StoreError> {
         let mut conn = self.reader().await?;
         // One snapshot, so the position and the rows agree.
@@ -226,23 +265,27 @@ impl Backend for PostgresReaders {
             .map_err(backend)?;
         let pos = position_of(&*tx, room, &self.base_epoch).await?;
         let limit = big(range.limit as u64);
-        let cols = "seq, uid, sender_user, sender_client, data, info, ts_ms";
+        // Retention: rows at or below `floor`, or older than `ts_floor`, are trimmed
+        // (maybe not deleted yet) and never read.
+        let floor = big(limits.size_floor(pos.offset));
+        let ts_floor = limits.ts_floor(super::writer::now_ms());
+        let (cols, kept) = (COLUMNS, "seq > $4 AND ts_ms >= $5");
         let (sql, bound) = match (range.reverse, range.since) {
             (false, since) => (
-                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq > $2 ORDER BY seq ASC LIMIT $3"),
+                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq > $2 AND {kept} ORDER BY seq ASC LIMIT $3"),
                 big(since.unwrap_or(0)),
             ),
             (true, Some(before)) => (
-                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"),
+                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq < $2 AND {kept} ORDER BY seq DESC LIMIT $3"),
                 big(before),
             ),
             (true, None) => (
-                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq <= $2 ORDER BY seq DESC LIMIT $3"),
+                format!("SELECT {cols} FROM roomcast_messages WHERE room = $1 AND seq <= $2 AND {kept} ORDER BY seq DESC LIMIT $3"),
                 i64::MAX,
             ),
         };
         let rows = tx
-            .query(&sql, &[&room, &bound, &limit])
+            .query(&sql, &[&room, &bound, &limit, &floor, &ts_floor])
             .await
             .map_err(backend)?;
         tx.commit().await.map_err(backend)?;
@@ -257,6 +300,33 @@ impl Backend for PostgresReaders {
     async fn position(&self, room: &str) -> Result<Position, StoreError> {
         let conn = self.reader().await?;
         position_of(&**conn, room, &self.base_epoch).await
+    }
+
+    async fn delete(&self, room: &str, offset: u64) -> Result<Option<Message>, StoreError> {
+        let conn = self.reader().await?;
+        let row = conn
+            .query_opt(
+                &format!(
+                    "UPDATE roomcast_messages SET data = 'null', info = NULL, deleted = true
+                     WHERE room = $1 AND seq = $2 RETURNING {COLUMNS}"
+                ),
+                &[&room, &big(offset)],
+            )
+            .await
+            .map_err(backend)?;
+        let room: Arc<str> = room.into();
+        row.map(|r| message_from_row(&room, &r)).transpose()
+    }
+
+    async fn clear_some(&self, room: &str, top: u64, limit: i64) -> Result<u64, StoreError> {
+        let conn = self.reader().await?;
+        conn.execute(
+            "DELETE FROM roomcast_messages WHERE room = $1 AND seq <= $2
+               AND seq < (SELECT MIN(seq) FROM roomcast_messages WHERE room = $1) + $3",
+            &[&room, &big(top), &limit],
+        )
+        .await
+        .map_err(backend)
     }
 
     async fn writable(&self) -> Result<(), StoreError> {
@@ -327,6 +397,37 @@ impl Committer for PostgresCommitter {
             .await
             .map(drop)
             .map_err(backend)
+    }
+
+    async fn sweep(
+        &mut self,
+        after: String,
+        policy: Policy,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT room, top FROM roomcast_rooms WHERE room > $1 COLLATE \"C\"
+                 ORDER BY room COLLATE \"C\" LIMIT $2",
+                &[&after, &(SWEEP_ROOMS as i64)],
+            )
+            .await
+            .map_err(backend)?;
+        let visited: Vec<(String, u64)> = rows
+            .iter()
+            .map(|r| (r.get::<_, String>(0), r.get::<_, i64>(1) as u64))
+            .collect();
+        let due: Vec<(String, Limits, u64)> = visited
+            .iter()
+            .map(|(room, top)| (room.clone(), policy(room), *top))
+            .filter(|(_, l, _)| !l.keeps_all())
+            .collect();
+        trim(&*client, &due, now_ms).await?;
+        Ok(match visited.last() {
+            Some((room, _)) if visited.len() == SWEEP_ROOMS => Some(room.clone()),
+            _ => None,
+        })
     }
 }
 
@@ -449,6 +550,15 @@ async fn write_batch(
         )
         .await
         .map_err(backend)?;
+        let top_of: HashMap<&str, i64> = tops.iter().map(|(r, t)| (r.as_str(), *t)).collect();
+        let trims: Vec<(String, Limits, u64)> = batch
+            .trims
+            .iter()
+            .filter_map(|(room, limits)| {
+                let top = *top_of.get(room.as_str())?;
+                Some((room.clone(), *limits, top as u64))
+            })
+            .collect();
         let (top_rooms, top_values): (Vec<String>, Vec<i64>) = tops.into_iter().unzip();
         tx.execute(
             "UPDATE roomcast_rooms r SET top = u.top FROM UNNEST($1::text[], $2::bigint[]) AS u(room, top) WHERE r.room = u.room",
@@ -456,6 +566,7 @@ async fn write_batch(
         )
         .await
         .map_err(backend)?;
+        trim(&tx, &trims, now).await?;
     }
     if !keys.is_empty() {
         tx.execute(

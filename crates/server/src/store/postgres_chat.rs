@@ -30,6 +30,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (member, room));",
     // 3: offline-notification cursors (`notify.rs`).
     super::notify::POSTGRES_MIGRATION,
+    // 4: deleted publications (tombstones: the row stays, its payload is gone).
+    "ALTER TABLE roomcast_messages ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT false;",
 ];
 
 /// The schema version this build writes.
@@ -205,7 +207,8 @@ impl ChatStore for PostgresReaders {
             .await?
             .query(
                 "SELECT m.room, COALESCE(r.top, 0), COALESCE(c.seq, 0), msg.seq, msg.ts_ms,
-                        CASE WHEN octet_length(msg.data) <= $5 THEN msg.data END
+                        CASE WHEN octet_length(msg.data) <= $5 AND NOT msg.deleted THEN msg.data END,
+                        msg.deleted
                  FROM roomcast_members m
                  LEFT JOIN roomcast_rooms r ON r.room = m.room
                  LEFT JOIN roomcast_messages msg ON msg.room = m.room AND msg.seq = r.top
@@ -229,7 +232,12 @@ impl ChatStore for PostgresReaders {
                     room: r.get(0),
                     top: r.get::<_, i64>(1) as u64,
                     cursor: r.get::<_, i64>(2) as u64,
-                    preview: preview(r.get(3), r.get(4), r.get(5))?,
+                    preview: preview(
+                        r.get(3),
+                        r.get(4),
+                        r.get(5),
+                        r.get::<_, Option<bool>>(6) == Some(true),
+                    )?,
                 })
             })
             .collect()

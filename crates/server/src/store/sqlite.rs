@@ -21,6 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde_json::value::RawValue;
 
 use super::integrity;
+use super::retention::{Limits, Policy, SWEEP_ROOMS, TRIM_PER_ROOM};
 use super::sqlite_positions::Positions;
 use super::writer::{big, Backend, Batch, Committer, GroupStore};
 use super::{Appended, Committed, Message, Position, Range, StoreError};
@@ -204,7 +205,33 @@ fn message_from_row(room: &Arc<str>, r: &rusqlite::Row<'_>) -> rusqlite::Result<
             .transpose()
             .map_err(bad)?,
         ts_ms: r.get(6)?,
+        tombstone: r.get::<_, bool>(7)?.then_some(r.get::<_, i64>(0)? as u64),
     })
+}
+
+/// The columns `message_from_row` reads, in order.
+const COLUMNS: &str = "offset, uid, user, client, data, info, ts_ms, deleted";
+
+/// Deletes the oldest rows of `room` that `limits` trims, given its `top` (at most
+/// `TRIM_PER_ROOM`: a range of the primary key from the room's first row).
+fn trim(
+    conn: &Connection,
+    room: &str,
+    limits: Limits,
+    top: u64,
+    now_ms: i64,
+) -> rusqlite::Result<usize> {
+    conn.prepare_cached(
+        "DELETE FROM messages WHERE room = ?1
+           AND offset < (SELECT MIN(offset) FROM messages WHERE room = ?1) + ?4
+           AND (offset <= ?2 OR ts_ms < ?3)",
+    )?
+    .execute(params![
+        room,
+        big(limits.size_floor(top)),
+        limits.ts_floor(now_ms),
+        TRIM_PER_ROOM
+    ])
 }
 
 #[async_trait]
@@ -215,22 +242,28 @@ impl Backend for SqliteReaders {
         &self,
         room: &str,
         range: Range,
+        limits: Limits,
     ) -> Result<(Vec<Message>, Position), StoreError> {
         let room: Arc<str> = room.into();
         let base = self.base_epoch.clone();
+        let now = super::writer::now_ms();
         self.read(move |conn| {
             // One transaction, so the position and the rows agree.
             let tx = conn.unchecked_transaction()?;
             let pos = position_of(&tx, &room, &base)?;
             let limit = big(range.limit as u64);
-            let cols = "offset, uid, user, client, data, info, ts_ms";
+            // Retention: rows at or below `floor`, or older than `ts_floor`, are trimmed
+            // (maybe not deleted yet) and never read.
+            let floor = big(limits.size_floor(pos.offset));
+            let ts_floor = limits.ts_floor(now);
+            let kept = "offset > ?4 AND ts_ms >= ?5";
             let (sql, bound) = match (range.reverse, range.since) {
-                (false, since) => (format!("SELECT {cols} FROM messages WHERE room = ?1 AND offset > ?2 ORDER BY offset ASC LIMIT ?3"), big(since.unwrap_or(0))),
-                (true, Some(before)) => (format!("SELECT {cols} FROM messages WHERE room = ?1 AND offset < ?2 ORDER BY offset DESC LIMIT ?3"), big(before)),
-                (true, None) => (format!("SELECT {cols} FROM messages WHERE room = ?1 AND offset <= ?2 ORDER BY offset DESC LIMIT ?3"), i64::MAX),
+                (false, since) => (format!("SELECT {COLUMNS} FROM messages WHERE room = ?1 AND offset > ?2 AND {kept} ORDER BY offset ASC LIMIT ?3"), big(since.unwrap_or(0))),
+                (true, Some(before)) => (format!("SELECT {COLUMNS} FROM messages WHERE room = ?1 AND offset < ?2 AND {kept} ORDER BY offset DESC LIMIT ?3"), big(before)),
+                (true, None) => (format!("SELECT {COLUMNS} FROM messages WHERE room = ?1 AND offset <= ?2 AND {kept} ORDER BY offset DESC LIMIT ?3"), i64::MAX),
             };
             let mut stmt = tx.prepare_cached(&sql)?;
-            let rows = stmt.query_map(params![&*room, bound, limit], |r| message_from_row(&room, r))?;
+            let rows = stmt.query_map(params![&*room, bound, limit, floor, ts_floor], |r| message_from_row(&room, r))?;
             let msgs = rows.collect::<rusqlite::Result<Vec<_>>>()?;
             drop(stmt);
             tx.finish()?;
@@ -251,6 +284,43 @@ impl Backend for SqliteReaders {
             .await?;
         self.positions.fill(room, &p, version);
         Ok(p)
+    }
+
+    async fn delete(&self, room: &str, offset: u64) -> Result<Option<Message>, StoreError> {
+        let room: Arc<str> = room.into();
+        self.read(move |conn| {
+            let tx = super::sqlite_chat::write_tx(conn)?;
+            tx.prepare_cached(
+                "UPDATE messages SET data = 'null', info = NULL, deleted = 1
+                 WHERE room = ?1 AND offset = ?2",
+            )?
+            .execute(params![&*room, big(offset)])?;
+            let row = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND offset = ?2"
+                ))?
+                .query_row(params![&*room, big(offset)], |r| message_from_row(&room, r))
+                .optional()?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    async fn clear_some(&self, room: &str, top: u64, limit: i64) -> Result<u64, StoreError> {
+        let room = room.to_owned();
+        self.read(move |conn| {
+            let tx = super::sqlite_chat::write_tx(conn)?;
+            let n = tx
+                .prepare_cached(
+                    "DELETE FROM messages WHERE room = ?1 AND offset <= ?2
+                       AND offset < (SELECT MIN(offset) FROM messages WHERE room = ?1) + ?3",
+                )?
+                .execute(params![room, big(top), limit])?;
+            tx.commit()?;
+            Ok(n as u64)
+        })
+        .await
     }
 
     async fn writable(&self) -> Result<(), StoreError> {
@@ -303,6 +373,7 @@ impl Committer for SqliteCommitter {
                     entries: Vec::new(),
                     now_ms: 0,
                     key_cutoff_ms: 0,
+                    trims: Vec::new(),
                 };
                 (
                     lost,
@@ -327,6 +398,52 @@ impl Committer for SqliteCommitter {
         self.state = Some(state);
         result.map(drop).map_err(backend)
     }
+
+    async fn sweep(
+        &mut self,
+        after: String,
+        policy: Policy,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(state) = self.state.take() else {
+            return Err(StoreError::Closed);
+        };
+        let (state, result) = tokio::task::spawn_blocking(move || {
+            let r = sweep(&state.conn, &after, &policy, now_ms);
+            (state, r)
+        })
+        .await
+        .map_err(backend)?;
+        self.state = Some(state);
+        result.map_err(backend)
+    }
+}
+
+/// One retention sweep step on the write connection (see `Committer::sweep`).
+fn sweep(
+    conn: &Connection,
+    after: &str,
+    policy: &Policy,
+    now_ms: i64,
+) -> rusqlite::Result<Option<String>> {
+    let tx = conn.unchecked_transaction()?;
+    let rooms: Vec<(String, i64)> = tx
+        .prepare_cached("SELECT room, top FROM rooms WHERE room > ?1 ORDER BY room LIMIT ?2")?
+        .query_map(params![after, SWEEP_ROOMS as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (room, top) in &rooms {
+        let limits = policy(room);
+        if !limits.keeps_all() {
+            trim(&tx, room, limits, *top as u64, now_ms)?;
+        }
+    }
+    tx.commit()?;
+    Ok(match rooms.last() {
+        Some((room, _)) if rooms.len() == SWEEP_ROOMS => Some(room.clone()),
+        _ => None,
+    })
 }
 
 impl WriterState {
@@ -399,6 +516,11 @@ impl WriterState {
             for (room, top) in &moved {
                 let epoch = &self.tops[*room].1;
                 set_top.execute(params![room, epoch, *top as i64])?;
+            }
+            for (room, limits) in &batch.trims {
+                if let Some((top, _)) = self.tops.get(room) {
+                    trim(&tx, room, *limits, *top, now)?;
+                }
             }
         }
         tx.commit()?;

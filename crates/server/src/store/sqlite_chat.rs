@@ -37,6 +37,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (user, room)) WITHOUT ROWID;",
     // 3: offline-notification cursors (`notify.rs`).
     super::notify::SQLITE_MIGRATION,
+    // 4: deleted publications (tombstones: the row stays, its payload is gone).
+    "ALTER TABLE messages ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The schema version this build writes.
@@ -163,7 +165,7 @@ fn commit_cursors(
 
 /// A write transaction on a pooled connection, taking the write lock at once (a deferred
 /// one that reads first could fail to upgrade instead of waiting for the lock).
-fn write_tx(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
+pub(super) fn write_tx(conn: &Connection) -> rusqlite::Result<Transaction<'_>> {
     Transaction::new_unchecked(conn, TransactionBehavior::Immediate)
 }
 
@@ -302,7 +304,8 @@ impl ChatStore for SqliteReaders {
             .read(move |conn| {
                 let mut stmt = conn.prepare_cached(
                     "SELECT m.room, COALESCE(r.top, 0), COALESCE(c.offset, 0), msg.offset, msg.ts_ms,
-                            CASE WHEN length(CAST(msg.data AS BLOB)) <= ?5 THEN msg.data END
+                            CASE WHEN length(CAST(msg.data AS BLOB)) <= ?5 AND msg.deleted = 0 THEN msg.data END,
+                            msg.deleted
                      FROM members m
                      LEFT JOIN rooms r ON r.room = m.room
                      LEFT JOIN messages msg ON msg.room = m.room AND msg.offset = r.top
@@ -321,6 +324,7 @@ impl ChatStore for SqliteReaders {
                             r.get::<_, Option<i64>>(3)?,
                             r.get::<_, Option<i64>>(4)?,
                             r.get::<_, Option<String>>(5)?,
+                            r.get::<_, Option<bool>>(6)? == Some(true),
                         ))
                     },
                 )?;
@@ -328,12 +332,12 @@ impl ChatStore for SqliteReaders {
             })
             .await?;
         rows.into_iter()
-            .map(|(room, top, cursor, offset, ts, data)| {
+            .map(|(room, top, cursor, offset, ts, data, deleted)| {
                 Ok(RoomEntry {
                     room,
                     top: top as u64,
                     cursor: cursor as u64,
-                    preview: preview(offset, ts, data)?,
+                    preview: preview(offset, ts, data, deleted)?,
                 })
             })
             .collect()
@@ -377,6 +381,7 @@ mod tests {
             .unwrap()
             .execute_batch(
                 "DROP TABLE members; DROP TABLE cursors;
+                 ALTER TABLE messages DROP COLUMN deleted;
                  DELETE FROM meta WHERE key = 'schema_version';",
             )
             .unwrap();

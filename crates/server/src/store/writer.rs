@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use super::retention::{Limits, Policy, Retention};
 use super::{Appended, Committed, Message, NewMessage, Position, Range, Store, StoreError};
 
 /// Most appends one transaction takes.
@@ -51,6 +52,10 @@ pub struct Batch {
     pub now_ms: i64,
     /// Idempotency keys created before this are forgotten.
     pub key_cutoff_ms: i64,
+    /// The rooms of the batch that have retention limits: after its inserts the commit
+    /// trims their oldest rows beyond the limits (at most `retention::TRIM_PER_ROOM`
+    /// each), in the same transaction.
+    pub trims: Vec<(String, Limits)>,
 }
 
 /// What a database must do to be a store. Everything else (queueing, batching, the
@@ -59,10 +64,20 @@ pub struct Batch {
 pub trait Backend: super::ChatStore + super::NotifyStore + Send + Sync + 'static {
     /// The writer's half: only the writer task holds it.
     type Committer: Committer;
-    /// Reads part of a room's stream and its position in one consistent read. `since`
-    /// offsets beyond `i64::MAX` mean "beyond the top".
-    async fn range(&self, room: &str, range: Range)
-        -> Result<(Vec<Message>, Position), StoreError>;
+    /// Reads part of a room's stream and its position in one consistent read, leaving
+    /// out what `limits` trims (whether or not it is deleted yet). `since` offsets beyond
+    /// `i64::MAX` mean "beyond the top".
+    async fn range(
+        &self,
+        room: &str,
+        range: Range,
+        limits: Limits,
+    ) -> Result<(Vec<Message>, Position), StoreError>;
+    /// See `Store::delete`.
+    async fn delete(&self, room: &str, offset: u64) -> Result<Option<Message>, StoreError>;
+    /// Deletes the room's rows up to `top`, at most `limit` of them (the oldest); returns
+    /// how many.
+    async fn clear_some(&self, room: &str, top: u64, limit: i64) -> Result<u64, StoreError>;
     /// A room's current position.
     async fn position(&self, room: &str) -> Result<Position, StoreError>;
     /// Releases the read connections (after the writer stopped).
@@ -87,6 +102,15 @@ pub trait Committer: Send + 'static {
     async fn commit(&mut self, batch: Batch) -> (Batch, Result<Vec<Appended>, StoreError>);
     /// Deletes idempotency keys created before `cutoff_ms`.
     async fn cleanup(&mut self, cutoff_ms: i64) -> Result<(), StoreError>;
+    /// The retention sweep of rooms that receive nothing: trims (as a commit does) the
+    /// first `retention::SWEEP_ROOMS` rooms in name order after `after` whose `policy`
+    /// has limits. Returns the last room visited, `None` once past the last room.
+    async fn sweep(
+        &mut self,
+        after: String,
+        policy: Policy,
+        now_ms: i64,
+    ) -> Result<Option<String>, StoreError>;
 }
 
 /// The reply channel of one queued append.
@@ -98,9 +122,14 @@ enum Request {
     Close(oneshot::Sender<()>),
 }
 
+/// Rows `clear` deletes per transaction: a huge room is cleared in steps, each short.
+const CLEAR_STEP: i64 = 10_000;
+
 /// A store: a backend's readers plus the writer task that commits for it.
 pub struct GroupStore<B: Backend> {
     backend: B,
+    /// The retention policy, shared with the writer (reads filter, commits trim).
+    retention: Arc<Retention>,
     /// Queue to the writer task (bounded: appends wait when the writer is behind).
     writer: mpsc::Sender<Request>,
     /// The writer task, joined by `close` (taken then, so a second close returns at once).
@@ -117,8 +146,11 @@ impl<B: Backend> GroupStore<B> {
     ) -> (GroupStore<B>, Committed) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_QUEUE);
+        let retention = Arc::new(Retention::default());
         let writer = Writer {
             committer,
+            retention: retention.clone(),
+            swept_after: Some(String::new()),
             uids: Uids::new(),
             committed: committed_tx,
             idempotency_ttl,
@@ -126,6 +158,7 @@ impl<B: Backend> GroupStore<B> {
         let task = tokio::spawn(writer.run(rx));
         let store = GroupStore {
             backend,
+            retention,
             writer: tx,
             task: Mutex::new(Some(task)),
         };
@@ -168,7 +201,49 @@ impl<B: Backend> Store for GroupStore<B> {
         room: &str,
         range: Range,
     ) -> Result<(Vec<Message>, Position), StoreError> {
-        self.backend.range(room, range).await
+        let limits = self.retention.limits(room);
+        self.backend.range(room, range, limits).await
+    }
+
+    fn set_retention(&self, policy: Policy) {
+        self.retention.set(policy);
+    }
+
+    async fn delete(&self, room: &str, offset: u64) -> Result<Option<Message>, StoreError> {
+        if offset == 0 {
+            return Ok(None);
+        }
+        let limits = self.retention.limits(room);
+        // A trimmed publication is gone already: nothing to delete, whatever its row.
+        let (found, _) = self
+            .backend
+            .range(
+                room,
+                Range {
+                    since: Some(offset - 1),
+                    limit: 1,
+                    reverse: false,
+                },
+                limits,
+            )
+            .await?;
+        if found.first().map(|m| m.offset) != Some(offset) {
+            return Ok(None);
+        }
+        self.backend.delete(room, offset).await
+    }
+
+    async fn clear(&self, room: &str) -> Result<u64, StoreError> {
+        // Up to the top as it is now: publications committed meanwhile stay.
+        let top = self.backend.position(room).await?.offset;
+        let mut removed = 0;
+        loop {
+            let n = self.backend.clear_some(room, top, CLEAR_STEP).await?;
+            removed += n;
+            if n < CLEAR_STEP as u64 {
+                return Ok(removed);
+            }
+        }
     }
 
     async fn position(&self, room: &str) -> Result<Position, StoreError> {
@@ -282,6 +357,10 @@ impl<B: Backend> super::NotifyStore for GroupStore<B> {
 /// The writer task's state.
 struct Writer<C> {
     committer: C,
+    /// Whose limits each commit trims to, and the sweep applies.
+    retention: Arc<Retention>,
+    /// Where the next retention sweep resumes (`None`: start over from the first room).
+    swept_after: Option<String>,
     /// Makes every message's unique id.
     uids: Uids,
     /// Where committed messages go, in commit order (bounded: the writer waits for the
@@ -295,7 +374,10 @@ impl<C: Committer> Writer<C> {
         let mut last_cleanup = Instant::now();
         let mut batch = Vec::with_capacity(64);
         loop {
-            if rx.recv_many(&mut batch, MAX_BATCH).await == 0 {
+            // Wakes at least every `CLEANUP_EVERY`, so an idle store still forgets old keys
+            // and sweeps retention.
+            let waited = tokio::time::timeout(CLEANUP_EVERY, rx.recv_many(&mut batch, MAX_BATCH));
+            if let Ok(0) = waited.await {
                 break; // every sender gone: the store was dropped without close
             }
             let mut closing = None;
@@ -314,6 +396,7 @@ impl<C: Committer> Writer<C> {
                 if let Err(e) = self.committer.cleanup(self.key_cutoff()).await {
                     tracing::warn!(error = %e, "idempotency cleanup failed");
                 }
+                self.sweep().await;
             }
             if let Some(reply) = closing {
                 let _ = reply.send(());
@@ -321,6 +404,18 @@ impl<C: Committer> Writer<C> {
             }
         }
         tracing::debug!("store writer stopped");
+    }
+
+    /// One step of the retention sweep (bounded: `retention::SWEEP_ROOMS` rooms).
+    async fn sweep(&mut self) {
+        let Some(policy) = self.retention.policy() else {
+            return;
+        };
+        let after = self.swept_after.take().unwrap_or_default();
+        match self.committer.sweep(after, policy, now_ms()).await {
+            Ok(next) => self.swept_after = next,
+            Err(e) => tracing::warn!(error = %e, "retention sweep failed"),
+        }
     }
 
     fn key_cutoff(&self) -> i64 {
@@ -349,10 +444,18 @@ impl<C: Committer> Writer<C> {
         if entries.is_empty() {
             return;
         }
+        let mut rooms = std::collections::HashSet::new();
+        let trims: Vec<(String, Limits)> = entries
+            .iter()
+            .filter(|e| rooms.insert(e.msg.room.as_str()))
+            .map(|e| (e.msg.room.clone(), self.retention.limits(&e.msg.room)))
+            .filter(|(_, l)| !l.keeps_all())
+            .collect();
         let batch = Batch {
             entries,
             now_ms: now_ms(),
             key_cutoff_ms: self.key_cutoff(),
+            trims,
         };
         let started = std::time::Instant::now();
         let size = batch.entries.len();
@@ -377,6 +480,7 @@ impl<C: Committer> Writer<C> {
                             data: e.msg.data,
                             info: e.msg.info,
                             ts_ms: now,
+                            tombstone: None,
                         })
                     })
                     .collect();

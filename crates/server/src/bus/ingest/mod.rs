@@ -373,7 +373,7 @@ impl Bus for BrokerBus {
                 continue;
             }
             let offset = match e {
-                RoomEvent::Publication(m) => Some((m.room.clone(), m.offset)),
+                RoomEvent::Publication(m) if m.offset > 0 => Some((m.room.clone(), m.offset)),
                 _ => None,
             };
             self.enqueue(Queued {

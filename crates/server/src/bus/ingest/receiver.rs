@@ -57,6 +57,10 @@ pub(super) async fn run(
             Inbound::Events(events) => {
                 for e in events {
                     match e {
+                        // Unpositioned (ephemeral, deletion notices): nothing to order.
+                        RoomEvent::Publication(m) if m.offset == 0 => {
+                            shared.hub.dispatch(&RoomEvent::Publication(m));
+                        }
                         RoomEvent::Publication(m) => deliver(order.publication(m, now)),
                         other => shared.hub.dispatch(&other),
                     }

@@ -225,8 +225,9 @@ impl<S: Services> Session<S> {
         let size = node
             .join(&room, self.conn, self.peer.outbox.clone(), mode)
             .await?;
-        let recoverable = options.force_recovery || req.recoverable;
-        let positioned = recoverable || req.positioned;
+        // An ephemeral room has no stream to position in or recover from.
+        let recoverable = !options.ephemeral && (options.force_recovery || req.recoverable);
+        let positioned = !options.ephemeral && (recoverable || req.positioned);
         let mut result = SubscribeResult::default();
         let mut next = None;
         if positioned {
@@ -262,7 +263,16 @@ impl<S: Services> Session<S> {
                 if bytes > node.config().recovery_max_bytes {
                     tracing::debug!(bytes, "recovery over the byte budget; client pages history");
                 }
-                if same_stream && within && bytes <= node.config().recovery_max_bytes && !digest {
+                // Retention (or `history_remove`) may have removed what follows the
+                // client's position: only a gap-free run from its next offset recovers.
+                let contiguous = req.offset >= pos.offset
+                    || msgs.first().map(|m| m.offset) == Some(req.offset + 1);
+                if same_stream
+                    && within
+                    && contiguous
+                    && bytes <= node.config().recovery_max_bytes
+                    && !digest
+                {
                     result.recovered = true;
                     result.publications = msgs
                         .iter()
@@ -272,6 +282,12 @@ impl<S: Services> Session<S> {
             }
             if req.recover {
                 crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
+                if !result.recovered && req.flag & SubscribeRequest::REJECT_UNRECOVERED != 0 {
+                    // The SDK asked for the error, to reload its state (`getState`) and
+                    // subscribe again from the position it returns.
+                    node.leave(&room, self.conn).await;
+                    return Err(ErrorCode::UNRECOVERABLE_POSITION);
+                }
             }
             if delta && self.format() == roomcast_proto::Format::Json {
                 // The delta mode's JSON shape: data as strings (see `with_string_data`).

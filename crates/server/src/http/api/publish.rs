@@ -82,7 +82,7 @@ pub(super) async fn publish(node: &Arc<Node>, b: PublishBody) -> Result<Answer, 
         .publish(&b.channel, data, None, super::given(b.idempotency_key))
         .await
         .map_err(internal)?;
-    Ok(ok(json!({ "offset": r.offset, "epoch": r.epoch })))
+    Ok(ok(publish_result(&r)))
 }
 
 pub(super) async fn broadcast(node: &Arc<Node>, b: BroadcastBody) -> Result<Answer, ApiError> {
@@ -101,7 +101,7 @@ pub(super) async fn broadcast(node: &Arc<Node>, b: BroadcastBody) -> Result<Answ
         let r = match allowed {
             Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
             Ok(()) => match node.publish(channel, data.clone(), None, key.clone()).await {
-                Ok(r) => json!({ "result": { "offset": r.offset, "epoch": r.epoch } }),
+                Ok(r) => json!({ "result": publish_result(&r) }),
                 Err(e) => {
                     let e = internal(e);
                     json!({ "error": { "code": e.code, "message": e.message } })
@@ -111,4 +111,13 @@ pub(super) async fn broadcast(node: &Arc<Node>, b: BroadcastBody) -> Result<Answ
         responses.push(r);
     }
     Ok(ok(json!({ "responses": responses })))
+}
+
+/// A publish result: the offset and epoch, or `{}` for an ephemeral room (not stored).
+fn publish_result(r: &crate::store::Appended) -> serde_json::Value {
+    if r.offset == 0 {
+        json!({})
+    } else {
+        json!({ "offset": r.offset, "epoch": r.epoch })
+    }
 }

@@ -92,6 +92,7 @@ impl Fake {
                 data: RawValue::from_string(format!("{{\"n\":{offset}}}")).unwrap(),
                 info: None,
                 ts_ms: 0,
+                tombstone: None,
             });
         }
     }
