@@ -1,7 +1,7 @@
 """Interop: `cent`'s whole client surface against roomcast (issue 13). Every method of the
 installed cent, with its optional fields set; what roomcast does with each field is in the
 README ("Server HTTP API"). Methods of Centrifugo PRO (user status, tokens, devices, push
-notifications, connections) are not served: each must answer HTTP 404, which cent raises as a
+notifications) are not served: each must answer HTTP 404, which cent raises as a
 transport error, not hang or break the client. (`history_remove` is left out: the
 history-retention work serves it and tests it.)"""
 
@@ -257,8 +257,9 @@ async def test_batch_sequential_and_parallel(clients, api):
     assert [x.offset for x in r.replies] == [1] * 20
 
 
+# `connections` is not here: roomcast serves a method of that name for its admin page, with a
+# smaller result than PRO's (README "Server HTTP API"), which cent cannot decode.
 PRO_ONLY = [
-    ("connections", ConnectionsRequest(user="u", expression="")),
     ("update_user_status", UpdateUserStatusRequest(users=["u"])),
     ("get_user_status", GetUserStatusRequest(users=["u"])),
     ("delete_user_status", DeleteUserStatusRequest(users=["u"])),
