@@ -18,7 +18,6 @@ from cent import (
     CancelPushRequest,
     ChannelOptionsOverride,
     ChannelsRequest,
-    ConnectionsRequest,
     DeleteUserStatusRequest,
     DeviceListRequest,
     DeviceRegisterRequest,
