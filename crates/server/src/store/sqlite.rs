@@ -111,7 +111,6 @@ impl SqliteStore {
                 positions: positions.clone(),
                 conn,
                 base_epoch: base_epoch.clone(),
-                tops: HashMap::new(),
             }),
         };
         let path: Arc<Path> = path.into();
@@ -342,9 +341,6 @@ struct WriterState {
     /// Told every committed room position, after the commit (see `sqlite_positions.rs`).
     positions: Arc<Positions>,
     base_epoch: String,
-    /// Cached `(top, epoch)` of rooms written since start; cleared if a commit fails, so
-    /// it never runs ahead of the database.
-    tops: HashMap<String, (u64, String)>,
 }
 
 #[async_trait]
@@ -355,9 +351,6 @@ impl Committer for SqliteCommitter {
         };
         let joined = tokio::task::spawn_blocking(move || {
             let outcome = state.commit(&batch);
-            if outcome.is_err() {
-                state.tops.clear();
-            }
             (state, batch, outcome.map_err(backend))
         })
         .await;
@@ -454,6 +447,9 @@ impl WriterState {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut results = Vec::with_capacity(batch.entries.len());
+        // `(top, epoch)` of this batch's rooms as the batch moves them: from the committed
+        // positions the readers share (or the database), so nothing runs ahead of a commit.
+        let mut tops: HashMap<&str, (u64, String)> = HashMap::new();
         // Rooms whose top moved in this batch.
         let mut moved: HashMap<&str, u64> = HashMap::new();
         {
@@ -468,10 +464,14 @@ impl WriterState {
             )?;
             for e in &batch.entries {
                 let m = &e.msg;
-                let (top, epoch) = match self.tops.get(&m.room) {
+                let (top, epoch) = match tops.get(m.room.as_str()) {
                     Some(t) => t.clone(),
                     None => {
-                        let p = position_of(&tx, &m.room, &self.base_epoch)?;
+                        let p = match self.positions.get(&m.room) {
+                            Ok(p) => p,
+                            Err(_) => position_of(&tx, &m.room, &self.base_epoch)?,
+                        };
+                        tops.insert(&m.room, (p.offset, p.epoch.clone()));
                         (p.offset, p.epoch)
                     }
                 };
@@ -503,7 +503,7 @@ impl WriterState {
                     remember.execute(params![m.room, key, offset as i64, now])?;
                 }
                 moved.insert(&m.room, offset);
-                self.tops.insert(m.room.clone(), (offset, epoch.clone()));
+                tops.insert(&m.room, (offset, epoch.clone()));
                 results.push(Appended {
                     offset,
                     epoch,
@@ -514,17 +514,16 @@ impl WriterState {
                 "INSERT INTO rooms (room, epoch, top) VALUES (?1, ?2, ?3) ON CONFLICT (room) DO UPDATE SET top = excluded.top",
             )?;
             for (room, top) in &moved {
-                let epoch = &self.tops[*room].1;
+                let epoch = &tops[*room].1;
                 set_top.execute(params![room, epoch, *top as i64])?;
             }
             for (room, limits) in &batch.trims {
-                if let Some((top, _)) = self.tops.get(room) {
+                if let Some((top, _)) = tops.get(room.as_str()) {
                     trim(&tx, room, *limits, *top, now)?;
                 }
             }
         }
         tx.commit()?;
-        let tops = &self.tops;
         self.positions.committed(
             moved
                 .iter()

@@ -21,6 +21,9 @@
 //! - bounded: past [`MAX_POSITIONS`] rooms the writer forgets them all and the map is no
 //!   longer complete (rooms are read again).
 //!
+//! The writer also starts each batch from these positions (reading the database only for a
+//! room it cannot answer), so it keeps no map of its own.
+//!
 //! Anything else that changes a room's `top` or `epoch` row must call `committed` too.
 
 use std::collections::HashMap;
