@@ -1,7 +1,7 @@
 //! Prometheus metrics (`GET /metrics`, text exposition format).
 //!
 //! Built on `prometheus-client`: every metric is a handle onto atomics, created once
-//! (`METRICS`), so counting on a hot path is one atomic add with no registry lookup, no
+//! (`get`), so counting on a hot path is one atomic add with no registry lookup, no
 //! global recorder and no lock (label families take a read lock and a hash only on paths
 //! that are not per delivery: commands, disconnects, recoveries). Counters the node keeps
 //! anyway (deliveries and connections in the hub, accepted publications in the node, the
@@ -12,6 +12,7 @@
 //! process.
 
 use std::fmt::Write as _;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -77,8 +78,23 @@ pub struct Metrics {
     pub notify_users: Counter,
 }
 
-/// This process's metrics.
-pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+/// This process's metrics (reach them through `get`).
+static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Off with `metrics = false`: nothing is counted and `/metrics` answers 404.
+static ENABLED: AtomicBool = AtomicBool::new(true);
+
+/// Switches counting on or off for the whole process (at start, from the config).
+pub fn enable(on: bool) {
+    ENABLED.store(on, Relaxed);
+}
+
+/// This process's metrics, `None` when they are off: a hot path counts with
+/// `if let Some(m) = metrics::get() { ... }`, one relaxed load when off.
+#[inline]
+pub fn get() -> Option<&'static Metrics> {
+    ENABLED.load(Relaxed).then(|| &*METRICS)
+}
 
 impl Metrics {
     fn new() -> Metrics {

@@ -327,7 +327,9 @@ impl Node {
         mode: SubMode,
     ) -> Result<usize, ErrorCode> {
         let joined = self.hub.subscribe(room, conn, outbox, mode);
-        crate::metrics::METRICS.subscriptions.inc();
+        if let Some(m) = crate::metrics::get() {
+            m.subscriptions.inc();
+        }
         if let (Some(id), Some(every)) = (joined.start_digest, mode.digest) {
             let timer = self
                 .hub
@@ -350,7 +352,9 @@ impl Node {
     pub async fn leave(&self, room: &str, conn: ConnId) -> usize {
         let left = self.hub.unsubscribe(room, conn);
         if left.is_some() {
-            crate::metrics::METRICS.subscriptions.dec();
+            if let Some(m) = crate::metrics::get() {
+                m.subscriptions.dec();
+            }
         }
         if left == Some(0) {
             self.bus.unwatch(room).await;

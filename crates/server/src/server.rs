@@ -71,6 +71,7 @@ impl Server {
     }
 
     async fn start_in(mut config: Config) -> anyhow::Result<Server> {
+        crate::metrics::enable(config.metrics);
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         if config.token_hmac_secret.is_none() || config.api_key.is_none() {

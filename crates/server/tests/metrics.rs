@@ -176,3 +176,27 @@ async fn settled(node: &Node, want: &[(&str, f64)]) -> HashMap<String, f64> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `metrics = false`: `/metrics` is not served (404) and the node works as before.
+#[tokio::test]
+async fn metrics_off_is_not_served_and_the_node_still_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("roomcast.toml");
+    std::fs::write(&conf, "metrics = false\n").unwrap();
+    let node = Node::builder().arg("--config").arg(&conf).start();
+    let (status, _) = get(node.addr, "/metrics", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    let mut alice = Client::connect(&node.ws_url(), "alice").await;
+    alice.subscribe("room").await;
+    let r = alice
+        .call(json!({"publish": {"channel": "room", "data": {"n": 1}}}))
+        .await;
+    assert!(r.get("error").is_none(), "{r}");
+    alice.next_pub("room").await;
+    let (status, _) = get(node.addr, "/health", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+}

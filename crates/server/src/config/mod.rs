@@ -203,6 +203,9 @@ pub struct Config {
     /// Serve the chat page at `/` and the admin page at `/admin` (embedded in the binary;
     /// the admin page asks for the API key). Off: both answer 404.
     pub web_pages: bool,
+    /// Count Prometheus metrics and serve them at `/metrics`. Off: nothing is counted and
+    /// `/metrics` answers 404 (the admin page then shows no live counters).
+    pub metrics: bool,
     /// Seconds between server pings.
     pub ping_interval_secs: u64,
     /// Seconds a client has to answer a ping before it is disconnected ("no pong").
@@ -333,6 +336,7 @@ impl Default for Config {
             proxy_max_response_bytes: 1 << 20,
             insecure: false,
             web_pages: true,
+            metrics: true,
             ping_interval_secs: 25,
             pong_timeout_secs: 8,
             recovery_max_publications: 10_000,

@@ -44,7 +44,9 @@ pub(super) async fn run(session: &mut Session, msgs: &[Inbound]) -> Result<(), D
         let commands = decode(msg, format)?;
         for cmd in commands {
             let (id, method) = cmd.into_method().map_err(|_| Disconnect::BAD_REQUEST)?;
-            crate::metrics::METRICS.command(crate::metrics::method_name(&method));
+            if let Some(m) = crate::metrics::get() {
+                m.command(crate::metrics::method_name(&method));
+            }
             match method {
                 Method::Empty => session.pong(),
                 Method::Publish(p) if id != 0 && session.is_connected() => publishes.push((id, p)),

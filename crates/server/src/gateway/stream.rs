@@ -182,7 +182,9 @@ async fn serve(
     .await;
     node.streams.close(&stream_id);
     node.keepalive.unregister(id);
-    crate::metrics::METRICS.disconnect(code);
+    if let Some(m) = crate::metrics::get() {
+        m.disconnect(code);
+    }
     if let Some(who) = session.identity() {
         tracing::info!(client = %who.client, user = %who.user, code, transport = wire.name, "disconnected");
     }

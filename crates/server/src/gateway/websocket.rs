@@ -182,7 +182,9 @@ pub async fn serve(
     };
     let code = run(tcp, leftover, &outbox, &mut handler, limits).await;
     node.keepalive.unregister(id);
-    crate::metrics::METRICS.disconnect(code);
+    if let Some(m) = crate::metrics::get() {
+        m.disconnect(code);
+    }
     if let Handler::Session(s) = &handler {
         if let Some(who) = s.identity() {
             // No code: the socket ended without a close frame (peer gone, reset, write

@@ -36,6 +36,11 @@ pub fn router(node: Arc<Node>, api: api::Api) -> Router {
     } else {
         Router::new()
     };
+    let metrics_route = if node.config.metrics {
+        Router::new().route("/metrics", get(metrics))
+    } else {
+        Router::new()
+    };
     Router::new()
         .route("/connection/websocket", any(websocket))
         .route(
@@ -47,7 +52,7 @@ pub fn router(node: Arc<Node>, api: api::Api) -> Router {
         .route("/api/{method}", post(api::call).with_state(api))
         .route("/health", get(ready::health))
         .route("/ready", get(ready::ready))
-        .route("/metrics", get(metrics))
+        .merge(metrics_route)
         .with_state(node)
         .merge(pages)
 }

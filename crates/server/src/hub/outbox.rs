@@ -134,7 +134,9 @@ impl Outbox {
     /// Closes as slow and frees the backlog. Caller holds the lock and wakes the task.
     fn overflow(s: &mut State) {
         if s.close.is_none() {
-            crate::metrics::METRICS.slow_closes.inc();
+            if let Some(m) = crate::metrics::get() {
+                m.slow_closes.inc();
+            }
         }
         s.close = Some(Disconnect::SLOW);
         s.queue = VecDeque::new();

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use super::offline::OfflineScan;
 use super::webhook::{idempotency_key, Backoff, Batch};
 use super::Notifier;
-use crate::metrics::METRICS;
 use crate::personal::now_ms;
 use crate::store::{Message, Range, StoreError};
 
@@ -169,12 +168,16 @@ impl Notifier {
                     idempotency_key: &key,
                 };
                 while let Err(e) = self.webhook.post(&batch).await {
-                    METRICS.notify_failures.inc();
+                    if let Some(mt) = crate::metrics::get() {
+                        mt.notify_failures.inc();
+                    }
                     tracing::warn!(room = %m.room, offset = m.offset, error = %e, "notification webhook failed; retrying");
                     self.pause(&mut backoff, held, stop).await?;
                 }
-                METRICS.notify_requests.inc();
-                METRICS.notify_users.inc_by(users.len() as u64);
+                if let Some(mt) = crate::metrics::get() {
+                    mt.notify_requests.inc();
+                    mt.notify_users.inc_by(users.len() as u64);
+                }
                 backoff.reset();
                 index += 1;
                 if held.renewed.elapsed() > self.settings.lease / 3 {

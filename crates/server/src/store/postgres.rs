@@ -77,7 +77,9 @@ pub struct PostgresReaders {
 }
 
 fn backend(e: impl std::fmt::Display) -> StoreError {
-    crate::metrics::METRICS.backend_error("postgres");
+    if let Some(m) = crate::metrics::get() {
+        m.backend_error("postgres");
+    }
     StoreError::Backend(e.to_string())
 }
 

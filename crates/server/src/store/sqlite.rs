@@ -60,7 +60,9 @@ pub struct SqliteReaders {
 }
 
 pub(super) fn backend(e: impl std::fmt::Display) -> StoreError {
-    crate::metrics::METRICS.backend_error("sqlite");
+    if let Some(m) = crate::metrics::get() {
+        m.backend_error("sqlite");
+    }
     StoreError::Backend(e.to_string())
 }
 

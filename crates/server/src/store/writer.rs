@@ -460,7 +460,9 @@ impl<C: Committer> Writer<C> {
         let started = std::time::Instant::now();
         let size = batch.entries.len();
         let (batch, outcome) = self.committer.commit(batch).await;
-        crate::metrics::METRICS.store_commit(started.elapsed(), size);
+        if let Some(m) = crate::metrics::get() {
+            m.store_commit(started.elapsed(), size);
+        }
         match outcome {
             Ok(results) => {
                 debug_assert_eq!(results.len(), batch.entries.len());

@@ -95,70 +95,72 @@ pub(super) async fn run(
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = stop.cancelled() => return,
-                cmd = commands.recv() => {
-                    let Some((room, ack)) = cmd else { return };
-                    let want = shared.is_watched(&room) && !shared.is_personal(&room);
-                    let has = subscribed.contains(&room);
-                    let one = [Channel::Room(room.clone())];
-                    let result = if want && !has {
-                        subscribed.insert(room.clone());
-                        bounded(subs.subscribe(&one)).await
-                    } else if !want && has {
-                        subscribed.remove(&room);
-                        bounded(subs.unsubscribe(&one)).await
-                    } else {
-                        Ok(())
-                    };
-                    if result.is_err() {
-                        tracing::warn!(broker = name, %room, "bus (un)subscribe failed; reconnecting");
-                        break;
-                    }
-                    let _ = ack.send(());
-                }
-                msg = subs.next() => {
-                    let Some(payload) = msg else {
-                        tracing::warn!(broker = name, "bus subscription lost; reconnecting");
-                        break;
-                    };
-                    crate::metrics::METRICS.bus_received.inc();
-                    match Envelope::decode(&payload) {
-                        Ok(Envelope::Probe { n }) if n == shared.node => {
-                            last_probe = Instant::now();
-                            shared.probe_back();
-                        }
-                        Ok(env) => {
-                            if !handle(&shared, &inbox, env).await {
-                                return;
+                            _ = stop.cancelled() => return,
+                            cmd = commands.recv() => {
+                                let Some((room, ack)) = cmd else { return };
+                                let want = shared.is_watched(&room) && !shared.is_personal(&room);
+                                let has = subscribed.contains(&room);
+                                let one = [Channel::Room(room.clone())];
+                                let result = if want && !has {
+                                    subscribed.insert(room.clone());
+                                    bounded(subs.subscribe(&one)).await
+                                } else if !want && has {
+                                    subscribed.remove(&room);
+                                    bounded(subs.unsubscribe(&one)).await
+                                } else {
+                                    Ok(())
+                                };
+                                if result.is_err() {
+                                    tracing::warn!(broker = name, %room, "bus (un)subscribe failed; reconnecting");
+                                    break;
+                                }
+                                let _ = ack.send(());
                             }
-                        }
-                        Err(e) => tracing::warn!(broker = name, error = %e, "undecodable bus message"),
-                    }
-                }
-                _ = tick.tick() => {
-                    if last_probe.elapsed() > STALL {
-                        tracing::warn!(broker = name, "no probe came back through the broker; resubscribing");
-                        break;
-                    }
-                    if last_reconcile.elapsed() >= RECONCILE_EVERY {
-                        last_reconcile = Instant::now();
-                        match reconcile(&shared, subs.as_mut(), &mut subscribed).await {
-                            Ok(added) if added.is_empty() => {}
-                            Ok(added) => {
-                                // Subscribed late (a watch command timed out): read what
-                                // those rooms may have missed.
-                                if inbox.send(Inbound::Resync(Some(added))).await.is_err() {
-                                    return;
+                            msg = subs.next() => {
+                                let Some(payload) = msg else {
+                                    tracing::warn!(broker = name, "bus subscription lost; reconnecting");
+                                    break;
+                                };
+                                if let Some(m) = crate::metrics::get() {
+             m.bus_received.inc();
+            }
+                                match Envelope::decode(&payload) {
+                                    Ok(Envelope::Probe { n }) if n == shared.node => {
+                                        last_probe = Instant::now();
+                                        shared.probe_back();
+                                    }
+                                    Ok(env) => {
+                                        if !handle(&shared, &inbox, env).await {
+                                            return;
+                                        }
+                                    }
+                                    Err(e) => tracing::warn!(broker = name, error = %e, "undecodable bus message"),
                                 }
                             }
-                            Err(()) => {
-                                tracing::warn!(broker = name, "bus reconcile failed; reconnecting");
-                                break;
+                            _ = tick.tick() => {
+                                if last_probe.elapsed() > STALL {
+                                    tracing::warn!(broker = name, "no probe came back through the broker; resubscribing");
+                                    break;
+                                }
+                                if last_reconcile.elapsed() >= RECONCILE_EVERY {
+                                    last_reconcile = Instant::now();
+                                    match reconcile(&shared, subs.as_mut(), &mut subscribed).await {
+                                        Ok(added) if added.is_empty() => {}
+                                        Ok(added) => {
+                                            // Subscribed late (a watch command timed out): read what
+                                            // those rooms may have missed.
+                                            if inbox.send(Inbound::Resync(Some(added))).await.is_err() {
+                                                return;
+                                            }
+                                        }
+                                        Err(()) => {
+                                            tracing::warn!(broker = name, "bus reconcile failed; reconnecting");
+                                            break;
+                                        }
+                                    }
+                                }
                             }
                         }
-                    }
-                }
-            }
         }
     }
 }

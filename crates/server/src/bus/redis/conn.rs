@@ -157,7 +157,9 @@ impl redis::aio::ConnectionLike for RedisConn {
 }
 
 pub fn redis_err(e: impl std::fmt::Display) -> BusError {
-    crate::metrics::METRICS.backend_error("redis");
+    if let Some(m) = crate::metrics::get() {
+        m.backend_error("redis");
+    }
     BusError::Backend(e.to_string())
 }
 

@@ -154,7 +154,9 @@ impl<S: Services> Session<S> {
     }
 
     fn error(&self, id: u32, err: ErrorCode) {
-        crate::metrics::METRICS.command_error(err.code);
+        if let Some(m) = crate::metrics::get() {
+            m.command_error(err.code);
+        }
         self.reply(self.format().error(id, err));
     }
 
@@ -216,7 +218,9 @@ impl<S: Services> Session<S> {
                 // The reason only (signature, expiry, audience, key id): never the token.
                 let why = e.to_string();
                 tracing::info!(reason = %why, "connection refused: invalid token");
-                crate::metrics::METRICS.token_refusals.inc();
+                if let Some(m) = crate::metrics::get() {
+                    m.token_refusals.inc();
+                }
                 Err(Flow::Close(Disconnect::INVALID_TOKEN))
             }
         }
@@ -319,7 +323,9 @@ impl<S: Services> Session<S> {
             node: self.node.node_id().to_owned(),
         };
         tracing::info!(client = %result.client, user = %claims.sub, "connected");
-        crate::metrics::METRICS.connects.inc();
+        if let Some(m) = crate::metrics::get() {
+            m.connects.inc();
+        }
         self.reply(self.format().reply(id, "connect", &result));
         for (channel, next) in activate {
             self.node.activate(&channel, self.conn, next);

@@ -281,7 +281,9 @@ impl<S: Services> Session<S> {
                 }
             }
             if req.recover {
-                crate::metrics::METRICS.recovery(result.recovered, result.publications.len());
+                if let Some(m) = crate::metrics::get() {
+                    m.recovery(result.recovered, result.publications.len());
+                }
                 if !result.recovered && req.flag & SubscribeRequest::REJECT_UNRECOVERED != 0 {
                     // The SDK asked for the error, to reload its state (`getState`) and
                     // subscribe again from the position it returns.
