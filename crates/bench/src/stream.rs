@@ -178,6 +178,7 @@ async fn join_inner(
     }
     let mut tcp = sock.connect(addr).await?;
     tcp.set_nodelay(true)?;
+    wire::no_time_wait(&tcp)?;
     let token = target
         .secret
         .as_deref()
