@@ -8,7 +8,7 @@
 //! JSON (`data`, `info`, ...) go through `grpc::json_bytes`, as JSON, not arrays of numbers.
 
 /// The `bytes` fields that hold application JSON.
-const JSON_BYTES: [&str; 8] = [
+const JSON_BYTES: [&str; 10] = [
     "PublishRequest.data",
     "BroadcastRequest.data",
     "SubscribeRequest.info",
@@ -17,6 +17,8 @@ const JSON_BYTES: [&str; 8] = [
     "ClientInfo.conn_info",
     "ClientInfo.chan_info",
     "Publication.data",
+    "UserPublishRequest.data",
+    "RoomPreview.data",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -95,6 +95,17 @@ reply! {
     HistoryResponse => HistoryResult,
     ChannelsResponse => ChannelsResult,
     InfoResponse => InfoResult,
+    HistoryRemoveResponse => HistoryRemoveResult,
+    ConnectionsResponse => ConnectionsResult,
+    DeletePublicationResponse => DeletePublicationResult,
+    UserPublishResponse => UserPublishResult,
+    UserStatusResponse => UserStatusResult,
+    AddMembersResponse => AddMembersResult,
+    RemoveMembersResponse => RemoveMembersResult,
+    MembersResponse => MembersResult,
+    ReadResponse => ReadResult,
+    UnreadResponse => UnreadResult,
+    RoomsResponse => RoomsResult,
 }
 
 impl GrpcApi {
@@ -151,6 +162,50 @@ impl CentrifugoApi for GrpcApi {
     }
     async fn info(&self, r: Request<InfoRequest>) -> Answer<InfoResponse> {
         self.rpc("info", r).await
+    }
+    async fn history_remove(
+        &self,
+        r: Request<HistoryRemoveRequest>,
+    ) -> Answer<HistoryRemoveResponse> {
+        self.rpc("history_remove", r).await
+    }
+
+    // roomcast's own methods.
+    async fn connections(&self, r: Request<ConnectionsRequest>) -> Answer<ConnectionsResponse> {
+        self.rpc("connections", r).await
+    }
+    async fn delete_publication(
+        &self,
+        r: Request<DeletePublicationRequest>,
+    ) -> Answer<DeletePublicationResponse> {
+        self.rpc("delete_publication", r).await
+    }
+    async fn user_publish(&self, r: Request<UserPublishRequest>) -> Answer<UserPublishResponse> {
+        self.rpc("user_publish", r).await
+    }
+    async fn user_status(&self, r: Request<UserStatusRequest>) -> Answer<UserStatusResponse> {
+        self.rpc("user_status", r).await
+    }
+    async fn add_members(&self, r: Request<AddMembersRequest>) -> Answer<AddMembersResponse> {
+        self.rpc("add_members", r).await
+    }
+    async fn remove_members(
+        &self,
+        r: Request<RemoveMembersRequest>,
+    ) -> Answer<RemoveMembersResponse> {
+        self.rpc("remove_members", r).await
+    }
+    async fn members(&self, r: Request<MembersRequest>) -> Answer<MembersResponse> {
+        self.rpc("members", r).await
+    }
+    async fn read(&self, r: Request<ReadRequest>) -> Answer<ReadResponse> {
+        self.rpc("read", r).await
+    }
+    async fn unread(&self, r: Request<UnreadRequest>) -> Answer<UnreadResponse> {
+        self.rpc("unread", r).await
+    }
+    async fn rooms(&self, r: Request<RoomsRequest>) -> Answer<RoomsResponse> {
+        self.rpc("rooms", r).await
     }
 
     /// A batch has no `error` of its own: a malformed one (too many commands) is

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::api::{ok, parse};
+use super::api::{given, ok, parse};
 use super::error::ApiError;
 use crate::node::Node;
 use crate::personal::PersonalError;
@@ -44,7 +44,7 @@ pub(super) async fn run(node: &Node, method: &str, body: &[u8]) -> Result<Answer
     if method == "user_publish" {
         let b: UserPublishBody = parse(body)?;
         let r = node
-            .user_publish(&b.user, b.data, b.idempotency_key)
+            .user_publish(&b.user, b.data, given(b.idempotency_key))
             .await?;
         Ok(ok(json!({ "offset": r.offset, "epoch": r.epoch })))
     } else {

@@ -217,8 +217,9 @@ async fn run_one(node: &Arc<Node>, method: &str, body: &[u8]) -> Result<Answer, 
     }
 }
 
-/// A user or client id given as `""` means "not given" (gRPC has no absent strings).
-fn given(s: Option<String>) -> Option<String> {
+/// A user or client id, or an idempotency key, given as `""` means "not given" (gRPC has
+/// no absent strings).
+pub(in crate::http) fn given(s: Option<String>) -> Option<String> {
     s.filter(|s| !s.is_empty())
 }
 
