@@ -10,8 +10,11 @@
 #        OUT=dir for results.json and plots (default bench-results/compare-<utc time>)
 #        CONFIG_OLD / CONFIG_NEW: config file per server (default bench/roomcast-bench.toml for both)
 #        SPEC_OLD / SPEC_NEW: extra `--target` keys per server, e.g. SPEC_NEW=chat=1 (the chat layer:
-#        members added, cursors moved; pair with CONFIG_NEW=bench/roomcast-bench-chat.toml)
-#        Same binary twice with different settings: bench/compare.sh B B BENCH ... with those.
+#        members added, cursors moved; pair with CONFIG_NEW=bench/roomcast-bench-chat.toml), or
+#        SPEC_NEW=proto=1 (members and room publishers in the protobuf format: JSON as old, protobuf
+#        as new; add ,name=roomcast-protobuf to name it so in the tables)
+#        Same binary twice with different settings: bench/compare.sh B B BENCH ... with those, e.g.
+#        SPEC_NEW=proto=1 bench/compare.sh B B BENCH --preset seed500 --scenarios fanout
 # Every process this script starts is stopped by its PID on exit.
 set -euo pipefail
 [[ $# -ge 3 ]] || { sed -n 2,10p "$0"; exit 2; }

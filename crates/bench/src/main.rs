@@ -16,6 +16,7 @@ mod http;
 mod limit;
 mod member;
 mod notify;
+mod pb;
 mod personal;
 mod plan;
 mod plot;

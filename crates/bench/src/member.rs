@@ -9,7 +9,7 @@
 use crate::digest::{DigestTrack, SubOpts};
 use crate::stats::{Hists, Live};
 use crate::stream::StreamConn;
-use crate::target::{Target, Transport};
+use crate::target::{Kind, Target, Transport};
 use crate::tracker::{Seen, Tracker};
 use crate::wire::{self, Ask, Incoming, Position, Ws};
 use anyhow::Result;
@@ -27,18 +27,62 @@ const JOIN_ATTEMPTS: u32 = 6;
 /// Chat targets: how often a member moves its read cursor to the newest offset it has received.
 const READ_EVERY: Duration = Duration::from_secs(1);
 
-/// A member's connection: a WebSocket, or a stream with its emulation requests.
+/// A member's connection: a WebSocket (JSON or protobuf), or a stream with its emulation
+/// requests.
 enum Conn {
     Ws(Box<Ws>),
+    /// A WebSocket in the protobuf format (`proto=1`): binary messages.
+    Pb(Box<Ws>),
     Stream(Box<StreamConn>),
 }
 
 impl Conn {
+    /// What the next message means; `None` when the connection ended or failed.
+    async fn next(&mut self, kind: Kind) -> Option<Vec<Incoming>> {
+        let mut out = Vec::new();
+        if let Conn::Pb(ws) = self {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Binary(b))) => {
+                        crate::pb::decode(&b, &mut out);
+                        return Some(out);
+                    }
+                    Some(Ok(_)) => continue,
+                    _ => return None,
+                }
+            }
+        }
+        let t = self.next_text().await?;
+        wire::decode(kind, &t, &mut out);
+        Some(out)
+    }
+
+    /// Answers a server ping (`p` is the JSON answer).
+    async fn pong(&mut self, p: &str) {
+        match self {
+            Conn::Pb(ws) => {
+                let _ = ws.send(crate::pb::pong()).await;
+            }
+            _ => self.send(p).await,
+        }
+    }
+
+    /// Chat targets: moves this member's read cursor in `room` to `offset` (`rpc roomcast.read`).
+    async fn read(&mut self, id: u64, room: u32, offset: u64) {
+        if let Conn::Pb(ws) = self {
+            let _ = ws.send(crate::pb::read_frame(id, room, offset)).await;
+            return;
+        }
+        let cmd = serde_json::json!({"id": id, "rpc": {"method": "roomcast.read",
+            "data": {"channel": wire::channel(room), "offset": offset}}});
+        self.send(&cmd.to_string()).await;
+    }
+
     /// The next text message (WebSocket) or frame (stream); `None` when the connection ended
     /// or failed.
     async fn next_text(&mut self) -> Option<String> {
         match self {
-            Conn::Ws(ws) => loop {
+            Conn::Ws(ws) | Conn::Pb(ws) => loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) => return Some(t.as_str().to_owned()),
                     Some(Ok(_)) => continue,
@@ -51,7 +95,7 @@ impl Conn {
 
     async fn send(&mut self, text: &str) {
         match self {
-            Conn::Ws(ws) => {
+            Conn::Ws(ws) | Conn::Pb(ws) => {
                 let _ = ws.send(Message::text(text.to_owned())).await;
             }
             Conn::Stream(s) => {
@@ -61,7 +105,7 @@ impl Conn {
     }
 
     async fn close(self) {
-        if let Conn::Ws(mut ws) = self {
+        if let Conn::Ws(mut ws) | Conn::Pb(mut ws) = self {
             let _ = Ws::close(&mut ws, None).await;
         }
     }
@@ -189,19 +233,15 @@ pub(crate) async fn run(shared: Arc<Shared>, me: Member, mut cmd: watch::Receive
                     if newest > cursor {
                         cursor = newest;
                         read_id += 1;
-                        let cmd = serde_json::json!({"id": read_id, "rpc": {"method": "roomcast.read",
-                            "data": {"channel": wire::channel(me.room), "offset": newest}}});
-                        ws.send(&cmd.to_string()).await;
+                        ws.read(read_id, me.room, newest).await;
                     }
                 }
-                msg = ws.next_text() => match msg {
-                    Some(t) => {
-                        let mut out = Vec::new();
-                        wire::decode(shared.target.kind, &t, &mut out);
+                msg = ws.next(shared.target.kind) => match msg {
+                    Some(out) => {
                         for m in out {
                             match m {
                                 Incoming::Delivery(d) => on_delivery(&shared, &me, (&mut tracker, &mut digest), &mut pos, d, true),
-                                Incoming::Ping(p) => ws.send(p).await,
+                                Incoming::Ping(p) => ws.pong(p).await,
                                 Incoming::JoinLeave => { shared.live.join_leave_pushes.fetch_add(1, Relaxed); }
                                 // A member sends no publishes: a refused command is its cursor read.
                                 Incoming::Reply { ok } | Incoming::Ack { ok, .. } => {
@@ -389,7 +429,8 @@ async fn join_once(
         digest: me.digest,
     };
     let j = wire::join(&mut ws, t, me.room, &user, pos, ask).await?;
-    Ok((Conn::Ws(Box::new(ws)), j))
+    let ws = Box::new(ws);
+    Ok((if t.proto { Conn::Pb(ws) } else { Conn::Ws(ws) }, j))
 }
 
 #[cfg(test)]

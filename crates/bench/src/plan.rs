@@ -147,6 +147,9 @@ impl RunArgs {
             .collect::<Result<_>>()?;
         if let Some(tr) = self.transport {
             for t in ts.iter_mut().filter(|t| t.kind == Kind::Roomcast) {
+                if t.proto && tr != crate::target::Transport::Websocket {
+                    anyhow::bail!("target {}: proto=1 is for WebSocket members only", t.name);
+                }
                 t.transport = tr;
                 t.name.push_str(tr.suffix());
             }

@@ -3,7 +3,8 @@
 //!
 //! Over a WebSocket (roomcast client `publish`, Socket.IO event with ack, limit server) publishes are
 //! pipelined up to `window`; over HTTP (roomcast server API, Sockudo REST) they are one at a time on a
-//! keep-alive connection, because parallel HTTP requests would reorder the stream.
+//! keep-alive connection, because parallel HTTP requests would reorder the stream. A `proto=1`
+//! roomcast target's publishers speak the protobuf format over their WebSocket.
 
 use crate::http::{self, HttpConn};
 use crate::stats::{self, Buckets};
@@ -110,7 +111,12 @@ async fn run_ws(
                 while res.sent < due && inflight.len() < job.window && !all_sent(res.sent) {
                     res.sent += 1;
                     let body = wire::payload(job.room, res.sent, job.payload_size);
-                    ws.feed(Message::text(wire::publish_frame(t.kind, job.room, res.sent, &body))).await?;
+                    let frame = if t.proto {
+                        crate::pb::publish_frame(job.room, res.sent, &body)
+                    } else {
+                        Message::text(wire::publish_frame(t.kind, job.room, res.sent, &body))
+                    };
+                    ws.feed(frame).await?;
                     inflight.push_back((res.sent, Instant::now()));
                     n += 1;
                 }
@@ -119,8 +125,11 @@ async fn run_ws(
                 }
             }
             m = ws.next() => {
-                let text = match m {
-                    Some(Ok(Message::Text(x))) => x,
+                out.clear();
+                match m {
+                    Some(Ok(Message::Text(x))) => wire::decode(t.kind, x.as_str(), &mut out),
+                    // roomcast in the protobuf format (`proto=1`).
+                    Some(Ok(Message::Binary(b))) if t.proto => crate::pb::decode(&b, &mut out),
                     Some(Ok(Message::Close(frame))) => {
                         res.failed.extend(inflight.iter().map(|(s, _)| *s));
                         let why = frame.map(|f| format!("{} {}", u16::from(f.code), f.reason)).unwrap_or_default();
@@ -131,9 +140,7 @@ async fn run_ws(
                         res.failed.extend(inflight.iter().map(|(s, _)| *s));
                         anyhow::bail!("publisher connection ended: {other:?}");
                     }
-                };
-                out.clear();
-                wire::decode(t.kind, text.as_str(), &mut out);
+                }
                 for m in out.drain(..) {
                     match m {
                         Incoming::Ack { id, ok } => {
@@ -146,6 +153,7 @@ async fn run_ws(
                                 if ok { res.acked += 1 } else { res.failed.push(seq) }
                             }
                         }
+                        Incoming::Ping(_) if t.proto => ws.send(crate::pb::pong()).await?,
                         Incoming::Ping(p) => ws.send(Message::text(p)).await?,
                         _ => {}
                     }

@@ -12,6 +12,8 @@
 //! counters give the bus traffic per publication)
 //! `kind=roomcast,addr=...,transport=sse` (members over SSE or `http_stream`; publishers stay on
 //! WebSocket)
+//! `kind=roomcast,addr=...,proto=1` (members and publishers speak the protobuf format over
+//! WebSocket; named `roomcast-protobuf` unless `name=` says otherwise)
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
@@ -96,6 +98,16 @@ pub(crate) struct Target {
     /// roomcast: the members' transport.
     #[serde(default)]
     pub transport: Transport,
+    /// roomcast in the protobuf format (`proto=1`): members (the fan-out's receiving end, whose
+    /// deliveries are the seed example's figure) connect with `?format=protobuf` and read binary
+    /// messages of varint length-delimited `Reply`s; the room publishers publish the same way, so
+    /// both ends of a publication are protobuf. The payload inside a publication's `data` is the
+    /// same bench JSON as in the JSON format. WebSocket only (not with `transport=sse` or
+    /// `http_stream`); every scenario (fanout, accept, storm with recovery, large with digests,
+    /// chat=1 cursor reads) runs in it. Publishing through the server API (`--via-http`) stays
+    /// JSON, as that API is.
+    #[serde(default)]
+    pub proto: bool,
 }
 
 impl Target {
@@ -113,6 +125,7 @@ impl Target {
             app_key: None,
             chat: false,
             transport: Transport::Websocket,
+            proto: false,
         };
         let mut kind = None;
         for kv in spec.split(',').filter(|s| !s.is_empty()) {
@@ -151,12 +164,20 @@ impl Target {
                 "key" | "app_key" => t.app_key = Some(v.to_string()),
                 "chat" => t.chat = matches!(v, "1" | "true" | "yes"),
                 "transport" => t.transport = Transport::parse(v)?,
+                "proto" => {
+                    t.proto = match v {
+                        "1" | "true" | "yes" => true,
+                        "0" | "false" | "no" => false,
+                        _ => bail!("proto={v}: expected proto=1 or proto=0"),
+                    }
+                }
                 _ => bail!("unknown target key `{k}`"),
             }
         }
         t.kind = kind.context("target needs kind=...")?;
         if t.name.is_empty() {
             t.name = match t.kind {
+                Kind::Roomcast if t.proto => "roomcast-protobuf",
                 Kind::Roomcast => "roomcast",
                 Kind::Limit => "limit",
                 Kind::SocketIo => "socketio",
@@ -166,6 +187,15 @@ impl Target {
         }
         if t.transport != Transport::Websocket && t.kind != Kind::Roomcast {
             bail!("only roomcast targets speak the sse and http_stream transports");
+        }
+        if t.proto && t.kind != Kind::Roomcast {
+            bail!("proto=1 (the protobuf format) needs kind=roomcast");
+        }
+        if t.proto && t.transport != Transport::Websocket {
+            bail!(
+                "proto=1 is for WebSocket members only; the bench's {:?} members speak JSON",
+                t.transport
+            );
         }
         let mut every = t.addr.iter().chain(&t.more_addrs).chain(&t.redis);
         if let Some(a) = every.find(|a| !a.ip().is_loopback()) {
@@ -263,5 +293,27 @@ mod tests {
         assert!(t.chat);
         assert!(Target::parse("kind=roomcast,addr=127.0.0.1:8000,chat=1").is_err());
         assert!(Target::parse("kind=limit,chat=1").is_err());
+    }
+
+    #[test]
+    fn proto_is_roomcast_over_websocket_and_named_apart() {
+        let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,proto=1").unwrap();
+        assert!(t.proto);
+        assert_eq!(t.name, "roomcast-protobuf");
+        let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,name=new,proto=1").unwrap();
+        assert_eq!((t.proto, t.name.as_str()), (true, "new"), "name= wins");
+        let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,proto=0").unwrap();
+        assert_eq!((t.proto, t.name.as_str()), (false, "roomcast"));
+        assert!(
+            !Target::parse("kind=roomcast,addr=127.0.0.1:8000")
+                .unwrap()
+                .proto
+        );
+        assert!(Target::parse("kind=roomcast,addr=127.0.0.1:8000,proto=2").is_err());
+        assert!(Target::parse("kind=limit,proto=1").is_err());
+        assert!(Target::parse("kind=socketio,addr=127.0.0.1:1,proto=1").is_err());
+        assert!(Target::parse("kind=roomcast,addr=127.0.0.1:8000,proto=1,transport=sse").is_err());
+        let t = Target::parse("kind=roomcast,addr=127.0.0.1:8000,api_key=k,chat=1,proto=1");
+        assert!(t.unwrap().proto, "chat=1 works in protobuf too");
     }
 }

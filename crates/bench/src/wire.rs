@@ -4,7 +4,8 @@
 //! Everything protocol-specific lives here so the member and publisher loops stay protocol-agnostic.
 //! The payload is the same JSON object for every target, `{"r":room,"s":seq,"t":unix_ns,"p":"xxx"}`,
 //! so a delivery can be checked (room, sequence) and timed (publish instant) the same way everywhere.
-//! The per-message encoding and decoding live in `codec`.
+//! The per-message encoding and decoding live in `codec`; roomcast's protobuf format (`proto=1`)
+//! lives in `pb`.
 
 pub(crate) use crate::codec::{decode, publish_frame};
 
@@ -115,6 +116,7 @@ pub(crate) fn no_time_wait(stream: &TcpStream) -> Result<()> {
 /// The URL path a connection of `target` uses; `publisher` matters only to the limit server.
 pub(crate) fn path(target: &Target, room: u32, publisher: bool) -> String {
     match target.kind {
+        Kind::Roomcast if target.proto => format!("/connection/websocket{}", crate::pb::QUERY),
         Kind::Roomcast => "/connection/websocket".into(),
         Kind::Limit => format!("/ws?room={room}{}", if publisher { "&pub=1" } else { "" }),
         Kind::SocketIo => "/socket.io/?EIO=4&transport=websocket".into(),
@@ -146,7 +148,7 @@ pub(crate) struct Joined {
 #[derive(Debug)]
 pub(crate) enum Incoming {
     Delivery(Delivery),
-    /// The server pinged; send this text back.
+    /// The server pinged; send this text back (protobuf: an empty command, `pb::pong`).
     Ping(&'static str),
     /// A publish was acknowledged (id is None for FIFO acks of the limit server).
     Ack {
@@ -208,6 +210,9 @@ async fn join_inner(
     let mut joined = Joined::default();
     match target.kind {
         Kind::Limit => {}
+        Kind::Roomcast if target.proto => {
+            joined = crate::pb::join(ws, token(target, user), room, recover, ask).await?;
+        }
         Kind::Roomcast => {
             hello(ws, target, user).await?;
             let mut sub = serde_json::json!({"channel": ch});
@@ -278,12 +283,9 @@ pub(crate) fn subscribed(r: &Value, asked_recovery: bool, joined: &mut Joined) -
 /// The connection-level handshake without joining a room (publishers use this alone).
 pub(crate) async fn hello(ws: &mut Ws, target: &Target, user: &str) -> Result<()> {
     match target.kind {
+        Kind::Roomcast if target.proto => crate::pb::hello(ws, token(target, user)).await,
         Kind::Roomcast => {
-            let token = target
-                .secret
-                .as_deref()
-                .map(|s| jwt(s, user))
-                .unwrap_or_default();
+            let token = token(target, user);
             ws.send(Message::text(
                 serde_json::json!({"id":1,"connect":{"token":token}}).to_string(),
             ))
@@ -303,6 +305,15 @@ pub(crate) async fn hello(ws: &mut Ws, target: &Target, user: &str) -> Result<()
         Kind::Pusher => expect_raw(ws, |t| t.contains("pusher:connection_established")).await,
         Kind::Limit => Ok(()),
     }
+}
+
+/// The connection token of `user` (empty without a secret).
+fn token(target: &Target, user: &str) -> String {
+    target
+        .secret
+        .as_deref()
+        .map(|s| jwt(s, user))
+        .unwrap_or_default()
 }
 
 fn check_error(reply: &Value, what: &str) -> Result<()> {
