@@ -77,15 +77,16 @@ impl Backends {
                     redact(url)
                 ),
             };
-        // Retention per namespace (`history_size`, `history_ttl`), as the store applies it.
+        // Identical reads (a room's members recovering at once) share one.
+        let store = crate::store::coalesce::Coalesced::wrap(store);
+        // Retention per namespace (`history_size`, `history_ttl`), as the store applies it
+        // (and the shared reads age by).
         let namespaces = config.clone();
         store.set_retention(Arc::new(move |room: &str| {
             crate::channel::Channel::resolve(&namespaces, room)
                 .map(|c| c.options.retention())
                 .unwrap_or_default()
         }));
-        // Identical concurrent reads (a room's members recovering at once) share one.
-        let store = crate::store::coalesce::Coalesced::wrap(store);
         let redis_url = config.redis_url.as_deref().filter(|u| !u.is_empty());
         let nats_url = config.nats_url.as_deref().filter(|u| !u.is_empty());
         type Parts = (Arc<dyn Bus>, Arc<dyn Presence>, Arc<dyn Directory>);

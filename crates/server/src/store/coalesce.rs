@@ -11,15 +11,32 @@
 //! waits for it to finish and then shares the next read, which every caller that arrived
 //! meanwhile shares too. Per key at most one read runs at a time; the number of reads is
 //! bounded by the number of callers, and the map holds only keys with a caller waiting.
+//!
+//! Recent reads. Callers of a storm rarely overlap (1,500 recoveries/s over 150 rooms is
+//! ten a second per room, each read ~1 ms), so the lanes alone shared little: every member
+//! read its 100 rows. A finished read is therefore kept for `RECENT_TTL` and serves a later
+//! identical call when the room's position, read *after* that call, is still the one the
+//! read saw: nothing was committed since, so the kept rows are what a fresh read would
+//! return, and the invariant above holds (positions are updated at commit, before a
+//! publication is dispatched, on both stores). What the position does not show:
+//! - a deletion or `history_remove` through this store bumps a generation and drops every
+//!   kept read (a read that began before it is not kept); one made on another node of a
+//!   cluster can be missing from a recovery this node serves within `RECENT_TTL` of it;
+//! - `history_ttl`: a kept read whose oldest publication has aged past its room's TTL
+//!   since is not served (the policy is kept here too, and a new one drops every read).
+//!
+//! Bounded: at most `RECENT_KEYS` reads and `RECENT_BYTES` of payload kept, oldest first out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
 use super::{Appended, Message, NewMessage, Position, Range, Store, StoreError};
 
-type Outcome = Result<(Vec<Message>, Position), StoreError>;
+type Read = Arc<(Vec<Message>, Position)>;
+type Outcome = Result<Read, StoreError>;
 
 /// Which read: the room and the range, field by field.
 type Key = (String, Option<u64>, usize, bool);
@@ -36,11 +53,80 @@ struct Lane {
     last: Mutex<Option<(u64, Arc<Outcome>)>>,
 }
 
+/// How long a finished read may serve later identical calls (while its room stays put).
+const RECENT_TTL: Duration = Duration::from_secs(1);
+/// Most reads kept.
+const RECENT_KEYS: usize = 4096;
+/// Most payload bytes kept (data plus 96 per publication, as recovery counts them).
+const RECENT_BYTES: usize = 32 << 20;
+
+/// Finished reads, oldest first.
+#[derive(Default)]
+struct Recent {
+    kept: HashMap<Key, (Instant, Arc<Outcome>, usize)>,
+    order: VecDeque<(Key, Instant)>,
+    bytes: usize,
+    /// Bumped by every deletion and clear: a read that began under an older one is not kept.
+    generation: u64,
+}
+
+impl Recent {
+    fn get(&self, key: &Key, now: Instant) -> Option<Arc<Outcome>> {
+        let (at, outcome, _) = self.kept.get(key)?;
+        (now.duration_since(*at) < RECENT_TTL).then(|| outcome.clone())
+    }
+
+    fn keep(&mut self, key: Key, outcome: Arc<Outcome>, generation: u64) {
+        let Ok(read) = &*outcome else { return };
+        let msgs = &read.0;
+        if generation != self.generation {
+            return;
+        }
+        let bytes: usize = msgs.iter().map(|m| m.data.get().len() + 96).sum();
+        if bytes > RECENT_BYTES / 4 {
+            return;
+        }
+        let now = Instant::now();
+        if let Some((_, _, old)) = self.kept.insert(key.clone(), (now, outcome, bytes)) {
+            self.bytes -= old;
+        }
+        self.bytes += bytes;
+        self.order.push_back((key, now));
+        while self.kept.len() > RECENT_KEYS || self.bytes > RECENT_BYTES {
+            let Some((k, at)) = self.order.pop_front() else {
+                break;
+            };
+            // Only the entry this order slot was made for (a key kept again has a newer one).
+            if self.kept.get(&k).is_some_and(|(t, _, _)| *t == at) {
+                let (_, _, b) = self.kept.remove(&k).expect("present");
+                self.bytes -= b;
+            }
+        }
+        // Stale order slots of keys kept again are dropped as they reach the front; bound
+        // them too, so a hot key cannot grow the queue.
+        if self.order.len() > 2 * RECENT_KEYS {
+            let kept = &self.kept;
+            self.order
+                .retain(|(k, at)| kept.get(k).is_some_and(|(t, _, _)| t == at));
+        }
+    }
+
+    fn forget_all(&mut self) {
+        self.generation += 1;
+        self.kept.clear();
+        self.order.clear();
+        self.bytes = 0;
+    }
+}
+
 /// A `Store` whose `range` reads are shared by identical concurrent callers.
 pub struct Coalesced {
     inner: Arc<dyn Store>,
     /// Lanes of keys with callers in progress, and how many (the last one out removes it).
     lanes: Mutex<HashMap<Key, (Arc<Lane>, usize)>>,
+    recent: Mutex<Recent>,
+    /// The retention policy the wrapped store applies, to age kept reads as it would.
+    retention: std::sync::RwLock<Option<super::retention::Policy>>,
 }
 
 impl Coalesced {
@@ -48,6 +134,8 @@ impl Coalesced {
         Coalesced {
             inner,
             lanes: Mutex::new(HashMap::new()),
+            recent: Mutex::new(Recent::default()),
+            retention: std::sync::RwLock::new(None),
         }
     }
 
@@ -55,8 +143,31 @@ impl Coalesced {
         Arc::new(Coalesced::new(inner))
     }
 
+    /// Whether a kept read holds a publication its room's `history_ttl` now trims.
+    fn aged(&self, room: &str, msgs: &[Message]) -> bool {
+        let Some(policy) = self.retention.read().expect("retention lock").clone() else {
+            return false;
+        };
+        let floor = policy(room).ts_floor(super::writer::now_ms());
+        msgs.iter().any(|m| m.ts_ms < floor)
+    }
+
     async fn shared_range(&self, room: &str, range: Range) -> Arc<Outcome> {
         let key: Key = (room.to_owned(), range.since, range.limit, range.reverse);
+        let kept = self
+            .recent
+            .lock()
+            .expect("recent lock")
+            .get(&key, Instant::now());
+        if let Some(outcome) = kept {
+            // The room's position now, after this call began: unchanged means nothing was
+            // committed since the kept read, so it is what a fresh read would return.
+            if let (Ok(now), Ok(read)) = (self.inner.position(room).await, &*outcome) {
+                if now == read.1 && !self.aged(room, &read.0) {
+                    return outcome;
+                }
+            }
+        }
         let lane = {
             let mut lanes = self.lanes.lock().expect("lanes lock");
             let entry = lanes.entry(key.clone()).or_default();
@@ -66,7 +177,7 @@ impl Coalesced {
         // Leaves the lane on every way out, cancellation included.
         let _leave = Leave {
             owner: self,
-            key,
+            key: key.clone(),
             lane: lane.clone(),
         };
         let ticket = {
@@ -81,8 +192,13 @@ impl Coalesced {
             }
         }
         let started_at = *lane.tickets.lock().expect("tickets lock");
-        let outcome = Arc::new(self.inner.range(room, range).await);
+        let generation = self.recent.lock().expect("recent lock").generation;
+        let outcome = Arc::new(self.inner.range(room, range).await.map(Arc::new));
         *lane.last.lock().expect("last lock") = Some((started_at, outcome.clone()));
+        self.recent
+            .lock()
+            .expect("recent lock")
+            .keep(key, outcome.clone(), generation);
         outcome
     }
 }
@@ -133,7 +249,14 @@ impl Store for Coalesced {
         range: Range,
     ) -> Result<(Vec<Message>, Position), StoreError> {
         match &*self.shared_range(room, range).await {
-            Ok((msgs, pos)) => Ok((msgs.clone(), pos.clone())),
+            Ok(read) => Ok((read.0.clone(), read.1.clone())),
+            Err(e) => Err(copy_error(e)),
+        }
+    }
+
+    async fn range_shared(&self, room: &str, range: Range) -> Result<Read, StoreError> {
+        match &*self.shared_range(room, range).await {
+            Ok(read) => Ok(read.clone()),
             Err(e) => Err(copy_error(e)),
         }
     }
@@ -151,15 +274,22 @@ impl Store for Coalesced {
     }
 
     fn set_retention(&self, policy: super::retention::Policy) {
+        *self.retention.write().expect("retention lock") = Some(policy.clone());
         self.inner.set_retention(policy);
+        self.recent.lock().expect("recent lock").forget_all();
     }
 
     async fn delete(&self, room: &str, offset: u64) -> Result<Option<Message>, StoreError> {
-        self.inner.delete(room, offset).await
+        let out = self.inner.delete(room, offset).await;
+        // After the change and before the caller announces it (see the module's note).
+        self.recent.lock().expect("recent lock").forget_all();
+        out
     }
 
     async fn clear(&self, room: &str) -> Result<u64, StoreError> {
-        self.inner.clear(room).await
+        let out = self.inner.clear(room).await;
+        self.recent.lock().expect("recent lock").forget_all();
+        out
     }
 }
 
@@ -275,7 +405,11 @@ mod tests {
         async fn append(&self, m: NewMessage) -> Result<Appended, StoreError> {
             self.inner.append(m).await
         }
-        async fn range(&self, room: &str, r: Range) -> Outcome {
+        async fn range(
+            &self,
+            room: &str,
+            r: Range,
+        ) -> Result<(Vec<Message>, Position), StoreError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             let out = self.inner.range(room, r).await;
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -283,6 +417,9 @@ mod tests {
         }
         async fn position(&self, room: &str) -> Result<Position, StoreError> {
             self.inner.position(room).await
+        }
+        async fn delete(&self, room: &str, offset: u64) -> Result<Option<Message>, StoreError> {
+            self.inner.delete(room, offset).await
         }
         async fn close(&self) {
             self.inner.close().await;
@@ -446,5 +583,121 @@ mod tests {
         assert!(early.len() <= 1);
         assert_eq!(slow.reads.load(Ordering::SeqCst), 2);
         assert!(store.clone().range("r", FROM_1).await.is_ok());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_kept_read_serves_later_calls_only_while_the_room_stays_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = slow_sqlite(&dir);
+        let store = Coalesced::wrap(slow.clone());
+        store.append(msg("r", "1", None)).await.unwrap();
+        store.append(msg("r", "2", None)).await.unwrap();
+        // One read, then callers one after another (never overlapping) share it.
+        for _ in 0..10 {
+            let (msgs, pos) = store.range("r", FROM_1).await.unwrap();
+            assert_eq!((msgs.len(), pos.offset), (1, 2));
+        }
+        assert_eq!(
+            slow.reads.load(Ordering::SeqCst),
+            1,
+            "later calls share the kept read"
+        );
+        // A commit moves the room: the next call reads again and sees it.
+        store.append(msg("r", "3", None)).await.unwrap();
+        let (msgs, pos) = store.range("r", FROM_1).await.unwrap();
+        assert_eq!((msgs.len(), pos.offset), (2, 3));
+        assert_eq!(slow.reads.load(Ordering::SeqCst), 2);
+        // A deletion does not move the position, yet the next call sees the tombstone.
+        store.delete("r", 2).await.unwrap();
+        let (msgs, _) = store.range("r", FROM_1).await.unwrap();
+        assert_eq!(
+            msgs[0].tombstone,
+            Some(2),
+            "a kept read never hides a deletion"
+        );
+        assert_eq!(slow.reads.load(Ordering::SeqCst), 3);
+        // And a kept read ages out.
+        tokio::time::sleep(RECENT_TTL + Duration::from_millis(50)).await;
+        store.range("r", FROM_1).await.unwrap();
+        assert_eq!(
+            slow.reads.load(Ordering::SeqCst),
+            4,
+            "past its time it is read again"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_that_began_before_a_deletion_is_not_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let slow = slow_sqlite(&dir);
+        let store = Coalesced::wrap(slow.clone());
+        store.append(msg("r", "1", None)).await.unwrap();
+        store.append(msg("r", "2", None)).await.unwrap();
+        let early = {
+            let s = store.clone();
+            tokio::spawn(async move { s.range("r", FROM_1).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(10)).await; // the early read is running
+        store.delete("r", 2).await.unwrap();
+        early.await.unwrap();
+        let (msgs, _) = store.range("r", FROM_1).await.unwrap();
+        assert_eq!(msgs[0].tombstone, Some(2));
+        assert_eq!(slow.reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn kept_reads_are_bounded_in_count_and_bytes() {
+        let read = |n: usize, size: usize| -> Arc<Outcome> {
+            let m = Message {
+                room: "r".into(),
+                offset: 1,
+                uid: String::new(),
+                user: String::new(),
+                client: String::new(),
+                data: serde_json::value::RawValue::from_string(format!("\"{}\"", "x".repeat(size)))
+                    .unwrap(),
+                info: None,
+                ts_ms: 0,
+                tombstone: None,
+            };
+            let pos = Position {
+                offset: 1,
+                epoch: "e".into(),
+            };
+            Arc::new(Ok(Arc::new((vec![m; n], pos))))
+        };
+        let mut recent = Recent::default();
+        for i in 0..RECENT_KEYS + 100 {
+            recent.keep((i.to_string(), None, 1, false), read(1, 10), 0);
+            assert!(recent.order.len() <= 2 * RECENT_KEYS + 1);
+        }
+        assert_eq!(recent.kept.len(), RECENT_KEYS);
+        // The oldest went first.
+        let now = Instant::now();
+        assert!(recent.get(&("0".into(), None, 1, false), now).is_none());
+        assert!(recent
+            .get(&((RECENT_KEYS + 99).to_string(), None, 1, false), now)
+            .is_some());
+        // Bytes: reads of ~1 MiB each, at most RECENT_BYTES kept.
+        for i in 0..100 {
+            recent.keep((format!("b{i}"), None, 1, false), read(1, 1 << 20), 0);
+            assert!(recent.bytes <= RECENT_BYTES);
+        }
+        // A hot key kept again and again does not grow the order queue without bound.
+        for _ in 0..5 * RECENT_KEYS {
+            recent.keep(("hot".into(), None, 1, false), read(1, 10), 0);
+        }
+        assert!(recent.order.len() <= 2 * RECENT_KEYS + 1);
+        // One read bigger than a quarter of the budget is not kept at all; nor is one made
+        // under an older generation.
+        recent.keep(("big".into(), None, 1, false), read(9, 1 << 20), 0);
+        assert!(recent.get(&("big".into(), None, 1, false), now).is_none());
+        recent.forget_all();
+        assert_eq!((recent.kept.len(), recent.bytes), (0, 0));
+        recent.keep(("old".into(), None, 1, false), read(1, 10), 0);
+        assert!(
+            recent.kept.is_empty(),
+            "a read begun before forget_all is not kept"
+        );
     }
 }

@@ -187,6 +187,15 @@ pub trait Store: ChatStore + NotifyStore + Send + Sync + 'static {
     /// Reads part of a room's stream and its position, in one consistent read.
     async fn range(&self, room: &str, range: Range)
         -> Result<(Vec<Message>, Position), StoreError>;
+    /// `range`, as a read callers may share: a store that shares reads (`coalesce.rs`)
+    /// hands out its one copy instead of a copy per caller.
+    async fn range_shared(
+        &self,
+        room: &str,
+        range: Range,
+    ) -> Result<Arc<(Vec<Message>, Position)>, StoreError> {
+        self.range(room, range).await.map(Arc::new)
+    }
     /// A room's current position.
     async fn position(&self, room: &str) -> Result<Position, StoreError>;
     /// Finishes every pending commit and stops accepting appends.

@@ -241,15 +241,18 @@ impl<S: Services> Session<S> {
                 };
                 node.range(&room, range).await
             } else {
-                node.position(&room).await.map(|p| (Vec::new(), p))
+                node.position(&room)
+                    .await
+                    .map(|p| Arc::new((Vec::new(), p)))
             };
-            let (msgs, pos) = match read {
+            let read = match read {
                 Ok(r) => r,
                 Err(e) => {
                     node.leave(&room, self.conn).await;
                     return Err(internal(e));
                 }
             };
+            let (msgs, pos) = (&read.0, &read.1);
             if req.recover {
                 result.was_recovering = true;
                 // An empty epoch means "any epoch", as the SDKs use it for `since` without one.
@@ -299,7 +302,7 @@ impl<S: Services> Session<S> {
             }
             result.recoverable = recoverable;
             result.positioned = positioned;
-            result.epoch = pos.epoch;
+            result.epoch = pos.epoch.clone();
             result.offset = pos.offset;
             next = Some(pos.offset + 1);
         }

@@ -74,7 +74,7 @@ pub trait Services: Send + Sync + 'static {
         &self,
         room: &str,
         range: Range,
-    ) -> impl Future<Output = Result<(Vec<Message>, Position), StoreError>> + Send;
+    ) -> impl Future<Output = Result<Arc<(Vec<Message>, Position)>, StoreError>> + Send;
     fn position(&self, room: &str) -> impl Future<Output = Result<Position, StoreError>> + Send;
     /// History with the protocol's semantics (see `Node::history`).
     fn history(
@@ -201,8 +201,8 @@ impl Services for Node {
         &self,
         room: &str,
         range: Range,
-    ) -> Result<(Vec<Message>, Position), StoreError> {
-        self.store.range(room, range).await
+    ) -> Result<Arc<(Vec<Message>, Position)>, StoreError> {
+        self.store.range_shared(room, range).await
     }
 
     async fn position(&self, room: &str) -> Result<Position, StoreError> {

@@ -182,7 +182,7 @@ impl Services for Fake {
         &self,
         room: &str,
         range: Range,
-    ) -> Result<(Vec<Message>, Position), StoreError> {
+    ) -> Result<Arc<(Vec<Message>, Position)>, StoreError> {
         let since = range.since.unwrap_or(0);
         let h = self.history.lock().unwrap();
         let msgs = h
@@ -196,7 +196,7 @@ impl Services for Fake {
             })
             .unwrap_or_default();
         drop(h);
-        Ok((msgs, self.head(room)))
+        Ok(Arc::new((msgs, self.head(room))))
     }
     async fn position(&self, room: &str) -> Result<Position, StoreError> {
         Ok(self.head(room))
@@ -213,7 +213,7 @@ impl Services for Fake {
             limit: limit.max(0) as usize,
             reverse: false,
         };
-        Ok(self.range(room, range).await.unwrap())
+        Ok(Arc::unwrap_or_clone(self.range(room, range).await.unwrap()))
     }
     fn allow_room_publish(&self, room: &str, rate: u32, now: tokio::time::Instant) -> bool {
         self.room_rates.allow(room, rate, now)
