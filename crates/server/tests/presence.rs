@@ -124,7 +124,7 @@ fn node_with_cap(redis: &str, dir: &std::path::Path, max: usize) -> Node {
     let conf = dir.join("roomcast.toml");
     std::fs::write(
         &conf,
-        format!("[default_namespace]\npresence_max_entries = {max}\n"),
+        format!("presence_ttl_secs = 10\n[default_namespace]\npresence_max_entries = {max}\n"),
     )
     .unwrap();
     Node::builder()
@@ -216,8 +216,9 @@ async fn cluster_stats_are_exact_across_nodes_and_a_killed_nodes_entries_expire(
     users.sort_unstable();
     assert_eq!(users, ["alice", "bob", "dave", "erin"]);
 
-    // Node 2 dies without cleaning up: its two entries stay until their TTL (25 s after
-    // its last refresh, every 5 s), then every surviving node counts without them.
+    // Node 2 dies without cleaning up: its two entries stay until their TTL
+    // (`presence_ttl_secs`, 10 s here, after its last refresh, every 2 s), then every
+    // surviving node counts without them.
     nodes[2].kill();
     drop((c2d, c2e));
     let survivors = &nodes[..2];
@@ -230,7 +231,7 @@ async fn cluster_stats_are_exact_across_nodes_and_a_killed_nodes_entries_expire(
         survivors,
         room,
         (2, 2),
-        Duration::from_secs(40),
+        Duration::from_secs(25),
         "the killed node's entries expire",
     )
     .await;

@@ -140,7 +140,10 @@ impl Backends {
                 );
                 (
                     Arc::new(bus),
-                    presence::RedisPresence::start(conn),
+                    presence::RedisPresence::start(
+                        conn,
+                        Duration::from_secs(config.presence_ttl_secs),
+                    ),
                     directory,
                 )
             }

@@ -13,9 +13,9 @@
 //! read nor a count includes a dead entry; that costs O(entries expired), once each.
 //! `stats` is then two `HLEN`s; `get` returns nothing but the count when the room has
 //! more entries than it may list. Each node keeps its own entries in memory and re-adds
-//! them every `REFRESH` with a new expiry `TTL` ahead (one script call per room and
+//! them every fifth of the TTL with a new expiry a TTL ahead (one script call per room and
 //! chunk, pipelined), so the entries of a node that dies without cleaning up are gone at
-//! most `TTL` (25 s) after its last refresh; the keys also expire when no node refreshes
+//! most `presence_ttl_secs` (60 s by default, Centrifugo's `presence_ttl`) after its last refresh; the keys also expire when no node refreshes
 //! them. While Redis is unreachable, reads answer with this node's own entries.
 
 use std::collections::HashMap;
@@ -32,10 +32,9 @@ use tokio_util::task::TaskTracker;
 use crate::bus::redis::RedisConn;
 use crate::presence::{Members, Presence, RoomMembers};
 
-/// How long an entry lives without a refresh.
-pub const TTL: Duration = Duration::from_secs(25);
-/// How often a node refreshes its entries.
-pub const REFRESH: Duration = Duration::from_secs(5);
+/// How often a node refreshes its entries: this fraction of their TTL (a node that misses
+/// up to four refreshes in a row keeps its entries).
+const REFRESHES_PER_TTL: u32 = 5;
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Entries refreshed per pipeline (and at most per script call).
 const REFRESH_CHUNK: usize = 1000;
@@ -151,6 +150,8 @@ impl Scripts {
 
 pub struct RedisPresence {
     conn: RedisConn,
+    /// How long an entry lives without a refresh (`presence_ttl_secs`).
+    ttl: Duration,
     local: Local,
     scripts: Arc<Scripts>,
     stop: CancellationToken,
@@ -159,10 +160,11 @@ pub struct RedisPresence {
 }
 
 impl RedisPresence {
-    /// Starts presence over `conn`, with its refresh task.
-    pub fn start(conn: RedisConn) -> Arc<RedisPresence> {
+    /// Starts presence over `conn`, with its refresh task; entries live `ttl` unrefreshed.
+    pub fn start(conn: RedisConn, ttl: Duration) -> Arc<RedisPresence> {
         let p = Arc::new(RedisPresence {
             conn,
+            ttl,
             local: Arc::new(Mutex::new(HashMap::new())),
             scripts: Arc::new(Scripts::new()),
             stop: CancellationToken::new(),
@@ -173,6 +175,7 @@ impl RedisPresence {
             p.local.clone(),
             p.scripts.clone(),
             p.stop.clone(),
+            p.ttl,
         ));
         p
     }
@@ -186,11 +189,11 @@ impl RedisPresence {
     }
 }
 
-/// `ADD`'s arguments for (client, user, json) entries of one room.
-fn add_argv(entries: &[Entry]) -> Vec<String> {
+/// `ADD`'s arguments for (client, user, json) entries of one room, living `ttl`.
+fn add_argv(ttl: Duration, entries: &[Entry]) -> Vec<String> {
     let mut argv = vec![
-        (now_secs() + TTL.as_secs()).to_string(),
-        (TTL.as_secs() + 5).to_string(),
+        (now_secs() + ttl.as_secs()).to_string(),
+        (ttl.as_secs() + 5).to_string(),
     ];
     for (client, user, json) in entries {
         argv.extend([client.clone(), user.clone(), json.clone()]);
@@ -235,7 +238,7 @@ async fn pipelined(
     conn: &mut RedisConn,
     source: &str,
     calls: &[Call],
-    argv: fn(&[Entry]) -> Vec<String>,
+    argv: impl Fn(&[Entry]) -> Vec<String>,
 ) -> redis::RedisResult<()> {
     let mut start = 0;
     while start < calls.len() {
@@ -278,14 +281,15 @@ fn calls_of(rooms: impl Iterator<Item = Call>) -> Vec<Call> {
     calls
 }
 
-/// Re-adds this node's entries every `REFRESH`.
+/// Re-adds this node's entries every `ttl / REFRESHES_PER_TTL`.
 async fn refresh(
     mut conn: RedisConn,
     local: Local,
     scripts: Arc<Scripts>,
     stop: CancellationToken,
+    ttl: Duration,
 ) {
-    let mut tick = interval(REFRESH);
+    let mut tick = interval(ttl / REFRESHES_PER_TTL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -299,7 +303,7 @@ async fn refresh(
             .map(|(room, m)| (room.clone(), m.clients().values().map(entry).collect()))
             .collect();
         let calls = calls_of(snapshot.into_iter());
-        if let Err(e) = pipelined(&mut conn, ADD, &calls, add_argv).await {
+        if let Err(e) = pipelined(&mut conn, ADD, &calls, |e| add_argv(ttl, e)).await {
             tracing::warn!(error = %e, "presence refresh failed");
             continue;
         }
@@ -372,7 +376,7 @@ impl Presence for RedisPresence {
             .insert(info);
         let mut conn = self.conn.clone();
         let mut inv = keyed(&self.scripts.add, room);
-        for a in add_argv(std::slice::from_ref(&e)) {
+        for a in add_argv(self.ttl, std::slice::from_ref(&e)) {
             inv.arg(a);
         }
         if let Err(e) = with_timeout(inv.invoke_async::<i64>(&mut conn)).await {

@@ -275,6 +275,11 @@ pub struct Config {
     /// Namespace of personal channels (`ns:#<user>`); "" for the default namespace. Must
     /// be configured.
     pub user_personal_channel_namespace: String,
+    /// Seconds a presence entry lives in Redis unless its node refreshes it (every fifth
+    /// of it): a dead node's members leave presence this long after. Centrifugo's
+    /// `presence_ttl` default (60 s); each node rewrites all its entries once per refresh,
+    /// so a large room costs `members / (ttl / 5)` entry writes per second.
+    pub presence_ttl_secs: u64,
     /// Seconds a connection's entry in the per-user registry lives unless refreshed
     /// (every third of it): a user whose node died is offline this long after.
     pub user_registry_ttl_secs: u64,
@@ -363,6 +368,7 @@ impl Default for Config {
             shutdown_grace_secs: 10,
             user_subscribe_to_personal: true,
             user_personal_channel_namespace: String::new(),
+            presence_ttl_secs: 60,
             user_registry_ttl_secs: 30,
             user_status_max_users: 1000,
             notify_webhook_url: None,
@@ -615,6 +621,10 @@ mod tests {
             c.personal_channels().channel("al").as_deref(),
             Some("me:#al")
         );
+        c.presence_ttl_secs = 4;
+        assert!(c.validate().is_err());
+        c.presence_ttl_secs = 5;
+        assert!(c.validate().is_ok());
         c.user_registry_ttl_secs = 2;
         assert!(c.validate().is_err());
         c.user_registry_ttl_secs = 3;

@@ -124,6 +124,9 @@ impl Config {
                 "user_personal_channel_namespace {ns:?} is not a configured namespace"
             ));
         }
+        if self.presence_ttl_secs < 5 {
+            return bad("presence_ttl_secs must be at least 5".into());
+        }
         if self.user_registry_ttl_secs < 3 || self.user_status_max_users == 0 {
             return bad(
                 "user_registry_ttl_secs must be at least 3 and user_status_max_users at least 1"
