@@ -10,9 +10,10 @@
 # NODES x the envelope of one publication).
 #
 # Usage: bench/large-cluster.sh [extra `roomcast-bench run` arguments, e.g. --duration 20]
-# Env:   NODES (default 6), MEMBERS (default 100000), RATE publications/s (default 10),
+# Env:   NODES (default 6), MEMBERS (default 100000), RATE publications/s (default 1: at ~5 us of
+#        kernel send per delivery, 100,000 deliveries at 10/s need 5 cores; BENCHMARKS.md),
 #        PROFILE=release|debug (default release), OUT results dir (default
-#        bench-results/large-cluster-<utc time>), CONFIG node config (default bench/roomcast-bench.toml).
+#        bench-results/large-cluster-<utc time>), CONFIG node config (default bench/roomcast-bench-cluster.toml).
 # Smoke: PROFILE=debug NODES=3 MEMBERS=600 bench/large-cluster.sh --duration 3 --no-plots
 # With `--digest-live N` members idx >= N subscribe for a digest (checked as in the large scenario).
 # Every process started is stopped by its PID on exit. Each process holds at most 20,000 files.
@@ -20,8 +21,8 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HERE/target-bench}"
 PROFILE="${PROFILE:-release}"
-NODES="${NODES:-6}"; MEMBERS="${MEMBERS:-100000}"; RATE="${RATE:-10}"
-CONFIG="${CONFIG:-$HERE/bench/roomcast-bench.toml}"
+NODES="${NODES:-6}"; MEMBERS="${MEMBERS:-100000}"; RATE="${RATE:-1}"
+CONFIG="${CONFIG:-$HERE/bench/roomcast-bench-cluster.toml}"
 OUT="${OUT:-$HERE/bench-results/large-cluster-$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$OUT"
 WORK="$(mktemp -d /tmp/roomcast-large-cluster.XXXXXX)"
