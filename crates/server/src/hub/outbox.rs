@@ -195,6 +195,35 @@ impl Outbox {
         true
     }
 
+    /// `push` of several frames in order under one lock and at most one wake-up: a fan-out
+    /// lane that has fallen behind writes a run of publications to each connection at once,
+    /// so the connection's (cache-cold) outbox is touched once per run, not per frame.
+    /// Stops at the first frame `push` would refuse; returns how many were queued.
+    pub fn push_many(&self, frames: &[Bytes]) -> u64 {
+        let mut s = self.state.lock().expect("outbox lock");
+        if s.close.is_some() {
+            return 0;
+        }
+        let was_empty = s.queue.is_empty();
+        let mut queued = 0;
+        for frame in frames {
+            if s.bytes + frame.len() > self.max_bytes {
+                Self::overflow(&mut s);
+                drop(s);
+                self.waker.wake();
+                return queued;
+            }
+            s.bytes += frame.len();
+            s.queue.push_back(Out::Frame(frame.clone()));
+            queued += 1;
+        }
+        drop(s);
+        if was_empty && queued > 0 {
+            self.waker.wake();
+        }
+        queued
+    }
+
     /// Bytes queued and not yet taken (fan-out and replies), for `/metrics`.
     pub fn queued_bytes(&self) -> usize {
         let s = self.state.lock().expect("outbox lock");
@@ -274,6 +303,37 @@ mod tests {
         assert_eq!(o.take(&mut out), Some(Disconnect::SLOW));
         assert!(out.is_empty());
         assert!(!o.push(Bytes::from_static(b"1")));
+    }
+
+    #[test]
+    fn push_many_queues_in_order_and_stops_at_the_bound_as_slow() {
+        let o = Outbox::new(10);
+        let f = |b: &'static [u8]| Bytes::from_static(b);
+        assert_eq!(o.push_many(&[f(b"123"), f(b"456")]), 2);
+        let mut out = Vec::new();
+        assert_eq!(o.take(&mut out), None);
+        assert!(matches!(&out[0], Out::Frame(b) if &b[..] == b"123"));
+        assert!(matches!(&out[1], Out::Frame(b) if &b[..] == b"456"));
+        assert_eq!(o.push_many(&[]), 0);
+        // 4 + 4 fit in 10, the third does not: two queued, then closed as slow, freed.
+        assert_eq!(o.push_many(&[f(b"aaaa"), f(b"bbbb"), f(b"cccc")]), 2);
+        out.clear();
+        assert_eq!(o.take(&mut out), Some(Disconnect::SLOW));
+        assert!(out.is_empty());
+        assert_eq!(o.push_many(&[f(b"x")]), 0, "nothing after the close");
+    }
+
+    #[tokio::test]
+    async fn push_many_wakes_a_waiting_connection_once_it_queues() {
+        let o = Arc::new(Outbox::new(100));
+        let o2 = o.clone();
+        let waiter = tokio::spawn(async move { o2.wait(true).await });
+        tokio::task::yield_now().await;
+        o.push_many(&[Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .unwrap();
     }
 
     #[test]
