@@ -27,6 +27,9 @@ enum Broker {
 }
 
 struct Cluster {
+    /// The nodes' config file (`presence_ttl_secs = 10`, so a killed node's presence goes
+    /// within a test's patience).
+    _conf: tempfile::TempDir,
     redis: Redis,
     /// The bus's NATS server, when the bus is on NATS.
     nats: Option<Nats>,
@@ -69,6 +72,9 @@ async fn cluster_on(broker: Broker, n: usize) -> Cluster {
     let nats = matches!(broker, Broker::Nats).then(Nats::start);
     let pg = Postgres::start();
     let store = pg.fresh_db().await;
+    let conf = tempfile::tempdir().unwrap();
+    let conf_file = conf.path().join("roomcast.toml");
+    std::fs::write(&conf_file, "presence_ttl_secs = 10\n").unwrap();
     let nodes = (0..n)
         .map(|_| {
             // The tests' subscribers read only once the publishing is done, unlike an SDK,
@@ -77,6 +83,8 @@ async fn cluster_on(broker: Broker, n: usize) -> Cluster {
             let node = Node::builder()
                 .redis(&redis.url())
                 .store(&store)
+                .arg("--config")
+                .arg(&conf_file)
                 .arg("--ping-interval")
                 .arg("120")
                 .arg("--pong-timeout")
@@ -89,6 +97,7 @@ async fn cluster_on(broker: Broker, n: usize) -> Cluster {
         })
         .collect();
     Cluster {
+        _conf: conf,
         redis,
         nats,
         _pg: pg,
@@ -783,7 +792,8 @@ async fn presence_channels_info_and_user_ops_are_cluster_wide() {
     api(b, "disconnect", json!({"user": "alice"})).await;
     assert!(alice.closed_code().await.is_some_and(|c| c >= 3000));
 
-    // A node killed without cleanup: its presence entries are gone within 31 s.
+    // A node killed without cleanup: its presence entries are gone within their TTL
+    // (`presence_ttl_secs`, 10 s here) after its last refresh.
     let mut carol = Client::open(&c.nodes[2].ws_url()).await;
     carol
         .call(json!({"connect": {"token": token("carol")}}))
