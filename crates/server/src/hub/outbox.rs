@@ -179,20 +179,13 @@ impl Outbox {
         if s.close.is_some() {
             return false;
         }
-        if s.bytes + frame.len() > self.max_bytes {
-            Self::overflow(&mut s);
-            drop(s);
-            self.waker.wake();
-            return false;
-        }
-        s.bytes += frame.len();
         let was_empty = s.queue.is_empty();
-        s.queue.push_back(Out::Frame(frame));
+        let queued = self.queue_frame(&mut s, frame);
         drop(s);
-        if was_empty {
+        if !queued || was_empty {
             self.waker.wake();
         }
-        true
+        queued
     }
 
     /// `push` of several frames in order under one lock and at most one wake-up: a fan-out
@@ -206,22 +199,31 @@ impl Outbox {
         }
         let was_empty = s.queue.is_empty();
         let mut queued = 0;
+        let mut refused = false;
         for frame in frames {
-            if s.bytes + frame.len() > self.max_bytes {
-                Self::overflow(&mut s);
-                drop(s);
-                self.waker.wake();
-                return queued;
+            if !self.queue_frame(&mut s, frame.clone()) {
+                refused = true;
+                break;
             }
-            s.bytes += frame.len();
-            s.queue.push_back(Out::Frame(frame.clone()));
             queued += 1;
         }
         drop(s);
-        if was_empty && queued > 0 {
+        if refused || (was_empty && queued > 0) {
             self.waker.wake();
         }
         queued
+    }
+
+    /// Queues one fan-out frame under the lock: false, with the outbox closed as slow and
+    /// its backlog freed, when the frame would take the queued fan-out over the byte limit.
+    fn queue_frame(&self, s: &mut State, frame: Bytes) -> bool {
+        if s.bytes + frame.len() > self.max_bytes {
+            Self::overflow(s);
+            return false;
+        }
+        s.bytes += frame.len();
+        s.queue.push_back(Out::Frame(frame));
+        true
     }
 
     /// Bytes queued and not yet taken (fan-out and replies), for `/metrics`.

@@ -57,7 +57,7 @@ struct Lane {
 const RECENT_TTL: Duration = Duration::from_secs(1);
 /// Most reads kept.
 const RECENT_KEYS: usize = 4096;
-/// Most payload bytes kept (data plus 96 per publication, as recovery counts them).
+/// Most payload bytes kept (as `budget_bytes` counts them).
 const RECENT_BYTES: usize = 32 << 20;
 
 /// Finished reads, oldest first.
@@ -78,11 +78,10 @@ impl Recent {
 
     fn keep(&mut self, key: Key, outcome: Arc<Outcome>, generation: u64) {
         let Ok(read) = &*outcome else { return };
-        let msgs = &read.0;
         if generation != self.generation {
             return;
         }
-        let bytes: usize = msgs.iter().map(|m| m.data.get().len() + 96).sum();
+        let bytes = super::budget_bytes(&read.0);
         if bytes > RECENT_BYTES / 4 {
             return;
         }

@@ -111,6 +111,12 @@ impl Message {
     }
 }
 
+/// What a reply carrying these publications counts against a byte budget (recovery's
+/// `recovery_max_bytes`, the shared reads' cap): their data plus 96 bytes each for the rest.
+pub fn budget_bytes(msgs: &[Message]) -> usize {
+    msgs.iter().map(|m| m.data.get().len() + 96).sum()
+}
+
 /// The tag a deleted publication (and a deletion notice) carries: its offset.
 pub const DELETED_TAG: &str = "deleted";
 

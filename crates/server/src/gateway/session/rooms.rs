@@ -262,7 +262,7 @@ impl<S: Services> Session<S> {
                     <= node.config().recovery_max_publications;
                 // The reply carries the publications; beyond the byte budget the client
                 // pages history instead.
-                let bytes: usize = msgs.iter().map(|m| m.data.get().len() + 96).sum();
+                let bytes = crate::store::budget_bytes(msgs);
                 if bytes > node.config().recovery_max_bytes {
                     tracing::debug!(bytes, "recovery over the byte budget; client pages history");
                 }
