@@ -140,10 +140,6 @@ async fn run(mut rx: mpsc::Receiver<Job>, deliveries: Arc<AtomicU64>) {
             let run = &jobs[start..end];
             frames.clear();
             for t in &run[0].targets {
-                // Checked once per run: as if its jobs were all written at this moment.
-                if !t.alive.load(Ordering::Acquire) {
-                    continue;
-                }
                 let key = (t.outbox.format(), t.shape);
                 let i = match frames.iter().position(|(k, _)| *k == key) {
                     Some(i) => i,
@@ -153,7 +149,11 @@ async fn run(mut rx: mpsc::Receiver<Job>, deliveries: Arc<AtomicU64>) {
                         frames.len() - 1
                     }
                 };
-                n += t.outbox.push_many(&frames[i].1);
+                // Checked right before the push (the encoding above can take a while), once
+                // per run: as if its jobs were all written at this moment.
+                if t.alive.load(Ordering::Acquire) {
+                    n += t.outbox.push_many(&frames[i].1);
+                }
             }
             start = end;
         }
