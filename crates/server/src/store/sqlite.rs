@@ -348,7 +348,29 @@ impl Backend for SqliteReaders {
     }
 }
 
-/// The writer's half: the write connection, moved to a blocking thread for each commit.
+/// Whether the current runtime is multi-threaded (so `block_in_place` may be used on it).
+fn multi_threaded() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Runs a commit: in place on a multi-threaded runtime (`block_in_place` hands the worker's
+/// other tasks to another thread meanwhile), so the committing task carries on without
+/// waiting to be scheduled again; on a blocking thread otherwise. A panic in `f` is an
+/// error either way.
+async fn blocking<R: Send + 'static>(f: impl FnOnce() -> R + Send + 'static) -> Result<R, String> {
+    if multi_threaded() {
+        tokio::task::block_in_place(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+            .map_err(|_| "it panicked".to_string())
+    } else {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The writer's half: the write connection, used in place (multi-threaded runtime) or
+/// moved to a blocking thread for each commit.
 pub struct SqliteCommitter {
     /// `None` only while a commit runs (or after its thread panicked).
     state: Option<WriterState>,
@@ -363,11 +385,15 @@ struct WriterState {
 
 #[async_trait]
 impl Committer for SqliteCommitter {
+    fn inline(&self) -> bool {
+        multi_threaded()
+    }
+
     async fn commit(&mut self, batch: Batch) -> (Batch, Result<Vec<Appended>, StoreError>) {
         let Some(mut state) = self.state.take() else {
             return (batch, Err(StoreError::Closed));
         };
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = blocking(move || {
             let outcome = state.commit(&batch);
             (state, batch, outcome.map_err(backend))
         })
@@ -377,8 +403,8 @@ impl Committer for SqliteCommitter {
                 self.state = Some(state);
                 (batch, outcome)
             }
-            // The connection went down with the thread: this batch fails, and so does
-            // every later one (as closed), rather than the writer task panicking.
+            // The connection went down with the commit (it panicked): this batch fails,
+            // and so does every later one (as closed), rather than the task panicking.
             Err(e) => {
                 let lost = Batch {
                     entries: Vec::new(),
@@ -386,10 +412,7 @@ impl Committer for SqliteCommitter {
                     key_cutoff_ms: 0,
                     trims: Vec::new(),
                 };
-                (
-                    lost,
-                    Err(backend(format!("sqlite commit thread failed: {e}"))),
-                )
+                (lost, Err(backend(format!("sqlite commit failed: {e}"))))
             }
         }
     }
@@ -566,6 +589,52 @@ mod tests {
         )
         .unwrap()
     );
+
+    /// A batch larger than one transaction takes, committed on the caller's task (a
+    /// multi-threaded runtime, nothing else committing) and on the writer task (a
+    /// current-thread runtime): in transactions of at most `MAX_BATCH`, offsets contiguous,
+    /// all handed to the dispatcher in order.
+    #[test]
+    fn a_large_batch_commits_in_steps_inline_and_queued() {
+        for multi in [true, false] {
+            let mut builder = if multi {
+                tokio::runtime::Builder::new_multi_thread()
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            let rt = builder.enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let (s, mut c) =
+                    SqliteStore::open(&dir.path().join("b.db"), Duration::from_secs(300)).unwrap();
+                let n = crate::store::writer::MAX_BATCH * 2 + 7;
+                let msgs = (0..n)
+                    .map(|i| suite::msg("b", &i.to_string(), None))
+                    .collect();
+                let offsets: Vec<u64> = s
+                    .append_batch(msgs)
+                    .await
+                    .into_iter()
+                    .map(|r| r.unwrap().offset)
+                    .collect();
+                assert_eq!(offsets, (1..=n as u64).collect::<Vec<_>>(), "multi={multi}");
+                let mut handed = Vec::new();
+                let mut batches = 0;
+                while let Ok(batch) = c.try_recv() {
+                    assert!(batch.len() <= crate::store::writer::MAX_BATCH);
+                    handed.extend(batch.iter().map(|m| m.offset));
+                    batches += 1;
+                }
+                assert_eq!(handed, offsets, "multi={multi}");
+                assert!(batches >= 3, "multi={multi}: {batches} transactions");
+                s.close().await;
+                assert!(matches!(
+                    s.append(suite::msg("b", "late", None)).await,
+                    Err(StoreError::Closed)
+                ));
+            });
+        }
+    }
 
     #[tokio::test(flavor = "multi_thread")]
     async fn reopened_store_keeps_offsets_and_epoch() {

@@ -6,13 +6,20 @@
 //! - `append`/`append_batch` queue requests to the writer (bounded: callers wait when it
 //!   is behind) and then wait for their results, so one sender's pipelined publishes and
 //!   every concurrent sender's share one transaction and one fsync;
+//! - unless nobody is committing and the backend commits within one poll (SQLite on a
+//!   multi-threaded runtime, in `block_in_place`): then the caller commits its appends on
+//!   its own task, under the same lock the writer task commits under. A publish is then
+//!   answered without two hand-offs between tasks: on a node busy fanning out, each waited
+//!   behind thousands of woken connection tasks (~50 ms each, measured in the 5,000-member
+//!   room at 1,000/s, BENCHMARKS.md), and a publisher's next publishes waited for both;
 //! - the writer takes everything queued (up to [`MAX_BATCH`]) and hands it to
 //!   [`Backend::commit`], which assigns offsets inside its transaction;
 //! - once the backend reports the batch durable, the writer builds the committed messages
 //!   (moving the payloads, never copying them) and hands them to the dispatcher, in commit
 //!   order, **before** it answers any append of the batch;
 //! - `close` queues a stop behind every pending append, so they are all committed (or
-//!   failed) first, then joins the writer task: nothing runs after `close` returns.
+//!   failed) first, then joins the writer task: nothing runs after `close` returns (the
+//!   writer marks itself closed under its lock, so no caller commits on its own either).
 //!
 //! Reads do not pass through the writer; they go straight to the backend's readers.
 
@@ -20,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex as AsyncMutex};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -90,6 +97,12 @@ pub trait Backend: super::ChatStore + super::NotifyStore + Send + Sync + 'static
 /// The writer's half of a backend.
 #[async_trait]
 pub trait Committer: Send + 'static {
+    /// Whether `commit` completes in the poll that starts it (it never waits on another
+    /// task), so a caller may commit on its own task: a commit it starts cannot be left
+    /// half done by the caller's future being dropped.
+    fn inline(&self) -> bool {
+        false
+    }
     /// A reason this append can never be stored, so it fails alone instead of failing
     /// its whole batch.
     fn refuse(&self, _msg: &NewMessage) -> Option<StoreError> {
@@ -132,6 +145,8 @@ pub struct GroupStore<B: Backend> {
     retention: Arc<Retention>,
     /// Queue to the writer task (bounded: appends wait when the writer is behind).
     writer: mpsc::Sender<Request>,
+    /// What commits: the writer task, or a caller committing its own appends inline.
+    core: Arc<AsyncMutex<Writer<B::Committer>>>,
     /// The writer task, joined by `close` (taken then, so a second close returns at once).
     task: Mutex<Option<JoinHandle<()>>>,
 }
@@ -154,19 +169,51 @@ impl<B: Backend> GroupStore<B> {
             uids: Uids::new(),
             committed: committed_tx,
             idempotency_ttl,
+            closed: false,
         };
-        let task = tokio::spawn(writer.run(rx));
+        let core = Arc::new(AsyncMutex::new(writer));
+        let task = tokio::spawn(run(core.clone(), rx));
         let store = GroupStore {
             backend,
             retention,
             writer: tx,
+            core,
             task: Mutex::new(Some(task)),
         };
         (store, committed_rx)
     }
 
-    /// Queues appends in order, then waits for every result.
+    /// Commits `msgs` on the caller's task if nothing else is committing and the backend
+    /// commits inline; gives them back otherwise.
+    async fn commit_here(
+        &self,
+        msgs: Vec<NewMessage>,
+    ) -> Result<Vec<Result<Appended, StoreError>>, Vec<NewMessage>> {
+        let Ok(mut w) = self.core.try_lock() else {
+            return Err(msgs);
+        };
+        if w.closed || !w.committer.inline() {
+            return Err(msgs);
+        }
+        // Answered without a channel: a wait for each of many answers would use up the
+        // task's scheduling budget and send it to the back of the run queue. At most
+        // `MAX_BATCH` per transaction, as the writer task commits.
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut msgs = msgs;
+        while !msgs.is_empty() {
+            let rest = msgs.split_off(msgs.len().min(MAX_BATCH));
+            out.extend(w.commit(std::mem::replace(&mut msgs, rest)).await);
+        }
+        drop(w);
+        Ok(out)
+    }
+
+    /// Commits the appends here or queues them, in order, then waits for every result.
     async fn queue(&self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        let msgs = match self.commit_here(msgs).await {
+            Ok(done) => return done,
+            Err(msgs) => msgs,
+        };
         let mut waiting = Vec::with_capacity(msgs.len());
         for m in msgs {
             let (tx, rx) = oneshot::channel();
@@ -354,7 +401,8 @@ impl<B: Backend> super::NotifyStore for GroupStore<B> {
     }
 }
 
-/// The writer task's state.
+/// What commits, behind the store's lock: the writer task takes it for each batch it
+/// received, a caller committing inline for its own.
 struct Writer<C> {
     committer: C,
     /// Whose limits each commit trims to, and the sweep applies.
@@ -367,43 +415,65 @@ struct Writer<C> {
     /// dispatcher rather than growing memory).
     committed: mpsc::Sender<Vec<Arc<Message>>>,
     idempotency_ttl: Duration,
+    /// Set by the writer task on `close`: nothing commits after it.
+    closed: bool,
+}
+
+/// The writer task: commits what is queued, batch by batch, under the store's lock.
+async fn run<C: Committer>(core: Arc<AsyncMutex<Writer<C>>>, mut rx: mpsc::Receiver<Request>) {
+    let mut last_cleanup = Instant::now();
+    let mut batch = Vec::with_capacity(64);
+    loop {
+        // Wakes at least every `CLEANUP_EVERY`, so an idle store still forgets old keys
+        // and sweeps retention.
+        let waited = tokio::time::timeout(CLEANUP_EVERY, rx.recv_many(&mut batch, MAX_BATCH));
+        if let Ok(0) = waited.await {
+            break; // every sender gone: the store was dropped without close
+        }
+        let mut w = core.lock().await;
+        if w.step(&mut batch, &mut last_cleanup).await {
+            break;
+        }
+    }
+    tracing::debug!("store writer stopped");
 }
 
 impl<C: Committer> Writer<C> {
-    async fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut last_cleanup = Instant::now();
-        let mut batch = Vec::with_capacity(64);
-        loop {
-            // Wakes at least every `CLEANUP_EVERY`, so an idle store still forgets old keys
-            // and sweeps retention.
-            let waited = tokio::time::timeout(CLEANUP_EVERY, rx.recv_many(&mut batch, MAX_BATCH));
-            if let Ok(0) = waited.await {
-                break; // every sender gone: the store was dropped without close
-            }
-            let mut closing = None;
-            let mut appends = Vec::with_capacity(batch.len());
-            for req in batch.drain(..) {
-                match req {
-                    Request::Append(m, reply) => appends.push((m, reply)),
-                    Request::Close(reply) => closing = Some(reply),
+    /// Commits one received batch (and cleans up when due); true once closed.
+    async fn step(&mut self, batch: &mut Vec<Request>, last_cleanup: &mut Instant) -> bool {
+        let mut closing = None;
+        let mut msgs = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for req in batch.drain(..) {
+            match req {
+                Request::Append(m, reply) => {
+                    msgs.push(m);
+                    replies.push(reply);
                 }
-            }
-            if !appends.is_empty() {
-                self.commit(appends).await;
-            }
-            if last_cleanup.elapsed() > CLEANUP_EVERY {
-                last_cleanup = Instant::now();
-                if let Err(e) = self.committer.cleanup(self.key_cutoff()).await {
-                    tracing::warn!(error = %e, "idempotency cleanup failed");
-                }
-                self.sweep().await;
-            }
-            if let Some(reply) = closing {
-                let _ = reply.send(());
-                break;
+                Request::Close(reply) => closing = Some(reply),
             }
         }
-        tracing::debug!("store writer stopped");
+        if !msgs.is_empty() {
+            let results = self.commit(msgs).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result);
+            }
+        }
+        if last_cleanup.elapsed() > CLEANUP_EVERY {
+            *last_cleanup = Instant::now();
+            if let Err(e) = self.committer.cleanup(self.key_cutoff()).await {
+                tracing::warn!(error = %e, "idempotency cleanup failed");
+            }
+            self.sweep().await;
+        }
+        match closing {
+            Some(reply) => {
+                self.closed = true;
+                let _ = reply.send(());
+                true
+            }
+            None => false,
+        }
     }
 
     /// One step of the retention sweep (bounded: `retention::SWEEP_ROOMS` rooms).
@@ -422,14 +492,16 @@ impl<C: Committer> Writer<C> {
         now_ms() - self.idempotency_ttl.as_millis() as i64
     }
 
-    async fn commit(&mut self, appends: Vec<(NewMessage, Reply)>) {
-        let mut entries = Vec::with_capacity(appends.len());
-        let mut replies = Vec::with_capacity(appends.len());
-        for (msg, reply) in appends {
+    /// Commits `msgs` in one transaction; one result per message, in order.
+    async fn commit(&mut self, msgs: Vec<NewMessage>) -> Vec<Result<Appended, StoreError>> {
+        let mut out: Vec<Option<Result<Appended, StoreError>>> = Vec::with_capacity(msgs.len());
+        let mut entries = Vec::with_capacity(msgs.len());
+        for msg in msgs {
             if let Some(e) = self.committer.refuse(&msg) {
-                let _ = reply.send(Err(e));
+                out.push(Some(Err(e)));
                 continue;
             }
+            out.push(None);
             let info_json = msg
                 .info
                 .as_ref()
@@ -439,11 +511,21 @@ impl<C: Committer> Writer<C> {
                 uid: self.uids.next(),
                 info_json,
             });
-            replies.push(reply);
         }
-        if entries.is_empty() {
-            return;
+        if !entries.is_empty() {
+            let results = self.commit_entries(entries).await;
+            let mut results = results.into_iter();
+            for slot in out.iter_mut().filter(|r| r.is_none()) {
+                *slot = results.next();
+            }
         }
+        out.into_iter()
+            .map(|r| r.unwrap_or(Err(StoreError::Closed)))
+            .collect()
+    }
+
+    /// Commits entries the backend does not refuse; one result per entry, in order.
+    async fn commit_entries(&mut self, entries: Vec<Entry>) -> Vec<Result<Appended, StoreError>> {
         let mut rooms = std::collections::HashSet::new();
         let trims: Vec<(String, Limits)> = entries
             .iter()
@@ -457,6 +539,10 @@ impl<C: Committer> Writer<C> {
             key_cutoff_ms: self.key_cutoff(),
             trims,
         };
+        // The dispatcher's room is taken before the commit, so that once committed nothing
+        // waits (a caller committing inline may be dropped at any wait: not between the
+        // commit and handing its messages on).
+        let permit = self.committed.reserve().await.ok();
         let started = std::time::Instant::now();
         let size = batch.entries.len();
         let (batch, outcome) = self.committer.commit(batch).await;
@@ -486,20 +572,23 @@ impl<C: Committer> Writer<C> {
                         })
                     })
                     .collect();
-                // Hand the committed messages to the dispatcher before acknowledging, so
-                // they are published in commit order.
-                if !fresh.is_empty() && self.committed.send(fresh).await.is_err() {
-                    tracing::debug!("dispatcher gone; committed messages are in history only");
+                // Handed to the dispatcher before anyone is answered, so that they are
+                // published in commit order.
+                match permit {
+                    Some(permit) if !fresh.is_empty() => permit.send(fresh),
+                    Some(_) => {}
+                    None => {
+                        tracing::debug!("dispatcher gone; committed messages are in history only");
+                    }
                 }
-                for (reply, result) in replies.into_iter().zip(results) {
-                    let _ = reply.send(Ok(result));
-                }
+                results.into_iter().map(Ok).collect()
             }
             Err(e) => {
                 tracing::error!(error = %e, "store commit failed");
-                for reply in replies {
-                    let _ = reply.send(Err(StoreError::Backend(e.to_string())));
-                }
+                let why = e.to_string();
+                (0..size)
+                    .map(|_| Err(StoreError::Backend(why.clone())))
+                    .collect()
             }
         }
     }
