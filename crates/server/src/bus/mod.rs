@@ -211,9 +211,7 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, events: Vec<RoomEvent>) -> Result<(), BusError> {
-        for e in &events {
-            self.hub.dispatch(e);
-        }
+        self.hub.dispatch_many(&events);
         Ok(())
     }
 

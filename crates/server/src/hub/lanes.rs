@@ -45,8 +45,9 @@ pub(super) struct Target {
 }
 
 struct Job {
-    /// Encoded once per format, by the first lane that needs it.
-    frame: Frames,
+    /// Consecutive publications of the room, each encoded once per format by the first
+    /// lane that needs it; every target gets all of them.
+    frames: Arc<[Frames]>,
     targets: Vec<Target>,
 }
 
@@ -90,14 +91,15 @@ impl Lanes {
         (conn % self.lanes.len() as u64) as usize
     }
 
-    /// Hands each lane its part (`parts[i]` to lane `i`; empty parts are skipped).
-    pub(super) fn send(&self, frame: &Frames, parts: Vec<Vec<Target>>) {
+    /// Hands each lane its part (`parts[i]` to lane `i`; empty parts are skipped): each of
+    /// its targets gets every frame of `frames`, in order.
+    pub(super) fn send(&self, frames: &Arc<[Frames]>, parts: Vec<Vec<Target>>) {
         for (lane, targets) in self.lanes.iter().zip(parts) {
             if targets.is_empty() {
                 continue;
             }
             let job = Job {
-                frame: frame.clone(),
+                frames: frames.clone(),
                 targets,
             };
             if let Err(e) = lane.try_send(job) {
@@ -144,7 +146,11 @@ async fn run(mut rx: mpsc::Receiver<Job>, deliveries: Arc<AtomicU64>) {
                 let i = match frames.iter().position(|(k, _)| *k == key) {
                     Some(i) => i,
                     None => {
-                        let encoded = run.iter().map(|j| j.frame.get(key.0, key.1)).collect();
+                        let encoded = run
+                            .iter()
+                            .flat_map(|j| j.frames.iter())
+                            .map(|f| f.get(key.0, key.1))
+                            .collect();
                         frames.push((key, encoded));
                         frames.len() - 1
                     }
@@ -274,6 +280,102 @@ mod tests {
         let (after, _) = offsets(&outboxes[0]);
         assert!(after.is_empty(), "{} written after it left", after.len());
         assert!(before.len() <= 200);
+    }
+
+    /// `dispatch_many` of runs gives every kind of subscriber exactly what `dispatch` of
+    /// each publication gives it, frame for frame: positioned from the first offset or
+    /// past part of a run, unpositioned, pending until after the runs, and delta. (A gap
+    /// closes a subscriber at once, overtaking what its lane still holds, with either.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn runs_dispatched_together_deliver_what_one_by_one_does() {
+        use super::super::frames::tests::{document, frames};
+        use super::super::RoomEvent;
+        // conn -> (mode, activated with this next offset before the runs, or after them)
+        let kinds: Vec<(SubMode, Option<Option<u64>>)> = (0..40)
+            .map(|c| match c % 5 {
+                0 => (SubMode::default(), Some(Some(1))),
+                1 => (SubMode::default(), Some(Some(4))),
+                2 => (SubMode::default(), Some(None)),
+                3 => (SubMode::default(), None),
+                _ => (
+                    SubMode {
+                        delta: true,
+                        ..SubMode::default()
+                    },
+                    Some(Some(1)),
+                ),
+            })
+            .collect();
+        let setup = || {
+            let hub = Hub::new().with_parallel_above(8);
+            let outboxes: Vec<_> = kinds
+                .iter()
+                .enumerate()
+                .map(|(c, (mode, at))| {
+                    let ob = Arc::new(Outbox::new(64 << 20));
+                    hub.subscribe("r", c as u64, ob.clone(), *mode);
+                    if let Some(next) = at {
+                        hub.activate("r", c as u64, *next);
+                    }
+                    ob
+                })
+                .collect();
+            (hub, outboxes)
+        };
+        let (one, one_out) = setup();
+        let (many, many_out) = setup();
+        // Runs of 1, 9, 30 and 30 publications.
+        let runs: Vec<Vec<u64>> = vec![
+            vec![1],
+            (2..=10).collect(),
+            (11..=40).collect(),
+            (41..=70).collect(),
+        ];
+        for run in &runs {
+            let events: Vec<RoomEvent> = run.iter().map(|o| document(*o)).collect();
+            for e in &events {
+                one.dispatch(e);
+            }
+            many.dispatch_many(&events);
+        }
+        for (c, (_, at)) in kinds.iter().enumerate() {
+            if at.is_none() {
+                one.activate("r", c as u64, Some(30));
+                many.activate("r", c as u64, Some(30));
+            }
+        }
+        // Lanes run on their own: wait until both hubs have written the same number.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let (a, b) = (
+                one.deliveries.load(Ordering::Relaxed),
+                many.deliveries.load(Ordering::Relaxed),
+            );
+            if a == b && a > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if one.deliveries.load(Ordering::Relaxed) == a
+                    && many.deliveries.load(Ordering::Relaxed) == b
+                {
+                    break;
+                }
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{a} vs {b} delivered"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (c, (a, b)) in one_out.iter().zip(&many_out).enumerate() {
+            let closed = |ob: &Outbox| {
+                let mut v = Vec::new();
+                ob.take(&mut v)
+            };
+            let (fa, fb) = (frames(a), frames(b));
+            assert!(!fa.is_empty() || c % 5 == 1, "conn {c} got nothing");
+            assert_eq!(fa, fb, "conn {c} (kind {})", c % 5);
+            assert_eq!(closed(a), closed(b), "conn {c}");
+        }
+        assert_eq!(many.gaps.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -40,7 +40,7 @@ mod lanes;
 pub mod outbox;
 
 use delivery::hold;
-use frames::{Chain, Frames};
+use frames::{Chain, Frames, Shape};
 
 pub use outbox::{Out, Outbox, ServerSubscribe, SubOverrides};
 
@@ -441,7 +441,7 @@ impl Hub {
                     });
                 }
             }
-            lanes.send(&frame, parts);
+            lanes.send(&Arc::from([frame]), parts);
             return;
         }
         for sub in r.subs.values_mut() {
@@ -449,6 +449,111 @@ impl Hub {
                 self.deliver(sub, offset, frame.clone());
             }
         }
+    }
+
+    /// Fans events out in order, as `dispatch` of each would, with a run of consecutive
+    /// positioned publications of one room (a commit's, usually) going to a room's lanes as
+    /// one job per lane: what it costs per subscriber (its target built, its outbox locked
+    /// and woken) is paid once per run instead of once per publication. A subscriber the
+    /// run does not reach whole (its subscribe pending, a delta subscription, or positioned
+    /// past part of it) gets its part publication by publication, in jobs sent after the
+    /// run's, so its own order holds.
+    pub fn dispatch_many(&self, events: &[RoomEvent]) {
+        let positioned = |e: &RoomEvent| matches!(e, RoomEvent::Publication(m) if m.offset != 0);
+        let mut i = 0;
+        while i < events.len() {
+            let mut j = i + 1;
+            if positioned(&events[i]) {
+                let room = events[i].room();
+                while j < events.len() && positioned(&events[j]) && events[j].room() == room {
+                    j += 1;
+                }
+            }
+            if j - i == 1 || !self.dispatch_run(&events[i..j]) {
+                for e in &events[i..j] {
+                    self.dispatch(e);
+                }
+            }
+            i = j;
+        }
+    }
+
+    /// `dispatch_many`'s run of positioned publications of one room, when the room has
+    /// lanes; false (nothing done) when it has none.
+    fn dispatch_run(&self, run: &[RoomEvent]) -> bool {
+        let room = run[0].room();
+        let mut shard = self.shard(room).lock().expect("hub shard lock");
+        let Some(r) = shard.get_mut(room) else {
+            return true;
+        };
+        if r.lanes.is_none() && self.parallel_above > 0 && r.subs.len() > self.parallel_above {
+            r.lanes = lanes::Lanes::start(&self.deliveries, &self.lane_overflows);
+        }
+        if r.lanes.is_none() {
+            return false;
+        }
+        let mut pubs: Vec<(u64, Frames)> = Vec::with_capacity(run.len());
+        for event in run {
+            let RoomEvent::Publication(m) = event else {
+                unreachable!("a run holds publications only")
+            };
+            pubs.push((m.offset, Frames::new(event, r.base_of(m))));
+        }
+        if !r.digest.subs.is_empty() {
+            let (offset, frame) = pubs.last().expect("a run is never empty");
+            r.digest.latest = Some((*offset, frame.clone()));
+            r.digest.undelivered = true;
+        }
+        let Room { subs, lanes, .. } = r;
+        let lanes = lanes.as_ref().expect("checked above");
+        let share = subs.len() / lanes.len();
+        let mut whole: Vec<Vec<lanes::Target>> = (0..lanes.len())
+            .map(|_| Vec::with_capacity(share + share / 8 + 16))
+            .collect();
+        // Per publication of the run, per lane: the subscribers that get it alone.
+        let mut single: Vec<Vec<Vec<lanes::Target>>> = Vec::new();
+        for (conn, sub) in subs.iter_mut() {
+            let lane = lanes.lane_of(*conn);
+            if sub.pending.is_none() && sub.delta.is_none() {
+                let first = pubs[0].0;
+                let reaches_whole = match sub.next {
+                    None => true,
+                    // The run's offsets are consecutive (one room's, in commit order).
+                    Some(next) => next == first && pubs.windows(2).all(|w| w[1].0 == w[0].0 + 1),
+                };
+                if reaches_whole {
+                    if let Some(next) = &mut sub.next {
+                        *next = pubs[pubs.len() - 1].0 + 1;
+                    }
+                    whole[lane].push(lanes::Target {
+                        outbox: sub.outbox.clone(),
+                        alive: sub.alive.clone(),
+                        shape: Shape::Plain,
+                    });
+                    continue;
+                }
+            }
+            for (k, (offset, frame)) in pubs.iter().enumerate() {
+                if !hold(sub, *offset, frame) && self.admit(sub, *offset) {
+                    if single.is_empty() {
+                        single = (0..pubs.len())
+                            .map(|_| (0..lanes.len()).map(|_| Vec::new()).collect())
+                            .collect();
+                    }
+                    single[k][lane].push(lanes::Target {
+                        outbox: sub.outbox.clone(),
+                        alive: sub.alive.clone(),
+                        shape: delivery::shape(sub, frame),
+                    });
+                }
+            }
+        }
+        let frames: Arc<[Frames]> = pubs.iter().map(|(_, f)| f.clone()).collect();
+        lanes.send(&frames, whole);
+        for (parts, (_, frame)) in single.into_iter().zip(&pubs) {
+            lanes.send(&Arc::from([frame.clone()]), parts);
+        }
+        true
     }
 
     /// The number of fan-out lanes a room has (0: direct path).
