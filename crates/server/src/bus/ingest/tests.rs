@@ -179,6 +179,16 @@ async fn personal_channels_go_to_the_nodes_the_directory_names_only() {
     };
     let [a, b, c] =
         ["a", "b", "c"].map(|n| node_with(n, &broker, &registry, &store, Some(personal.clone())));
+    // Each node's first resync (on subscribing to the broker) reads every watched room from
+    // the store: it must be done before c watches #alice, or it hands c what was committed
+    // meanwhile (rightly: a resync fills from the store whatever routed it here).
+    for n in [&a, &b, &c] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while n.bus.nodes().await[0].bus_resyncs == 0 {
+            assert!(Instant::now() < deadline, "no first resync");
+            sleep(Duration::from_millis(5)).await;
+        }
+    }
     let a_bus = a.bus.clone();
     tokio::spawn(async move {
         while let Some(batch) = committed.recv().await {
