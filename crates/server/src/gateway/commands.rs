@@ -71,7 +71,7 @@ pub(super) async fn flush(
     items: &mut Vec<Out>,
     session: Option<&mut Session>,
 ) {
-    let mut frames: Vec<Bytes> = Vec::new();
+    let mut frames: Vec<Bytes> = Vec::with_capacity(items.len());
     let mut session = session;
     for item in items.drain(..) {
         match item {

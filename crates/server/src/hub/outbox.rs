@@ -10,7 +10,6 @@
 //! pipelines many large requests and does not read is closed as slow once its queued
 //! replies pass it, so what it can pin is bounded.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -75,7 +74,8 @@ pub struct SubOverrides {
 
 #[derive(Default)]
 struct State {
-    queue: VecDeque<Out>,
+    /// In order; only ever appended to and taken whole, so a `Vec` (taken by a swap).
+    queue: Vec<Out>,
     /// Bytes of the fan-out frames in `queue`.
     bytes: usize,
     /// Bytes of the replies in `queue`.
@@ -139,7 +139,7 @@ impl Outbox {
             }
         }
         s.close = Some(Disconnect::SLOW);
-        s.queue = VecDeque::new();
+        s.queue = Vec::new();
         s.bytes = 0;
         s.reply_bytes = 0;
     }
@@ -164,7 +164,7 @@ impl Outbox {
         }
         s.reply_bytes += frame.len();
         let was_empty = s.queue.is_empty();
-        s.queue.push_back(Out::Frame(frame));
+        s.queue.push(Out::Frame(frame));
         drop(s);
         if was_empty {
             self.waker.wake();
@@ -222,7 +222,7 @@ impl Outbox {
             return false;
         }
         s.bytes += frame.len();
-        s.queue.push_back(Out::Frame(frame));
+        s.queue.push(Out::Frame(frame));
         true
     }
 
@@ -241,7 +241,7 @@ impl Outbox {
         if s.queue.len() >= MAX_CONTROL && !matches!(item, Out::Frame(_)) {
             Self::overflow(&mut s);
         } else {
-            s.queue.push_back(item);
+            s.queue.push(item);
         }
         drop(s);
         self.waker.wake();
@@ -281,7 +281,13 @@ impl Outbox {
     /// queue is already empty: nothing of a slow connection's backlog is written.
     pub fn take(&self, into: &mut Vec<Out>) -> Option<Disconnect> {
         let mut s = self.state.lock().expect("outbox lock");
-        into.extend(s.queue.drain(..));
+        if into.is_empty() {
+            // The whole queue at once (no copy per item); `into`'s spare room becomes the
+            // queue's.
+            std::mem::swap(into, &mut s.queue);
+        } else {
+            into.append(&mut s.queue);
+        }
         s.bytes = 0;
         s.reply_bytes = 0;
         if s.queue.capacity() > 64 {
