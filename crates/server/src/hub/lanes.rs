@@ -324,12 +324,12 @@ mod tests {
         };
         let (one, one_out) = setup();
         let (many, many_out) = setup();
-        // Runs of 1, 9, 30 and 30 publications.
+        // Runs of 1, 9, 40 (more than one `RUN`) and 20 publications.
         let runs: Vec<Vec<u64>> = vec![
             vec![1],
             (2..=10).collect(),
-            (11..=40).collect(),
-            (41..=70).collect(),
+            (11..=50).collect(),
+            (51..=70).collect(),
         ];
         for run in &runs {
             let events: Vec<RoomEvent> = run.iter().map(|o| document(*o)).collect();

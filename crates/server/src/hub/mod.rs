@@ -164,6 +164,12 @@ pub struct ConnEntry {
     pub outbox: Arc<Outbox>,
 }
 
+/// Most publications `dispatch_many` sends to a room's lanes as one run. Whole commits (~100
+/// publications in the 5,000-member room at 1,000/s) made each connection's WebSocket message
+/// ~25 KB: the node's CPU was the same, but the load generator's per delivery rose and live p50
+/// went from ~0.85 s to ~1.25 s (BENCHMARKS.md); runs of 32 (a lane's batch) keep both down.
+const RUN: usize = 32;
+
 pub struct Hub {
     /// Rooms by name, sharded so that fan-out in one room does not block others.
     shards: Box<[Shard]>,
@@ -451,10 +457,11 @@ impl Hub {
         }
     }
 
-    /// Fans events out in order, as `dispatch` of each would, with a run of consecutive
-    /// positioned publications of one room (a commit's, usually) going to a room's lanes as
-    /// one job per lane: what it costs per subscriber (its target built, its outbox locked
-    /// and woken) is paid once per run instead of once per publication. A subscriber the
+    /// Fans events out in order, as `dispatch` of each would, with a run of (up to `RUN`)
+    /// consecutive positioned publications of one room (of one commit, usually) going to
+    /// the room's lanes as one job per lane: what it costs per subscriber (its target
+    /// built, its outbox locked and woken) is paid once per run instead of once per
+    /// publication. A subscriber the
     /// run does not reach whole (its subscribe pending, a delta subscription, or positioned
     /// past part of it) gets its part publication by publication, in jobs sent after the
     /// run's, so its own order holds.
@@ -465,7 +472,11 @@ impl Hub {
             let mut j = i + 1;
             if positioned(&events[i]) {
                 let room = events[i].room();
-                while j < events.len() && positioned(&events[j]) && events[j].room() == room {
+                while j < events.len()
+                    && j - i < RUN
+                    && positioned(&events[j])
+                    && events[j].room() == room
+                {
                     j += 1;
                 }
             }
