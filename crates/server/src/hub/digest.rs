@@ -26,6 +26,17 @@ pub(super) struct Digest {
     pub(super) timer: Option<u64>,
 }
 
+impl Digest {
+    /// Notes the room's newest publication for the digest subscribers, if it has any (the
+    /// room's timer sends it).
+    pub(super) fn note(&mut self, offset: u64, frame: &Frames) {
+        if !self.subs.is_empty() {
+            self.latest = Some((offset, frame.clone()));
+            self.undelivered = true;
+        }
+    }
+}
+
 impl Hub {
     /// One digest tick of a room: the newest publication to every active digest subscriber
     /// that has not had it. Returns false when timer `id` must stop (no digest subscriber

@@ -371,7 +371,7 @@ mod tests {
                 ob.take(&mut v)
             };
             let (fa, fb) = (frames(a), frames(b));
-            assert!(!fa.is_empty() || c % 5 == 1, "conn {c} got nothing");
+            assert!(!fa.is_empty(), "conn {c} got nothing");
             assert_eq!(fa, fb, "conn {c} (kind {})", c % 5);
             assert_eq!(closed(a), closed(b), "conn {c}");
         }

@@ -422,32 +422,10 @@ impl Hub {
             }
             return;
         }
-        if !r.digest.subs.is_empty() {
-            // O(1) for the digest side: the room's timer sends the newest.
-            r.digest.latest = Some((offset, frame.clone()));
-            r.digest.undelivered = true;
-        }
-        if r.lanes.is_none() && self.parallel_above > 0 && r.subs.len() > self.parallel_above {
-            r.lanes = lanes::Lanes::start(&self.deliveries, &self.lane_overflows);
-        }
-        if let Some(lanes) = &r.lanes {
-            // Lanes split the room by connection id, never exactly evenly: an eighth of slack
-            // keeps a lane's part from outgrowing its capacity (a profile of a 5,000-member
-            // room showed ~4% of the node's CPU in reallocating and copying these parts).
-            let share = r.subs.len() / lanes.len();
-            let mut parts: Vec<Vec<lanes::Target>> = (0..lanes.len())
-                .map(|_| Vec::with_capacity(share + share / 8 + 16))
-                .collect();
-            for (conn, sub) in &mut r.subs {
-                if !hold(sub, offset, &frame) && self.admit(sub, offset) {
-                    parts[lanes.lane_of(*conn)].push(lanes::Target {
-                        outbox: sub.outbox.clone(),
-                        alive: sub.alive.clone(),
-                        shape: delivery::shape(sub, &frame),
-                    });
-                }
-            }
-            lanes.send(&Arc::from([frame]), parts);
+        // O(1) for the digest side: the room's timer sends the newest.
+        r.digest.note(offset, &frame);
+        if self.has_lanes(r) {
+            self.to_lanes(r, &[(offset, frame)]);
             return;
         }
         for sub in r.subs.values_mut() {
@@ -461,10 +439,8 @@ impl Hub {
     /// consecutive positioned publications of one room (of one commit, usually) going to
     /// the room's lanes as one job per lane: what it costs per subscriber (its target
     /// built, its outbox locked and woken) is paid once per run instead of once per
-    /// publication. A subscriber the
-    /// run does not reach whole (its subscribe pending, a delta subscription, or positioned
-    /// past part of it) gets its part publication by publication, in jobs sent after the
-    /// run's, so its own order holds.
+    /// publication. A subscriber the run does not reach whole gets its part publication by
+    /// publication, in jobs sent after the run's, so its own order holds (see `to_lanes`).
     pub fn dispatch_many(&self, events: &[RoomEvent]) {
         let positioned = |e: &RoomEvent| matches!(e, RoomEvent::Publication(m) if m.offset != 0);
         let mut i = 0;
@@ -497,10 +473,7 @@ impl Hub {
         let Some(r) = shard.get_mut(room) else {
             return true;
         };
-        if r.lanes.is_none() && self.parallel_above > 0 && r.subs.len() > self.parallel_above {
-            r.lanes = lanes::Lanes::start(&self.deliveries, &self.lane_overflows);
-        }
-        if r.lanes.is_none() {
+        if !self.has_lanes(r) {
             return false;
         }
         let mut pubs: Vec<(u64, Frames)> = Vec::with_capacity(run.len());
@@ -510,13 +483,36 @@ impl Hub {
             };
             pubs.push((m.offset, Frames::new(event, r.base_of(m))));
         }
-        if !r.digest.subs.is_empty() {
-            let (offset, frame) = pubs.last().expect("a run is never empty");
-            r.digest.latest = Some((*offset, frame.clone()));
-            r.digest.undelivered = true;
+        let (offset, frame) = pubs.last().expect("a run is never empty");
+        r.digest.note(*offset, frame);
+        self.to_lanes(r, &pubs);
+        true
+    }
+
+    /// Whether the room has fan-out lanes, starting them once it has more than
+    /// `parallel_above` live subscribers.
+    fn has_lanes(&self, r: &mut Room) -> bool {
+        if r.lanes.is_none() && self.parallel_above > 0 && r.subs.len() > self.parallel_above {
+            r.lanes = lanes::Lanes::start(&self.deliveries, &self.lane_overflows);
         }
+        r.lanes.is_some()
+    }
+
+    /// Hands a run of positioned publications (offset, frames; one or more, in offset
+    /// order) to the room's lanes. Each subscriber that takes the whole run is one target
+    /// of one job per lane; the others (subscribe pending, delta, positioned past part of
+    /// the run) are decided publication by publication and, in a run of more than one,
+    /// written in jobs sent after it.
+    fn to_lanes(&self, r: &mut Room, pubs: &[(u64, Frames)]) {
         let Room { subs, lanes, .. } = r;
-        let lanes = lanes.as_ref().expect("checked above");
+        let lanes = lanes.as_ref().expect("the room has lanes");
+        let first = pubs[0].0;
+        let last = pubs[pubs.len() - 1].0;
+        // One room's offsets in commit order are consecutive; checked, not assumed.
+        let consecutive = pubs.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+        // Lanes split the room by connection id, never exactly evenly: an eighth of slack
+        // keeps a lane's part from outgrowing its capacity (a profile of a 5,000-member
+        // room showed ~4% of the node's CPU in reallocating and copying these parts).
         let share = subs.len() / lanes.len();
         let mut whole: Vec<Vec<lanes::Target>> = (0..lanes.len())
             .map(|_| Vec::with_capacity(share + share / 8 + 16))
@@ -525,46 +521,46 @@ impl Hub {
         let mut single: Vec<Vec<Vec<lanes::Target>>> = Vec::new();
         for (conn, sub) in subs.iter_mut() {
             let lane = lanes.lane_of(*conn);
-            if sub.pending.is_none() && sub.delta.is_none() {
-                let first = pubs[0].0;
-                let reaches_whole = match sub.next {
-                    None => true,
-                    // The run's offsets are consecutive (one room's, in commit order).
-                    Some(next) => next == first && pubs.windows(2).all(|w| w[1].0 == w[0].0 + 1),
-                };
-                if reaches_whole {
-                    if let Some(next) = &mut sub.next {
-                        *next = pubs[pubs.len() - 1].0 + 1;
-                    }
-                    whole[lane].push(lanes::Target {
-                        outbox: sub.outbox.clone(),
-                        alive: sub.alive.clone(),
-                        shape: Shape::Plain,
-                    });
-                    continue;
+            let takes_whole = sub.pending.is_none()
+                && sub.delta.is_none()
+                && sub.next.is_none_or(|next| next == first && consecutive);
+            if takes_whole {
+                if let Some(next) = &mut sub.next {
+                    *next = last + 1;
                 }
+                whole[lane].push(lanes::Target {
+                    outbox: sub.outbox.clone(),
+                    alive: sub.alive.clone(),
+                    shape: Shape::Plain,
+                });
+                continue;
             }
             for (k, (offset, frame)) in pubs.iter().enumerate() {
                 if !hold(sub, *offset, frame) && self.admit(sub, *offset) {
+                    let target = lanes::Target {
+                        outbox: sub.outbox.clone(),
+                        alive: sub.alive.clone(),
+                        shape: delivery::shape(sub, frame),
+                    };
+                    if pubs.len() == 1 {
+                        // A run of one is its own job: every target in it, in its shape.
+                        whole[lane].push(target);
+                        continue;
+                    }
                     if single.is_empty() {
                         single = (0..pubs.len())
                             .map(|_| (0..lanes.len()).map(|_| Vec::new()).collect())
                             .collect();
                     }
-                    single[k][lane].push(lanes::Target {
-                        outbox: sub.outbox.clone(),
-                        alive: sub.alive.clone(),
-                        shape: delivery::shape(sub, frame),
-                    });
+                    single[k][lane].push(target);
                 }
             }
         }
         let frames: Arc<[Frames]> = pubs.iter().map(|(_, f)| f.clone()).collect();
         lanes.send(&frames, whole);
-        for (parts, (_, frame)) in single.into_iter().zip(&pubs) {
+        for (parts, (_, frame)) in single.into_iter().zip(pubs) {
             lanes.send(&Arc::from([frame.clone()]), parts);
         }
-        true
     }
 
     /// The number of fan-out lanes a room has (0: direct path).
