@@ -179,3 +179,83 @@ async fn binary_frames_and_unmasked_frames_are_refused() {
     assert_eq!(&buf[..2], &[0x88, n as u8 - 2], "a close frame");
     assert_eq!(u16::from_be_bytes([buf[2], buf[3]]), 1002);
 }
+
+/// A backlog goes out as many WebSocket messages of a few KiB, never as one message as large
+/// as the outbox: clients cap a message's size (the Python SDK's `websockets` at 1 MiB) and
+/// would close the connection with 1009 on the node's own pushes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_written_in_messages_a_capped_client_accepts() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+    use tokio_tungstenite::tungstenite::Message;
+    let s = TestServer::start_with(|c| {
+        // Room for the whole backlog: this test is about how it is framed, not about slow
+        // readers.
+        c.outbox_max_bytes = 16 << 20;
+        c.write_timeout_secs = 120;
+    })
+    .await;
+    // A small receive buffer (no autotuning) fills after a few KiB, so the backlog queues in
+    // the node while the client does not read.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(8 << 10).unwrap();
+    let tcp = sock.connect(s.addr).await.unwrap();
+    const CAP: usize = 64 << 10;
+    let cfg = WebSocketConfig::default()
+        .max_message_size(Some(CAP))
+        .max_frame_size(Some(CAP));
+    let (mut ws, _) = tokio_tungstenite::client_async_with_config(s.ws_url(), tcp, Some(cfg))
+        .await
+        .unwrap();
+    let connect = json!({"id": 1, "connect": {"token": token("capped")}});
+    let subscribe = json!({"id": 2, "subscribe": {"channel": "backlog"}});
+    ws.send(Message::text(format!("{connect}\n{subscribe}")))
+        .await
+        .unwrap();
+    let mut replies = 0;
+    while replies < 2 {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        replies += t.lines().filter(|l| l.contains("\"id\"")).count();
+    }
+    // ~10 MiB of publications while the client reads nothing: more than its socket and the
+    // node's send buffer (up to 4 MiB here) take, so the rest waits in the outbox.
+    const N: u64 = 10_000;
+    const PUBLISHERS: u64 = 4;
+    let pad = "x".repeat(1 << 10);
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|_| {
+            let (addr, pad) = (s.addr, pad.clone());
+            tokio::spawn(async move {
+                for _ in 0..N / PUBLISHERS {
+                    publish(addr, "backlog", json!({ "pad": pad })).await;
+                }
+            })
+        })
+        .collect();
+    for p in publishers {
+        p.await.unwrap();
+    }
+    let mut next = 1;
+    let mut messages = 0;
+    while next <= N {
+        let m = tokio::time::timeout(Duration::from_secs(30), ws.next())
+            .await
+            .expect("the backlog keeps coming")
+            .expect("the connection stays open")
+            .unwrap_or_else(|e| panic!("after offset {}: {e}", next - 1));
+        let Message::Text(t) = m else { continue };
+        assert!(t.len() <= CAP);
+        messages += 1;
+        for line in t.lines() {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let Some(p) = v["push"]["pub"].as_object() {
+                assert_eq!(p["offset"], next, "in order, none missing");
+                next += 1;
+            }
+        }
+    }
+    // Joined, still: far fewer messages than publications.
+    assert!(messages < N / 4, "{messages} messages for {N} publications");
+}

@@ -43,6 +43,8 @@ use crate::node::Node;
 const READ_CHUNK: usize = 4096;
 /// A write buffer this large stops the connection taking more from its outbox.
 const WRITE_HIGH_WATER: usize = 64 << 10;
+/// Most bytes of queued frames joined into one WebSocket message (a larger frame goes alone).
+const MESSAGE_BATCH: usize = 16 << 10;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Write timeout of the echo endpoint.
@@ -83,24 +85,43 @@ impl Transport for WebSocket {
             Format::Json => b"\n",
             Format::Protobuf => b"",
         };
-        let len = frames.iter().map(Bytes::len).sum::<usize>()
-            + sep.len() * frames.len().saturating_sub(1);
-        self.out.reserve(len + 10);
-        match self.format {
-            Format::Json => ws::text_header(&mut self.out, len),
-            Format::Protobuf => ws::binary_header(&mut self.out, len),
-        }
-        for (i, f) in frames.iter().enumerate() {
-            if i > 0 {
-                self.out.extend_from_slice(sep);
+        let mut rest = frames;
+        while !rest.is_empty() {
+            let n = message_run(rest, sep.len());
+            let (run, next) = rest.split_at(n);
+            rest = next;
+            let len = run.iter().map(Bytes::len).sum::<usize>() + sep.len() * (n - 1);
+            self.out.reserve(len + 10);
+            match self.format {
+                Format::Json => ws::text_header(&mut self.out, len),
+                Format::Protobuf => ws::binary_header(&mut self.out, len),
             }
-            self.out.extend_from_slice(f);
+            for (i, f) in run.iter().enumerate() {
+                if i > 0 {
+                    self.out.extend_from_slice(sep);
+                }
+                self.out.extend_from_slice(f);
+            }
         }
     }
 
     fn close(&mut self, code: u16, reason: &str) {
         ws::close_frame(&mut self.out, code, reason);
     }
+}
+
+/// How many of `frames` (at least one) go into the next WebSocket message: as many as fit in
+/// `MESSAGE_BATCH` bytes. A backlog of thousands of pushes is then many messages of a few
+/// KiB, not one of megabytes: clients cap a message's size (the Python SDK's `websockets`
+/// closes with 1009 past 1 MiB by default) and buffer a whole message before parsing it.
+fn message_run(frames: &[Bytes], sep: usize) -> usize {
+    let mut len = frames[0].len();
+    let mut n = 1;
+    while n < frames.len() && len + sep + frames[n].len() <= MESSAGE_BATCH {
+        len += sep + frames[n].len();
+        n += 1;
+    }
+    n
 }
 
 /// What runs on top of the WebSocket layer.
@@ -539,5 +560,71 @@ async fn drain_until_eof(tcp: &TcpStream) {
                 return;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(lens: &[usize]) -> Vec<Bytes> {
+        lens.iter().map(|&n| Bytes::from(vec![b'x'; n])).collect()
+    }
+
+    /// The messages `write_many` wrote: (first header byte, payload length) of each. Server
+    /// frames are unmasked and the codec's decoder takes client (masked) ones: the headers
+    /// are read here.
+    fn messages(out: &[u8]) -> Vec<(u8, usize)> {
+        let mut got = Vec::new();
+        let mut rest = out;
+        while !rest.is_empty() {
+            let (len, head) = match rest[1] & 0x7f {
+                126 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
+                127 => (
+                    u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize,
+                    10,
+                ),
+                n => (n as usize, 2),
+            };
+            got.push((rest[0], len));
+            rest = &rest[head + len..];
+        }
+        got
+    }
+
+    #[test]
+    fn queued_frames_are_joined_into_messages_of_at_most_message_batch_bytes() {
+        let mut w = WebSocket::default();
+        // 15 frames of 1 KiB, a last one of the rest, and their 15 separators fill a message.
+        let last = MESSAGE_BATCH - 15 * 1024 - 15;
+        let mut lens = vec![1024; 15];
+        lens.push(last);
+        w.write_many(&frames(&lens));
+        assert_eq!(messages(&w.out), vec![(0x81, MESSAGE_BATCH)]);
+
+        // One byte more moves the last frame to a second message.
+        let mut w = WebSocket::default();
+        lens[15] += 1;
+        w.write_many(&frames(&lens));
+        assert_eq!(
+            messages(&w.out),
+            vec![(0x81, MESSAGE_BATCH - last - 1), (0x81, last + 1)]
+        );
+
+        // A frame larger than the batch goes alone, between the others.
+        let mut w = WebSocket::default();
+        w.write_many(&frames(&[10, MESSAGE_BATCH * 3, 20, 30]));
+        assert_eq!(
+            messages(&w.out),
+            vec![(0x81, 10), (0x81, MESSAGE_BATCH * 3), (0x81, 20 + 1 + 30)]
+        );
+
+        // Protobuf frames carry their own lengths: no separators, binary messages.
+        let mut w = WebSocket {
+            out: BytesMut::new(),
+            format: Format::Protobuf,
+        };
+        w.write_many(&frames(&[MESSAGE_BATCH / 2, MESSAGE_BATCH / 2, 1]));
+        assert_eq!(messages(&w.out), vec![(0x82, MESSAGE_BATCH), (0x82, 1)]);
     }
 }
