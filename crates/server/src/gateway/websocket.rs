@@ -87,10 +87,9 @@ impl Transport for WebSocket {
         };
         let mut rest = frames;
         while !rest.is_empty() {
-            let n = message_run(rest, sep.len());
+            let (n, len) = message_run(rest, sep.len());
             let (run, next) = rest.split_at(n);
             rest = next;
-            let len = run.iter().map(Bytes::len).sum::<usize>() + sep.len() * (n - 1);
             self.out.reserve(len + 10);
             match self.format {
                 Format::Json => ws::text_header(&mut self.out, len),
@@ -110,18 +109,18 @@ impl Transport for WebSocket {
     }
 }
 
-/// How many of `frames` (at least one) go into the next WebSocket message: as many as fit in
-/// `MESSAGE_BATCH` bytes. A backlog of thousands of pushes is then many messages of a few
+/// How many of `frames` (at least one) go into the next WebSocket message, and its length with
+/// separators: as many as fit in `MESSAGE_BATCH` bytes. A backlog of thousands of pushes is then many messages of a few
 /// KiB, not one of megabytes: clients cap a message's size (the Python SDK's `websockets`
 /// closes with 1009 past 1 MiB by default) and buffer a whole message before parsing it.
-fn message_run(frames: &[Bytes], sep: usize) -> usize {
+fn message_run(frames: &[Bytes], sep: usize) -> (usize, usize) {
     let mut len = frames[0].len();
     let mut n = 1;
     while n < frames.len() && len + sep + frames[n].len() <= MESSAGE_BATCH {
         len += sep + frames[n].len();
         n += 1;
     }
-    n
+    (n, len)
 }
 
 /// What runs on top of the WebSocket layer.
